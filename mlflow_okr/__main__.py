@@ -1,0 +1,3 @@
+from mlflow_okr.cli import main
+
+main()

@@ -1,0 +1,116 @@
+"""The Python API: every CLI command is one of these functions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+from pathlib import Path
+
+import pandas as pd
+from pydantic import BaseModel
+
+from mlflow_okr import state
+from mlflow_okr.apply import ApplyPlan
+from mlflow_okr.apply import apply_spec as _apply_spec
+from mlflow_okr.errors import InputError
+from mlflow_okr.results import CycleStatus
+from mlflow_okr.results import status_frame as _status_frame
+from mlflow_okr.spec import OkrSpec, load_spec
+from mlflow_okr.sync import ProgressCallback, SyncResult, stored_cycle_status
+from mlflow_okr.sync import sync as _sync
+
+
+def _spec(spec: OkrSpec | str | Path) -> OkrSpec:
+    return spec if isinstance(spec, OkrSpec) else load_spec(spec)
+
+
+def apply_spec(
+    spec: OkrSpec | str | Path,
+    tracking_uri: str | None = None,
+    dry_run: bool = False,
+    sync_after: bool = True,
+) -> ApplyPlan:
+    """Publish a spec (or okrs.yaml path) to `okr/<cycle>`; then recompute its KRs."""
+    client = state.make_client(tracking_uri)
+    spec = _spec(spec)
+    plan = _apply_spec(client, spec, dry_run=dry_run)
+    if sync_after and not dry_run:
+        _sync(client, cycle=spec.cycle.name)
+    return plan
+
+
+def sync(
+    tracking_uri: str | None = None,
+    cycle: str | None = None,
+    check: bool = False,
+    now: dt.datetime | None = None,
+    progress: ProgressCallback | None = None,
+) -> SyncResult:
+    """Recompute every KR from the source runs; with `check`, only report drift."""
+    return _sync(state.make_client(tracking_uri), cycle=cycle, check=check, now=now, progress=progress)
+
+
+def status(
+    tracking_uri: str | None = None, cycle: str | None = None, now: dt.datetime | None = None
+) -> CycleStatus:
+    """The cycle's KRs as stored in MLflow, with statuses for `now`."""
+    return stored_cycle_status(state.make_client(tracking_uri), cycle=cycle, now=now)
+
+
+def status_frame(
+    tracking_uri: str | None = None, cycle: str | None = None, now: dt.datetime | None = None
+) -> pd.DataFrame:
+    """`status` as a pandas DataFrame, one row per KR."""
+    return _status_frame(status(tracking_uri, cycle, now))
+
+
+class Checkin(BaseModel):
+    kr: str
+    value: float
+    who: str
+    when: dt.datetime
+    note: str | None = None
+    count: int
+
+
+def checkin(
+    kr_id: str,
+    value: float,
+    note: str | None = None,
+    tracking_uri: str | None = None,
+    cycle: str | None = None,
+    who: str | None = None,
+) -> Checkin:
+    """Record a manual KR's value, with who and when; the KR's metrics chart the check-ins."""
+    client = state.make_client(tracking_uri)
+    published = state.load_published(client, cycle)
+    kr = published.spec.find_key_result(kr_id)
+    run = state.find_kr_run(client, published, kr_id)
+    if kr is None or kr.source != "manual":
+        raise InputError(
+            f"KR {kr_id!r} is a {kr.kind if kr else 'unknown'} KR; only `source: manual` KRs take "
+            "check-ins (metric KRs update from MLflow runs, ledger KRs from `mlflow-okr ledger`)"
+        )
+    _, previous = state.manual_checkin(run)
+    record = Checkin(
+        kr=kr_id,
+        value=value,
+        who=who or _current_user(),
+        when=dt.datetime.now(dt.timezone.utc),
+        note=note,
+        count=previous + 1,
+    )
+    client.set_tag(run.info.run_id, state.TAG_CHECKIN, json.dumps(record.model_dump(mode="json")))
+    _sync(client, cycle=published.cycle.name)
+    return record
+
+
+def _current_user() -> str:
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    try:
+        username = read_mlflow_creds().username
+    except Exception:
+        username = None
+    return username or getpass.getuser()

@@ -1,0 +1,181 @@
+"""Publish a spec as the `okr/<cycle>` experiment: create, update and retire objective/KR runs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from mlflow.entities import Run, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
+
+from mlflow_okr import state
+from mlflow_okr.errors import InputError
+from mlflow_okr.spec import KeyResult, Objective, OkrSpec
+
+Action = Literal["create", "update", "retire", "restore", "unchanged"]
+
+
+class PlanStep(BaseModel):
+    action: Action
+    kind: Literal["cycle", "objective", "kr"]
+    id: str
+    detail: str = ""
+
+
+class ApplyPlan(BaseModel):
+    """What `apply` did, or with `dry_run` would do."""
+
+    cycle: str
+    experiment: str
+    dry_run: bool
+    steps: list[PlanStep]
+
+    @property
+    def changes(self) -> list[PlanStep]:
+        return [step for step in self.steps if step.action != "unchanged"]
+
+
+def _objective_tags(objective: Objective) -> dict[str, str]:
+    tags = {
+        state.TAG_ROLE: "objective",
+        state.TAG_OBJECTIVE_ID: objective.id,
+        "okr.objective.title": objective.title,
+        "okr.objective.category": objective.category,
+        state.MLFLOW_RUN_NOTE: f"**{objective.title}**\n\nCategory: {objective.category}"
+        + (f"\n\nOwner: {objective.owner}" if objective.owner else ""),
+    }
+    if objective.owner:
+        tags["okr.objective.owner"] = objective.owner
+    return tags
+
+
+def _kr_tags(kr: KeyResult, objective: Objective, parent_run_id: str) -> dict[str, str]:
+    tags = {
+        state.TAG_ROLE: "kr",
+        state.TAG_KR_ID: kr.id,
+        state.TAG_KR_DEFINITION: state.kr_definition(kr),
+        state.TAG_OBJECTIVE_ID: objective.id,
+        "okr.kr.kind": kr.kind,
+        state.MLFLOW_PARENT_RUN_ID: parent_run_id,
+        state.MLFLOW_RUN_NOTE: state.note_for(kr, objective),
+    }
+    if kr.metric:
+        tags["okr.kr.metric"] = kr.metric
+    if kr.title:
+        tags["okr.kr.title"] = kr.title
+    return tags
+
+
+def _changed(run: Run, wanted: dict[str, str]) -> list[str]:
+    return sorted(key for key, value in wanted.items() if run.data.tags.get(key) != value)
+
+
+def _existing_runs(client: MlflowClient, experiment_id: str) -> tuple[dict[str, Run], dict[str, Run]]:
+    objectives: dict[str, Run] = {}
+    krs: dict[str, Run] = {}
+    for run in state.iter_runs(client, [experiment_id], f"tags.`{state.TAG_ROLE}` != ''"):
+        tags = run.data.tags
+        if tags.get(state.TAG_ROLE) == "objective":
+            objectives[tags[state.TAG_OBJECTIVE_ID]] = run
+        elif tags.get(state.TAG_ROLE) == "kr":
+            krs[tags[state.TAG_KR_ID]] = run
+    return objectives, krs
+
+
+class _Publisher:
+    """Walks the spec against what is stored and records (and unless dry, performs) each step."""
+
+    def __init__(self, client: MlflowClient, spec: OkrSpec, dry_run: bool):
+        self.client = client
+        self.spec = spec
+        self.dry_run = dry_run
+        self.steps: list[PlanStep] = []
+        self.experiment_id: str | None = None
+
+    def step(self, action: Action, kind: str, item_id: str, detail: str = "") -> bool:
+        self.steps.append(PlanStep(action=action, kind=kind, id=item_id, detail=detail))
+        return action != "unchanged" and not self.dry_run
+
+    def create_run(self, name: str, tags: dict[str, str]) -> str:
+        assert self.experiment_id is not None
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        self.client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+        return run.info.run_id
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
+
+    def publish(self) -> ApplyPlan:
+        name = state.cycle_experiment_name(self.spec.cycle.name)
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None and experiment.lifecycle_stage != "active":
+            raise InputError(
+                f"experiment {name!r} is deleted; restore it (`mlflow experiments restore "
+                f"--experiment-id {experiment.experiment_id}`) or delete it permanently first"
+            )
+        objective_runs: dict[str, Run] = {}
+        kr_runs: dict[str, Run] = {}
+        if experiment is None:
+            if self.step("create", "cycle", self.spec.cycle.name, f"experiment {name}"):
+                self.experiment_id = self.client.create_experiment(name)
+        else:
+            self.experiment_id = experiment.experiment_id
+            objective_runs, kr_runs = _existing_runs(self.client, experiment.experiment_id)
+        self._objectives(objective_runs, kr_runs)
+        self._retire(objective_runs, kr_runs)
+        spec_tags = state.spec_tags(self.spec)
+        stored_hash = experiment.tags.get(state.TAG_SPEC_HASH) if experiment is not None else None
+        if experiment is not None:
+            action: Action = "unchanged" if stored_hash == spec_tags[state.TAG_SPEC_HASH] else "update"
+            self.step(action, "cycle", self.spec.cycle.name, "spec")
+        if self.experiment_id is not None and not self.dry_run and stored_hash != spec_tags[state.TAG_SPEC_HASH]:
+            spec_tags[state.TAG_APPLIED_AT] = str(state.now_ms())
+            for key, value in spec_tags.items():
+                self.client.set_experiment_tag(self.experiment_id, key, value)
+        return ApplyPlan(cycle=self.spec.cycle.name, experiment=name, dry_run=self.dry_run, steps=self.steps)
+
+    def _objectives(self, objective_runs: dict[str, Run], kr_runs: dict[str, Run]) -> None:
+        for objective in self.spec.objectives:
+            wanted = _objective_tags(objective)
+            existing = objective_runs.get(objective.id)
+            parent_id = existing.info.run_id if existing else "(new)"
+            if existing is None:
+                if self.step("create", "objective", objective.id, objective.title):
+                    parent_id = self.create_run(objective.id, wanted)
+            else:
+                changed = _changed(existing, wanted)
+                retired = existing.data.tags.get(state.TAG_RETIRED) == "true"
+                action: Action = "restore" if retired else ("update" if changed else "unchanged")
+                if self.step(action, "objective", objective.id, ", ".join(changed)):
+                    self.set_tags(parent_id, {**wanted, state.TAG_RETIRED: "false"})
+            for kr in objective.key_results:
+                self._key_result(kr, objective, parent_id, kr_runs.get(kr.id))
+
+    def _key_result(self, kr: KeyResult, objective: Objective, parent_id: str, existing: Run | None) -> None:
+        wanted = _kr_tags(kr, objective, parent_id)
+        if existing is None:
+            if self.step("create", "kr", kr.id, kr.label):
+                self.create_run(kr.id, {**wanted, state.TAG_STATUS: "not-started"})
+            return
+        changed = _changed(existing, wanted)
+        if existing.data.tags.get(state.TAG_RETIRED) == "true":
+            if self.step("restore", "kr", kr.id, ", ".join(changed)):
+                self.set_tags(existing.info.run_id, {**wanted, state.TAG_RETIRED: "false"})
+            return
+        if self.step("update" if changed else "unchanged", "kr", kr.id, ", ".join(changed)):
+            self.set_tags(existing.info.run_id, wanted)
+
+    def _retire(self, objective_runs: dict[str, Run], kr_runs: dict[str, Run]) -> None:
+        kept_krs = {kr.id for _, kr in self.spec.key_results()}
+        kept_objectives = {objective.id for objective in self.spec.objectives}
+        for kind, runs, kept in (("objective", objective_runs, kept_objectives), ("kr", kr_runs, kept_krs)):
+            for item_id, run in sorted(runs.items()):
+                if item_id in kept or run.data.tags.get(state.TAG_RETIRED) == "true":
+                    continue
+                if self.step("retire", kind, item_id, "no longer in the spec; kept, not deleted"):
+                    self.set_tags(run.info.run_id, {state.TAG_RETIRED: "true", state.TAG_STATUS: "retired"})
+
+
+def apply_spec(client: MlflowClient, spec: OkrSpec, dry_run: bool = False) -> ApplyPlan:
+    """Publish `spec` to its `okr/<cycle>` experiment; the same spec twice changes nothing."""
+    return _Publisher(client, spec, dry_run).publish()

@@ -1,0 +1,22 @@
+"""The `mlflow-okr` command line: options, calls into the library, printing."""
+
+from __future__ import annotations
+
+import click
+
+from mlflow_okr import __version__
+from mlflow_okr.cli import core
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mlflow-okr")
+def cli() -> None:
+    """Objectives and key results, tracked live in MLflow."""
+
+
+for command in core.COMMANDS:
+    cli.add_command(command)
+
+
+def main() -> None:
+    cli(prog_name="mlflow-okr")

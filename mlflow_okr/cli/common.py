@@ -1,0 +1,103 @@
+"""Options and error handling shared by every command."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from mlflow_okr.errors import CheckFailed, OkrError, SpecError
+
+EXIT_CHECK_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+class CommandError(click.ClickException):
+    """A ClickException with the exit code mlflow-okr promises (1 failed check, 2 bad input)."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into clear messages and exit codes, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return command(*args, **kwargs)
+        except SpecError as exc:
+            raise CommandError("\n".join(exc.problems)) from None
+        except CheckFailed as exc:
+            raise CommandError(str(exc), EXIT_CHECK_FAILED) from None
+        except OkrError as exc:
+            raise CommandError(str(exc)) from None
+        except MlflowException as exc:
+            raise CommandError(f"MLflow: {exc.message}") from None
+
+    return wrapper
+
+
+tracking_uri_option = click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    default=None,
+    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI). An okr+ prefix is accepted.",
+)
+cycle_option = click.option(
+    "--cycle", default=None, help="Cycle name, e.g. 2026-Q4 (default: the current cycle)."
+)
+
+
+def format_option(*choices: str, default: str = "table") -> Callable[..., Any]:
+    return click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(choices),
+        default=default,
+        show_default=True,
+        help="Output format.",
+    )
+
+
+def as_of_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--as-of",
+        type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+        default=None,
+        help="Evaluate statuses as of this date (UTC), for reproducible output.",
+    )(command)
+
+
+def as_of_datetime(value: dt.datetime | None) -> dt.datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+
+
+def echo_json(payload: Any) -> None:
+    click.echo(json.dumps(payload, indent=2, default=str))
+
+
+class RunCounter:
+    """A progress line on a terminal (stderr) for work whose total is not known up front."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+
+    def __call__(self, count: int) -> None:
+        if self.enabled:
+            click.echo(f"\r{self.label}: {count:,} runs scanned", nl=False, err=True)
+
+    def done(self) -> None:
+        if self.enabled:
+            click.echo(err=True)

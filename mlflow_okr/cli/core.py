@@ -1,0 +1,145 @@
+"""Spec and state commands: init, validate, schema, apply, sync, status, checkin."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+import mlflow_okr
+from mlflow_okr import render
+from mlflow_okr.cli.common import (
+    CommandError,
+    EXIT_CHECK_FAILED,
+    RunCounter,
+    as_of_datetime,
+    as_of_option,
+    cycle_option,
+    echo_json,
+    format_option,
+    handle_errors,
+    tracking_uri_option,
+)
+from mlflow_okr.templates import starter_spec
+
+spec_argument = click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
+
+
+@click.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="okrs.yaml")
+@click.option("--cycle", default=None, help="Cycle for the starter file (default: this quarter).")
+@click.option("--force", is_flag=True, help="Overwrite an existing file.")
+@handle_errors
+def init(path: Path, cycle: str | None, force: bool) -> None:
+    """Write a starter okrs.yaml to PATH (default: okrs.yaml)."""
+    if path.exists() and not force:
+        raise CommandError(f"{path} already exists; pass --force to overwrite it")
+    text = starter_spec(cycle)
+    mlflow_okr.parse_spec(text, str(path))
+    path.write_text(text, encoding="utf-8")
+    click.echo(f"Wrote {path}. Edit it, then run: mlflow-okr validate {path} && mlflow-okr apply {path}")
+
+
+@click.command()
+@spec_argument
+@handle_errors
+def validate(spec_file: Path) -> None:
+    """Check SPEC_FILE against the okrs.yaml format; exit 2 with file:line errors if invalid."""
+    spec = mlflow_okr.load_spec(spec_file)
+    krs = spec.key_results()
+    click.echo(
+        f"{spec_file}: valid. Cycle {spec.cycle.name} ({spec.cycle.start} .. {spec.cycle.end}), "
+        f"{len(spec.objectives)} objectives, {len(krs)} key results."
+    )
+
+
+@click.command()
+def schema() -> None:
+    """Print the JSON Schema of okrs.yaml (for editor completion and checks)."""
+    echo_json(mlflow_okr.json_schema())
+
+
+@click.command()
+@spec_argument
+@click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@tracking_uri_option
+@handle_errors
+def apply(spec_file: Path, dry_run: bool, tracking_uri: str | None) -> None:
+    """Publish SPEC_FILE to the okr/<cycle> experiment: one run per objective and KR."""
+    spec = mlflow_okr.load_spec(spec_file)
+    plan = mlflow_okr.apply_spec(spec, tracking_uri=tracking_uri, dry_run=dry_run)
+    verb = "Would apply" if dry_run else "Applied"
+    changes = plan.changes
+    click.echo(f"{verb} {spec_file} to experiment {plan.experiment}: {len(changes)} change(s).")
+    for step in changes:
+        detail = f"  ({step.detail})" if step.detail else ""
+        click.echo(f"  {step.action:<9} {step.kind:<9} {step.id}{detail}")
+
+
+@click.command()
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if the stored state drifted.")
+@cycle_option
+@as_of_option
+@tracking_uri_option
+@handle_errors
+def sync(check: bool, cycle: str | None, as_of, tracking_uri: str | None) -> None:
+    """Recompute every KR from the source runs and repair the stored state."""
+    counter = RunCounter("sync")
+    result = mlflow_okr.sync(
+        tracking_uri=tracking_uri, cycle=cycle, check=check, now=as_of_datetime(as_of), progress=counter
+    )
+    counter.done()
+    if check:
+        if not result.drifted:
+            click.echo(f"No drift: cycle {result.cycle}, {result.runs_scanned} runs checked.")
+            return
+        lines = [f"Drift in cycle {result.cycle}:"]
+        lines += [f"  KR {d.kr}: {d.field} stored {d.stored!r}, recomputed {d.computed!r}" for d in result.kr_drift]
+        lines += [
+            f"  run {d.run_id}: tag {d.tag} stored {d.stored!r}, recomputed {d.computed!r}"
+            for d in result.run_drift
+        ]
+        if result.run_drift_count > len(result.run_drift):
+            lines.append(f"  ... {result.run_drift_count - len(result.run_drift)} more run tag(s)")
+        lines.append("Run `mlflow-okr sync` to repair.")
+        raise CommandError("\n".join(lines), EXIT_CHECK_FAILED)
+    click.echo(
+        f"Synced cycle {result.cycle}: {result.runs_scanned} runs scanned, "
+        f"{len(result.kr_drift)} KR field(s) and {result.run_drift_count} run tag(s) repaired."
+    )
+    click.echo(render.status_table(result.status))
+
+
+@click.command()
+@format_option("table", "json", "csv")
+@cycle_option
+@as_of_option
+@tracking_uri_option
+@handle_errors
+def status(output_format: str, cycle: str | None, as_of, tracking_uri: str | None) -> None:
+    """Print every objective and KR with its progress and status."""
+    current = mlflow_okr.status(tracking_uri=tracking_uri, cycle=cycle, now=as_of_datetime(as_of))
+    if output_format == "json":
+        click.echo(current.model_dump_json(indent=2))
+    elif output_format == "csv":
+        from mlflow_okr.results import status_frame
+
+        click.echo(status_frame(current).to_csv(index=False), nl=False)
+    else:
+        click.echo(render.status_table(current))
+
+
+@click.command()
+@click.argument("kr_id")
+@click.argument("value", type=float)
+@click.option("--note", default=None, help="What happened, for the record.")
+@cycle_option
+@tracking_uri_option
+@handle_errors
+def checkin(kr_id: str, value: float, note: str | None, cycle: str | None, tracking_uri: str | None) -> None:
+    """Record VALUE for the manual KR KR_ID, with who and when."""
+    record = mlflow_okr.checkin(kr_id, value, note=note, tracking_uri=tracking_uri, cycle=cycle)
+    click.echo(f"Checked in {record.kr} = {record.value:g} by {record.who} at {record.when:%Y-%m-%d %H:%M} UTC.")
+
+
+COMMANDS = [init, validate, schema, apply, sync, status, checkin]

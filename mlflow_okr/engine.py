@@ -1,0 +1,329 @@
+"""Pure OKR scoring: which runs count, current values, progress, scores and statuses.
+
+No I/O and no clock: every caller (the live store hook, `sync`, `status`, `report`) passes in
+the facts and the time, so they all share one semantics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+Direction = Literal["maximize", "minimize"]
+Status = Literal[
+    "achieved", "on-track", "at-risk", "off-track", "not-started", "met", "missed"
+]
+TERMINAL_RUN_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
+NOT_COUNTED_RUN_STATUSES = frozenset({"FAILED", "KILLED"})
+SUCCESS_GRADE = 0.7
+
+COUNTED = "counted"
+PENDING = "pending"
+EXCLUDED_PREFIX = "excluded: "
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Inclusive bounds on a metric; either side may be open."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def margin(self, value: float) -> float:
+        """How far `value` is inside the bounds (negative when outside)."""
+        margins = []
+        if self.min is not None:
+            margins.append(value - self.min)
+        if self.max is not None:
+            margins.append(self.max - value)
+        return min(margins)
+
+    def describe(self) -> str:
+        parts = []
+        if self.min is not None:
+            parts.append(f">= {self.min:g}")
+        if self.max is not None:
+            parts.append(f"<= {self.max:g}")
+        return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class RunRule:
+    """What decides whether a run counts for a metric KR, and how its values combine."""
+
+    metric: str
+    aggregate: str = "best"
+    guardrails: tuple[Bound, ...] = ()
+    maintain: Bound | None = None
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """The facts about one source run that scoring needs."""
+
+    run_id: str
+    start_time: int | None
+    status: str
+    metrics: Mapping[str, float]
+    deleted: bool = False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """How one run stands for one KR: counted, pending, or excluded with a reason."""
+
+    state: Literal["counted", "pending", "excluded"]
+    reason: str = ""
+    value: float | None = None
+
+    @property
+    def tag_value(self) -> str:
+        """The value of the run's `okr.kr.<id>` tag."""
+        return EXCLUDED_PREFIX + self.reason if self.state == "excluded" else self.state
+
+    @property
+    def is_guardrail_breach(self) -> bool:
+        return self.state == "excluded" and self.reason.startswith("guardrail ") and (
+            "never logged" not in self.reason
+        )
+
+
+def _is_number(value: float) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def classify_run(rule: RunRule, run: RunFacts) -> Verdict | None:
+    """How `run` stands for a KR with `rule`, or None when the KR does not concern it.
+
+    The caller has already checked scope (experiments, filter, cycle); here only the run's own
+    state and metrics decide.
+    """
+    if run.deleted or rule.metric not in run.metrics:
+        return None
+    value = run.metrics[rule.metric]
+    if run.status in NOT_COUNTED_RUN_STATUSES:
+        return Verdict("excluded", f"run {run.status}", value)
+    if not _is_number(value):
+        return Verdict("excluded", f"{rule.metric} is {value}, not a finite number", value)
+    finished = run.status in TERMINAL_RUN_STATUSES
+    missing = []
+    for guardrail in rule.guardrails:
+        if guardrail.metric not in run.metrics:
+            missing.append(guardrail.metric)
+            continue
+        guard_value = run.metrics[guardrail.metric]
+        if not _is_number(guard_value) or not guardrail.holds(guard_value):
+            return Verdict(
+                "excluded",
+                f"guardrail {guardrail.metric} = {guard_value:g} breaks {guardrail.describe()}",
+                value,
+            )
+    if missing:
+        if finished:
+            return Verdict("excluded", f"guardrail {', '.join(missing)} never logged", value)
+        return Verdict("pending", f"waiting for {', '.join(missing)}", value)
+    return Verdict("counted", "", value)
+
+
+@dataclass
+class Tally:
+    """Running aggregate of the counted runs of one KR; order of `add` calls does not matter."""
+
+    rule: RunRule
+    direction: Direction | None = None
+    count: int = 0
+    total: float = 0.0
+    best: tuple[float, str] | None = None
+    lowest: tuple[float, str] | None = None
+    highest: tuple[float, str] | None = None
+    latest: tuple[int, str, float] | None = None
+    worst_margin: tuple[float, str, float] | None = None
+
+    def add(self, run_id: str, value: float, start_time: int | None) -> None:
+        self.count += 1
+        self.total += value
+        # Ties break on run id so that every order of additions gives the same run.
+        if self.lowest is None or (value, run_id) < self.lowest:
+            self.lowest = (value, run_id)
+        if self.highest is None or (-value, run_id) < (-self.highest[0], self.highest[1]):
+            self.highest = (value, run_id)
+        started = start_time or 0
+        if self.latest is None or (started, run_id) > (self.latest[0], self.latest[1]):
+            self.latest = (started, run_id, value)
+        if self.rule.maintain is not None:
+            margin = self.rule.maintain.margin(value)
+            if self.worst_margin is None or (margin, run_id) < self.worst_margin[:2]:
+                self.worst_margin = (margin, run_id, value)
+
+    def current(self) -> tuple[float | None, str | None]:
+        """The KR's current value and the run that best represents it."""
+        if self.count == 0:
+            return None, None
+        if self.rule.maintain is not None:
+            assert self.worst_margin is not None
+            return self.worst_margin[2], self.worst_margin[1]
+        best = self.highest if self.direction != "minimize" else self.lowest
+        assert best is not None and self.lowest is not None and self.highest is not None
+        aggregate = self.rule.aggregate
+        if aggregate == "best":
+            return best
+        if aggregate == "latest":
+            assert self.latest is not None
+            return self.latest[2], self.latest[1]
+        if aggregate == "min":
+            return self.lowest
+        if aggregate == "max":
+            return self.highest
+        if aggregate == "mean":
+            return self.total / self.count, best[1]
+        if aggregate == "sum":
+            return self.total, best[1]
+        if aggregate == "count":
+            return float(self.count), best[1]
+        raise ValueError(f"unknown aggregate {aggregate!r}")
+
+
+def infer_direction(baseline: float, target: float, explicit: Direction | None) -> Direction | None:
+    """The KR's direction: explicit, or from target vs baseline (None when they are equal)."""
+    if explicit is not None:
+        return explicit
+    if target == baseline:
+        return None
+    return "maximize" if target > baseline else "minimize"
+
+
+def clamp(value: float) -> float:
+    return min(1.0, max(0.0, value))
+
+
+def metric_progress(current: float | None, baseline: float | None, target: float | None) -> float:
+    """Progress of a metric KR: the share of the way from baseline to target, in [0, 1]."""
+    if current is None or baseline is None or target is None or target == baseline:
+        return 0.0
+    if not math.isfinite(current):
+        return 0.0
+    return clamp((current - baseline) / (target - baseline))
+
+
+def maintain_progress(counted_runs: int, worst_value: float | None, bound: Bound) -> float:
+    """1 if the bound held over every counted run (and there is at least one), else 0."""
+    if counted_runs == 0 or worst_value is None:
+        return 0.0
+    return 1.0 if bound.holds(worst_value) else 0.0
+
+
+def counter_progress(current: float | None, target: float) -> float:
+    """Progress of a ledger or manual KR: current / target, clamped."""
+    if current is None or target <= 0:
+        return 0.0
+    return clamp(current / target)
+
+
+def status_of(
+    progress: float,
+    has_data: bool,
+    elapsed: float,
+    cycle_over: bool,
+    on_track: float = 0.7,
+    at_risk: float = 0.4,
+) -> Status:
+    """The KR status for `progress` when `elapsed` of the cycle has passed."""
+    if progress >= 1.0:
+        return "achieved"
+    if cycle_over:
+        return "met" if has_data and progress >= SUCCESS_GRADE else "missed"
+    if not has_data:
+        return "not-started"
+    if progress >= on_track * elapsed:
+        return "on-track"
+    if progress >= at_risk * elapsed:
+        return "at-risk"
+    return "off-track"
+
+
+def weighted_mean(pairs: Iterable[tuple[float, float]]) -> float:
+    """Weighted mean of (value, weight) pairs; 0 when there are none."""
+    pairs = list(pairs)
+    total_weight = sum(weight for _, weight in pairs)
+    if total_weight <= 0:
+        return 0.0
+    return sum(value * weight for value, weight in pairs) / total_weight
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The scoring of one KR, before it is dressed up for output."""
+
+    current: float | None
+    progress: float
+    status: Status
+    counted_runs: int
+    best_run_id: str | None
+    direction: Direction | None
+    target: float | None
+    baseline: float | None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def score_metric_kr(
+    tally: Tally,
+    baseline: float | None,
+    target: float | None,
+    elapsed: float,
+    cycle_over: bool,
+    on_track: float = 0.7,
+    at_risk: float = 0.4,
+) -> Scored:
+    """Score a metric or maintain KR from its tally, baseline and (absolute) target."""
+    current, run_id = tally.current()
+    notes: list[str] = []
+    if tally.rule.maintain is not None:
+        progress = maintain_progress(tally.count, current, tally.rule.maintain)
+        has_data = tally.count > 0
+    else:
+        if baseline is None:
+            notes.append("baseline not resolved yet")
+        progress = metric_progress(current, baseline, target)
+        has_data = tally.count > 0 and baseline is not None
+    status = status_of(progress, has_data, elapsed, cycle_over, on_track, at_risk)
+    return Scored(
+        current=current,
+        progress=progress,
+        status=status,
+        counted_runs=tally.count,
+        best_run_id=run_id,
+        direction=tally.direction,
+        target=target,
+        baseline=baseline,
+        notes=tuple(notes),
+    )
+
+
+def score_counter_kr(
+    current: float | None,
+    events: int,
+    target: float,
+    elapsed: float,
+    cycle_over: bool,
+    on_track: float = 0.7,
+    at_risk: float = 0.4,
+) -> Scored:
+    """Score a ledger or manual KR: `events` is how many hypotheses or check-ins it has."""
+    progress = counter_progress(current, target)
+    status = status_of(progress, events > 0, elapsed, cycle_over, on_track, at_risk)
+    return Scored(
+        current=current,
+        progress=progress,
+        status=status,
+        counted_runs=events,
+        best_run_id=None,
+        direction="maximize",
+        target=target,
+        baseline=0.0,
+    )

@@ -1,0 +1,66 @@
+"""Plain-text rendering of statuses and plans for terminals."""
+
+from __future__ import annotations
+
+from mlflow_okr.results import CycleStatus, KeyResultStatus
+
+STATUS_MARKS = {
+    "achieved": "✔ achieved",
+    "on-track": "● on-track",
+    "at-risk": "▲ at-risk",
+    "off-track": "✖ off-track",
+    "not-started": "○ not-started",
+    "met": "✔ met",
+    "missed": "✖ missed",
+}
+
+
+def number(value: float | None, unit: str | None = None) -> str:
+    if value is None:
+        return "—"
+    text = f"{value:.4g}"
+    return f"{text} {unit}" if unit else text
+
+
+def bar(progress: float, width: int = 10) -> str:
+    filled = round(progress * width)
+    return "█" * filled + "░" * (width - filled)
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(header, widths)).rstrip()]
+    lines.append("  ".join("-" * width for width in widths))
+    for row in rows:
+        lines.append("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def kr_row(kr: KeyResultStatus) -> list[str]:
+    target = number(kr.target, kr.unit) if kr.kind != "maintain" else "maintain"
+    return [
+        "  " + kr.id,
+        STATUS_MARKS.get(kr.status, kr.status),
+        number(kr.baseline, kr.unit),
+        number(kr.current, kr.unit),
+        target,
+        f"{bar(kr.progress)} {kr.progress:.0%}",
+        str(kr.counted_runs),
+    ]
+
+
+def status_table(status: CycleStatus) -> str:
+    """The cycle as a table: objectives with their scores, KRs below each."""
+    cycle = status.cycle
+    lines = [
+        f"Cycle {cycle.name} ({cycle.start} .. {cycle.end}), {cycle.elapsed:.0%} elapsed. "
+        f"Score {status.score:.2f} (0.7 is the conventional success grade)",
+        "",
+    ]
+    rows: list[list[str]] = []
+    for objective in status.objectives:
+        rows.append([objective.id, f"score {objective.score:.2f}", "", "", "", "", ""])
+        rows.extend(kr_row(kr) for kr in objective.key_results)
+    header = ["objective / KR", "status", "baseline", "current", "target", "progress", "runs"]
+    lines.append(table(rows, header))
+    return "\n".join(lines)

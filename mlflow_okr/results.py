@@ -1,0 +1,195 @@
+"""The status objects every command returns (DESIGN section 5), built from scored KRs."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from mlflow_okr.engine import Scored, status_of, weighted_mean
+from mlflow_okr.spec import KeyResult, OkrSpec, resolve_target
+
+
+class CycleInfo(BaseModel):
+    name: str
+    start: dt.date
+    end: dt.date
+    elapsed: float
+
+
+class KeyResultStatus(BaseModel):
+    """One KR's state: the DESIGN section 5 fields plus a few details for people."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    title: str | None = None
+    kind: Literal["metric", "maintain", "ledger", "manual"]
+    metric: str | None = None
+    unit: str | None = None
+    baseline: float | None = None
+    target: float | None = None
+    direction: Literal["maximize", "minimize"] | None = None
+    current: float | None = None
+    progress: float
+    status: str
+    counted_runs: int
+    best_run_id: str | None = None
+    weight: float = 1.0
+    pending_runs: int = 0
+    excluded_runs: int = 0
+    guardrail_breaches: int = 0
+    run_id: str | None = None
+    notes: list[str] = []
+
+
+class ObjectiveStatus(BaseModel):
+    id: str
+    title: str
+    category: str
+    owner: str | None = None
+    score: float
+    key_results: list[KeyResultStatus]
+
+
+class CycleStatus(BaseModel):
+    """The whole cycle: `mlflow-okr status --format json` prints exactly this."""
+
+    cycle: CycleInfo
+    score: float
+    objectives: list[ObjectiveStatus]
+
+    def key_results(self) -> list[KeyResultStatus]:
+        return [kr for objective in self.objectives for kr in objective.key_results]
+
+    def find(self, kr_id: str) -> KeyResultStatus | None:
+        return next((kr for kr in self.key_results() if kr.id == kr_id), None)
+
+    def status_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for kr in self.key_results():
+            counts[kr.status] = counts.get(kr.status, 0) + 1
+        return counts
+
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def spec_target(kr: KeyResult) -> float | None:
+    """The absolute target when it does not depend on a baseline read from MLflow."""
+    if kr.target is None:
+        return None
+    if isinstance(kr.baseline, (int, float)):
+        return resolve_target(kr.target, kr.baseline)
+    return kr.target if isinstance(kr.target, (int, float)) else None
+
+
+def kr_status(
+    kr: KeyResult,
+    scored: Scored,
+    run_id: str | None = None,
+    pending_runs: int = 0,
+    excluded_runs: int = 0,
+    guardrail_breaches: int = 0,
+) -> KeyResultStatus:
+    return KeyResultStatus(
+        id=kr.id,
+        title=kr.title,
+        kind=kr.kind,
+        metric=kr.metric,
+        unit=kr.unit,
+        baseline=_round(scored.baseline),
+        target=_round(scored.target),
+        direction=scored.direction,
+        current=_round(scored.current),
+        progress=round(scored.progress, 4),
+        status=scored.status,
+        counted_runs=scored.counted_runs,
+        best_run_id=scored.best_run_id,
+        weight=kr.weight,
+        pending_runs=pending_runs,
+        excluded_runs=excluded_runs,
+        guardrail_breaches=guardrail_breaches,
+        run_id=run_id,
+        notes=list(scored.notes),
+    )
+
+
+def cycle_status(
+    spec: OkrSpec, key_results: dict[str, KeyResultStatus], now: dt.datetime
+) -> CycleStatus:
+    """Assemble objective and cycle scores (weighted means) from per-KR statuses."""
+    objectives = []
+    for objective in spec.objectives:
+        krs = [key_results[kr.id] for kr in objective.key_results if kr.id in key_results]
+        score = weighted_mean((kr.progress, kr.weight) for kr in krs)
+        objectives.append(
+            ObjectiveStatus(
+                id=objective.id,
+                title=objective.title,
+                category=objective.category,
+                owner=objective.owner,
+                score=round(score, 4),
+                key_results=krs,
+            )
+        )
+    cycle_score = weighted_mean((objective.score, 1.0) for objective in objectives)
+    return CycleStatus(
+        cycle=CycleInfo(
+            name=spec.cycle.name,
+            start=spec.cycle.start,
+            end=spec.cycle.end,
+            elapsed=round(spec.cycle.elapsed(now), 4),
+        ),
+        score=round(cycle_score, 4),
+        objectives=objectives,
+    )
+
+
+def restatus(status: KeyResultStatus, spec: OkrSpec, now: dt.datetime) -> KeyResultStatus:
+    """The same KR with its status recomputed for `now` (status depends on elapsed time)."""
+    thresholds = spec.status_thresholds
+    has_data = status.counted_runs > 0 and (status.kind != "metric" or status.baseline is not None)
+    new_status = status_of(
+        status.progress,
+        has_data,
+        spec.cycle.elapsed(now),
+        spec.cycle.is_over(now),
+        thresholds.on_track,
+        thresholds.at_risk,
+    )
+    return status.model_copy(update={"status": new_status})
+
+
+STATUS_COLUMNS = [
+    "objective", "kr", "kind", "metric", "baseline", "target", "direction", "current",
+    "progress", "status", "counted_runs", "best_run_id", "objective_score",
+]
+
+
+def status_frame(status: CycleStatus) -> pd.DataFrame:
+    """One row per KR, with its objective and score: for notebooks and CSV."""
+    rows = []
+    for objective in status.objectives:
+        for kr in objective.key_results:
+            rows.append(
+                {
+                    "objective": objective.id,
+                    "kr": kr.id,
+                    "kind": kr.kind,
+                    "metric": kr.metric,
+                    "baseline": kr.baseline,
+                    "target": kr.target,
+                    "direction": kr.direction,
+                    "current": kr.current,
+                    "progress": kr.progress,
+                    "status": kr.status,
+                    "counted_runs": kr.counted_runs,
+                    "best_run_id": kr.best_run_id,
+                    "objective_score": objective.score,
+                }
+            )
+    return pd.DataFrame(rows, columns=STATUS_COLUMNS)

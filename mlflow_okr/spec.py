@@ -1,0 +1,617 @@
+"""The OKR spec: pydantic models for okrs.yaml and the loader that reports file:line errors."""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from mlflow_okr.engine import Bound, RunRule, infer_direction
+from mlflow_okr.errors import SpecError
+
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=64)]
+RELATIVE_TARGET = re.compile(r"^\s*([+-])\s*(\d+(?:\.\d+)?)\s*%\s*$")
+CYCLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+Direction = Literal["maximize", "minimize"]
+Aggregate = Literal["best", "latest", "mean", "sum", "count", "min", "max"]
+Transition = Literal["achieved", "at-risk", "off-track", "missed"]
+TRANSITIONS: tuple[str, ...] = ("achieved", "at-risk", "off-track", "missed")
+
+
+def _invalid(message: str, key: str | None = None) -> PydanticCustomError:
+    """An error for a model validator; `key` is the field it is about, for the line number."""
+    return PydanticCustomError("okr_invalid", message, {"key": key} if key else None)
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Cycle(StrictModel):
+    """An OKR cycle: a name and an inclusive date range (UTC)."""
+
+    name: str = Field(description="Cycle name, e.g. 2026-Q4; used in the experiment name okr/<name>.")
+    start: dt.date
+    end: dt.date
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_safe(cls, name: str) -> str:
+        if not CYCLE_NAME.match(name):
+            raise ValueError(
+                f"cycle name {name!r} may only use letters, digits, '.', '_' and '-'"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _end_after_start(self) -> Cycle:
+        if self.end < self.start:
+            raise _invalid(f"cycle ends ({self.end}) before it starts ({self.start})", "end")
+        return self
+
+    @property
+    def start_ms(self) -> int:
+        return _utc_ms(self.start)
+
+    @property
+    def end_ms(self) -> int:
+        """The last millisecond of the end date."""
+        return _utc_ms(self.end + dt.timedelta(days=1)) - 1
+
+    def contains(self, timestamp_ms: int | None) -> bool:
+        return timestamp_ms is not None and self.start_ms <= timestamp_ms <= self.end_ms
+
+    def elapsed(self, now: dt.datetime) -> float:
+        """The fraction of the cycle that has passed at `now`, in [0, 1]."""
+        now_ms = now.timestamp() * 1000
+        span = self.end_ms + 1 - self.start_ms
+        return min(1.0, max(0.0, (now_ms - self.start_ms) / span))
+
+    def is_over(self, now: dt.datetime) -> bool:
+        return now.timestamp() * 1000 > self.end_ms
+
+
+def _utc_ms(day: dt.date) -> int:
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+
+def parse_cycle(name: str) -> Cycle:
+    """Turn a cycle name such as 2026-Q4, Q4-2026, 2026-H2 or 2026 into a Cycle."""
+    text = str(name).strip()
+    match = re.fullmatch(r"(\d{4})-?([QqHh])([1-4])|([QqHh])([1-4])-?(\d{4})|(\d{4})", text)
+    if not match:
+        raise ValueError(
+            f"unknown cycle {text!r}: use YYYY-Qn (2026-Q4), YYYY-Hn (2026-H2), YYYY, "
+            "or a mapping {name, start, end}"
+        )
+    if match.group(7):
+        year = int(match.group(7))
+        return Cycle(name=text, start=dt.date(year, 1, 1), end=dt.date(year, 12, 31))
+    year = int(match.group(1) or match.group(6))
+    unit = (match.group(2) or match.group(4)).upper()
+    number = int(match.group(3) or match.group(5))
+    if unit == "H" and number > 2:
+        raise ValueError(f"unknown cycle {text!r}: a half year is H1 or H2")
+    months = 3 if unit == "Q" else 6
+    first_month = (number - 1) * months + 1
+    last_month = first_month + months - 1
+    last_day = calendar.monthrange(year, last_month)[1]
+    return Cycle(
+        name=text,
+        start=dt.date(year, first_month, 1),
+        end=dt.date(year, last_month, last_day),
+    )
+
+
+class StatusThresholds(StrictModel):
+    """Progress, as a multiple of the elapsed fraction, that separates the statuses."""
+
+    on_track: float = Field(0.7, ge=0, le=1)
+    at_risk: float = Field(0.4, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StatusThresholds:
+        if self.at_risk > self.on_track:
+            raise _invalid(
+                f"at_risk ({self.at_risk}) must not exceed on_track ({self.on_track})", "at_risk"
+            )
+        return self
+
+
+class Bounds(StrictModel):
+    """A lower and/or upper bound on a metric."""
+
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _has_a_bound(self) -> Bounds:
+        if self.min is None and self.max is None:
+            raise _invalid("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise _invalid(f"min ({self.min}) is greater than max ({self.max})", "min")
+        return self
+
+    def bound(self, metric: str) -> Bound:
+        return Bound(metric=metric, min=self.min, max=self.max)
+
+
+class Guardrail(Bounds):
+    """A counter-metric: a run counts for the KR only while it stays within bounds."""
+
+    metric: str = Field(min_length=1)
+
+
+class BaselineRef(StrictModel):
+    """A baseline read from MLflow: one run's value, or the best of the runs a filter matches."""
+
+    run_id: str | None = None
+    filter: str | None = None
+    experiments: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BaselineRef:
+        if (self.run_id is None) == (self.filter is None):
+            raise _invalid("a baseline reference needs exactly one of run_id or filter")
+        if self.run_id is not None and self.experiments:
+            raise _invalid("experiments only goes with filter, not with run_id", "experiments")
+        if self.filter is not None:
+            _check_filter(self.filter, "filter")
+        return self
+
+
+def _check_filter(filter_string: str, key: str) -> None:
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.search_utils import SearchUtils
+
+    try:
+        SearchUtils.parse_search_filter(filter_string)
+    except MlflowException as exc:
+        raise _invalid(f"not a valid MLflow search filter: {exc.message}", key) from None
+
+
+class KeyResult(StrictModel):
+    """One key result: a metric KR, a maintain KR, a ledger KR or a manual KR."""
+
+    id: Slug
+    title: str | None = None
+    source: Literal["metric", "ledger", "manual"] = "metric"
+    metric: str | None = Field(None, min_length=1, description="MLflow metric key.")
+    unit: str | None = None
+    experiments: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="Experiment names (globs allowed) or ids; empty means all experiments.",
+    )
+    filter: str | None = Field(None, description="MLflow search_runs filter string.")
+    baseline: float | BaselineRef | None = None
+    target: float | str | None = Field(
+        None, description='A number, or relative to the baseline: "+5%", "-10%".'
+    )
+    direction: Direction | None = None
+    aggregate: Aggregate = "best"
+    weight: float = Field(1.0, gt=0)
+    guardrails: list[Guardrail] = Field(default_factory=list)
+    maintain: Bounds | None = None
+    linked_to: str | None = Field(
+        None, description="Ledger KRs: count only hypotheses linked to this objective or KR id."
+    )
+
+    @field_validator("target")
+    @classmethod
+    def _target_form(cls, target: float | str | None) -> float | str | None:
+        if isinstance(target, str) and not RELATIVE_TARGET.match(target):
+            raise ValueError(
+                f'target {target!r} is neither a number nor a relative change such as "+5%" or "-10%"'
+            )
+        return target
+
+    @field_validator("filter")
+    @classmethod
+    def _filter_parses(cls, filter_string: str | None) -> str | None:
+        if filter_string is not None:
+            _check_filter(filter_string, "filter")
+        return filter_string
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> KeyResult:
+        if self.source == "metric":
+            self._check_metric_kr()
+        else:
+            self._check_counter_kr()
+        return self
+
+    def _check_metric_kr(self) -> None:
+        if self.metric is None:
+            raise _invalid("a metric KR needs `metric` (or `source: ledger|manual`)", "metric")
+        if self.linked_to is not None:
+            raise _invalid("linked_to only applies to `source: ledger` KRs", "linked_to")
+        if self.maintain is not None:
+            for key in ("target", "baseline", "direction"):
+                if getattr(self, key) is not None:
+                    raise _invalid(f"a maintain KR takes no {key}", key)
+            return
+        if self.target is None:
+            raise _invalid("a metric KR needs `target` (or `maintain: {min|max}`)", "target")
+        if self.baseline is None:
+            raise _invalid("a metric KR needs `baseline`: a number, {run_id} or {filter}", "baseline")
+        if isinstance(self.baseline, BaselineRef):
+            if self.baseline.filter is not None and self.direction is None and not isinstance(
+                self.target, str
+            ):
+                raise _invalid(
+                    "a {filter} baseline takes the best matching run, so give `direction` "
+                    "(maximize or minimize) to say which is best",
+                    "direction",
+                )
+            # A {run_id} baseline with an absolute target: direction is inferred once it resolves.
+            if (
+                self.direction is not None
+                and isinstance(self.target, str)
+                and self.direction != relative_direction(self.target)
+            ):
+                raise _invalid(
+                    f"direction {self.direction} contradicts target {self.target!r}", "direction"
+                )
+            return
+        if isinstance(self.target, str) and self.baseline == 0:
+            raise _invalid(
+                f"relative target {self.target!r} needs a non-zero baseline; give an absolute target",
+                "target",
+            )
+        target = resolve_target(self.target, self.baseline)
+        if target == self.baseline:
+            raise _invalid(
+                f"target equals baseline ({self.baseline:g}); a KR must move its metric", "target"
+            )
+        inferred = "maximize" if target > self.baseline else "minimize"
+        if self.direction is not None and self.direction != inferred:
+            raise _invalid(
+                f"direction {self.direction} contradicts baseline {self.baseline:g} "
+                f"-> target {target:g}, which means {inferred}",
+                "direction",
+            )
+
+    def _check_counter_kr(self) -> None:
+        for key in ("metric", "baseline", "filter", "maintain", "direction"):
+            if getattr(self, key) is not None:
+                raise _invalid(f"a `source: {self.source}` KR takes no {key}", key)
+        if self.guardrails:
+            raise _invalid(f"a `source: {self.source}` KR takes no guardrails", "guardrails")
+        if self.source == "manual" and self.linked_to is not None:
+            raise _invalid("linked_to only applies to `source: ledger` KRs", "linked_to")
+        if self.target is None:
+            raise _invalid(f"a `source: {self.source}` KR needs a numeric `target`", "target")
+        if isinstance(self.target, str) or self.target <= 0:
+            raise _invalid(f"a `source: {self.source}` KR needs a positive numeric target", "target")
+
+    @property
+    def kind(self) -> Literal["metric", "maintain", "ledger", "manual"]:
+        if self.source != "metric":
+            return self.source
+        return "maintain" if self.maintain is not None else "metric"
+
+    def rule(self) -> RunRule:
+        """The run-counting rule of a metric or maintain KR, for the engine."""
+        assert self.metric is not None
+        return RunRule(
+            metric=self.metric,
+            aggregate=self.aggregate,
+            guardrails=tuple(guardrail.bound(guardrail.metric) for guardrail in self.guardrails),
+            maintain=self.maintain.bound(self.metric) if self.maintain else None,
+        )
+
+    def resolve(self, baseline: float | None) -> tuple[float | None, Direction | None]:
+        """The absolute target and the direction, once the baseline value is known."""
+        if self.target is None:
+            return None, self.direction
+        if baseline is None:
+            fallback = relative_direction(self.target) if isinstance(self.target, str) else None
+            return None, self.direction or fallback
+        target = resolve_target(self.target, baseline)
+        if isinstance(self.target, str) and self.direction is None:
+            return target, relative_direction(self.target)
+        return target, infer_direction(baseline, target, self.direction)
+
+    @property
+    def metrics_used(self) -> set[str]:
+        """The metric keys whose writes can change this KR."""
+        if self.metric is None:
+            return set()
+        return {self.metric} | {guardrail.metric for guardrail in self.guardrails}
+
+    @property
+    def label(self) -> str:
+        return self.title or self.id
+
+
+def relative_direction(target: str) -> Direction:
+    match = RELATIVE_TARGET.match(target)
+    assert match is not None
+    return "maximize" if match.group(1) == "+" else "minimize"
+
+
+def resolve_target(target: float | str, baseline: float) -> float:
+    """The absolute target: relative targets are a change of the baseline ("+5%" = 1.05 x)."""
+    if isinstance(target, str):
+        match = RELATIVE_TARGET.match(target)
+        assert match is not None
+        change = float(match.group(2)) / 100 * (1 if match.group(1) == "+" else -1)
+        return baseline * (1 + change)
+    return float(target)
+
+
+class Objective(StrictModel):
+    """An objective: a qualitative goal measured by its key results."""
+
+    id: Slug
+    title: str = Field(min_length=1)
+    category: Literal["product", "operational", "research"]
+    owner: str | None = None
+    key_results: list[KeyResult] = Field(min_length=1)
+
+
+class Notify(StrictModel):
+    """Webhooks (Slack-compatible JSON) told about KR status transitions."""
+
+    webhooks: list[Annotated[str, Field(pattern=r"^(https?://|\$\{[A-Za-z_][A-Za-z0-9_]*\})")]] = (
+        Field(min_length=1, description="URLs, or ${ENV_VAR} to read one from the environment.")
+    )
+    transitions: list[Transition] = Field(default_factory=lambda: list(TRANSITIONS))
+
+
+CycleField = Annotated[
+    Cycle,
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "description": "2026-Q4, 2026-H2, Q4-2026 or 2026"},
+                Cycle.model_json_schema(),
+            ]
+        }
+    ),
+]
+
+
+class OkrSpec(StrictModel):
+    """The whole okrs.yaml file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="mlflow-okr okrs.yaml")
+
+    version: Literal[1]
+    cycle: CycleField
+    status_thresholds: StatusThresholds = Field(default_factory=StatusThresholds)
+    objectives: list[Objective] = Field(min_length=1)
+    notify: Notify | None = None
+
+    @field_validator("cycle", mode="before")
+    @classmethod
+    def _cycle_from_name(cls, value: Any) -> Any:
+        if isinstance(value, (str, int)):
+            return parse_cycle(str(value))
+        return value
+
+    @model_validator(mode="after")
+    def _ids_unique(self) -> OkrSpec:
+        objective_ids: set[str] = set()
+        kr_ids: set[str] = set()
+        for objective in self.objectives:
+            if objective.id in objective_ids:
+                raise PydanticCustomError(
+                    "okr_invalid",
+                    "duplicate objective id {id!r}",
+                    {"id": objective.id, "path": ("objectives", self.objectives.index(objective))},
+                )
+            objective_ids.add(objective.id)
+        for o_index, objective in enumerate(self.objectives):
+            for k_index, kr in enumerate(objective.key_results):
+                path = ("objectives", o_index, "key_results", k_index, "id")
+                if kr.id in kr_ids:
+                    raise PydanticCustomError(
+                        "okr_invalid",
+                        "duplicate key result id {id!r}; KR ids are unique across the file",
+                        {"id": kr.id, "path": path},
+                    )
+                kr_ids.add(kr.id)
+        for o_index, objective in enumerate(self.objectives):
+            for k_index, kr in enumerate(objective.key_results):
+                if kr.linked_to is not None and kr.linked_to not in objective_ids | kr_ids:
+                    raise PydanticCustomError(
+                        "okr_invalid",
+                        "linked_to {ref!r} is neither an objective id nor a KR id in this file",
+                        {
+                            "ref": kr.linked_to,
+                            "path": ("objectives", o_index, "key_results", k_index, "linked_to"),
+                        },
+                    )
+        return self
+
+    def key_results(self) -> list[tuple[Objective, KeyResult]]:
+        return [(objective, kr) for objective in self.objectives for kr in objective.key_results]
+
+    def find_key_result(self, kr_id: str) -> KeyResult | None:
+        return next((kr for _, kr in self.key_results() if kr.id == kr_id), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading with line numbers
+
+
+class _LineMap:
+    """Maps a path of keys/indices in the YAML document to the line (1-based) it starts on."""
+
+    def __init__(self, root: yaml.Node | None):
+        self.lines: dict[tuple[Any, ...], int] = {}
+        self.duplicates: list[tuple[tuple[Any, ...], int]] = []
+        if root is not None:
+            self._walk(root, ())
+
+    def _walk(self, node: yaml.Node, path: tuple[Any, ...]) -> None:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, value_node in node.value:
+                key = key_node.value
+                if key in seen:
+                    self.duplicates.append((path + (key,), key_node.start_mark.line + 1))
+                seen.add(key)
+                self.lines[path + (key,)] = key_node.start_mark.line + 1
+                self._walk(value_node, path + (key,))
+                self.lines[path + (key,)] = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                self._walk(item, path + (index,))
+
+    def line_of(self, path: tuple[Any, ...]) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return self.lines.get(())
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed in the mapping that `loc` (minus its last element) points into."""
+    model: Any = OkrSpec
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        if isinstance(model, type) and issubclass(model, BaseModel) and part in model.model_fields:
+            model = _model_in(model.model_fields[part].annotation)
+        elif isinstance(part, str) and part in _MODELS:
+            model = _MODELS[part]
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The pydantic model inside an annotation such as list[X], X | None or Annotated[X, ...]."""
+    stack = [annotation]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            return current
+        stack.extend(getattr(current, "__args__", ()) or ())
+        if hasattr(current, "__origin__") and getattr(current, "__metadata__", None):
+            stack.append(current.__origin__)
+    return None
+
+
+_MODELS = {
+    model.__name__: model
+    for model in (Cycle, StatusThresholds, Bounds, Guardrail, BaselineRef, KeyResult, Objective)
+}
+
+
+def _format_path(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text or "(top level)"
+
+
+def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Drop pydantic's union member tags (float, str, BaselineRef, ...) from an error location."""
+    noise = {"float", "str", "int", "function-after[_target_form(), str]"} | set(_MODELS)
+    return tuple(part for part in loc if not (isinstance(part, str) and (part in noise or "[" in part)))
+
+
+def _problems(exc: ValidationError, lines: _LineMap, source: str) -> list[str]:
+    problems: list[str] = []
+    seen_paths: set[tuple[Any, ...]] = set()
+    for error in exc.errors():
+        context = error.get("ctx") or {}
+        loc = _clean_loc(tuple(error["loc"]))
+        if "path" in context:
+            loc = tuple(context["path"])
+        elif context.get("key"):
+            loc = loc + (context["key"],)
+        if loc in seen_paths:
+            continue  # a union reports once per member; the first message is enough
+        seen_paths.add(loc)
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            key = str(loc[-1])
+            allowed = _known_keys(loc)
+            close = difflib.get_close_matches(key, allowed, n=1)
+            message = f"unknown key {key!r}"
+            message += f"; did you mean {close[0]!r}?" if close else ""
+            if allowed:
+                message += f" (allowed: {', '.join(allowed)})"
+        elif error["type"] == "missing":
+            message = f"missing required key {str(loc[-1])!r}"
+        elif error["type"] == "string_pattern_mismatch" and "a-z0-9" in str(context.get("pattern")):
+            message = f"{error['input']!r} is not a valid id: use lowercase letters, digits and '-'"
+        elif error["type"] == "literal_error":
+            message = f"{error['input']!r} is not allowed: expected {context.get('expected')}"
+        line = lines.line_of(loc)
+        where = f"{source}:{line}" if line else source
+        problems.append(f"{where}: {_format_path(loc)}: {message}")
+    return problems
+
+
+def parse_spec(text: str, source: str = "okrs.yaml") -> OkrSpec:
+    """Parse and validate okrs.yaml text; raise SpecError naming file, line and key."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([f"{where}: YAML syntax error: {problem}"]) from None
+    lines = _LineMap(root)
+    if data is None:
+        raise SpecError([f"{source}: the file is empty; start from `mlflow-okr init`"])
+    if not isinstance(data, dict):
+        raise SpecError(
+            [f"{source}:1: expected a mapping with version, cycle and objectives, "
+             f"got {type(data).__name__}"]
+        )
+    if lines.duplicates:
+        raise SpecError(
+            [f"{source}:{line}: {_format_path(path)}: duplicate key" for path, line in lines.duplicates]
+        )
+    try:
+        return OkrSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_problems(exc, lines, source)) from None
+
+
+def load_spec(path: str | Path) -> OkrSpec:
+    """Read and validate an okrs.yaml file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([f"{path}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError([f"{path}: cannot read the file: {exc}"]) from None
+    return parse_spec(text, str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of okrs.yaml, for editors."""
+    schema = OkrSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

@@ -1,0 +1,378 @@
+"""Where OKR state lives: MLflow experiments, runs, tags and metrics, read and written here.
+
+`okr/<cycle>` holds one parent run per objective and one child run per KR. The spec is kept in
+experiment tags; a KR's state is the metrics `okr.value`, `okr.progress`, `okr.score` logged over
+time and the tags `okr.status`, `okr.best_run_id`, `okr.counted_runs`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow.entities import Metric, Run, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+
+from mlflow_okr.engine import RunFacts
+from mlflow_okr.errors import InputError, NotPublishedError
+from mlflow_okr.spec import Cycle, KeyResult, Objective, OkrSpec
+
+OKR_PREFIX = "okr/"
+LEDGER_EXPERIMENT = "okr/ledger"
+OKR_PLUGIN_SCHEME_PREFIX = "okr+"
+
+# Experiment tags of okr/<cycle>
+TAG_SPEC = "okr.spec"  # JSON of the spec, split over okr.spec.0, okr.spec.1, ... when long
+TAG_SPEC_HASH = "okr.spec.hash"
+TAG_SPEC_PARTS = "okr.spec.parts"
+TAG_APPLIED_AT = "okr.spec.applied_at"
+SPEC_PART_LENGTH = 15000
+
+# Tags of objective and KR runs
+TAG_ROLE = "okr.role"  # objective | kr
+TAG_OBJECTIVE_ID = "okr.objective.id"
+TAG_KR_ID = "okr.kr.id"
+TAG_KR_DEFINITION = "okr.kr.definition"
+TAG_STATUS = "okr.status"
+TAG_BEST_RUN = "okr.best_run_id"
+TAG_COUNTED = "okr.counted_runs"
+TAG_BASELINE = "okr.baseline"
+TAG_TARGET = "okr.target"
+TAG_DIRECTION = "okr.direction"
+TAG_RETIRED = "okr.retired"
+TAG_CHECKIN = "okr.checkin"
+METRIC_VALUE = "okr.value"
+METRIC_PROGRESS = "okr.progress"
+METRIC_SCORE = "okr.score"
+
+# Tags of source runs
+TAG_CYCLE = "okr.cycle"
+TAG_KRS = "okr.krs"
+TAG_HYPOTHESIS = "okr.hypothesis"
+TAG_ARM = "okr.arm"
+SOURCE_TAG_PREFIX = "okr.kr."
+
+# Tags of ledger runs (okr/ledger), read here for ledger KRs
+TAG_LEDGER_ID = "okr.ledger.id"
+TAG_LEDGER_STATUS = "okr.ledger.status"
+TAG_LEDGER_RESOLVED_AT = "okr.ledger.resolved_at"  # epoch milliseconds
+TAG_LEDGER_KR = "okr.ledger.kr"
+TAG_LEDGER_OBJECTIVE = "okr.ledger.objective"
+
+PAGE_SIZE = 1000
+
+
+def source_tag(kr_id: str) -> str:
+    """The tag a source run carries for KR `kr_id`: counted, pending or excluded: reason."""
+    return SOURCE_TAG_PREFIX + kr_id
+
+
+def strip_plugin_scheme(uri: str | None) -> str | None:
+    """`okr+sqlite:///x.db` -> `sqlite:///x.db`: the CLI talks to the inner store directly."""
+    if uri and uri.startswith(OKR_PLUGIN_SCHEME_PREFIX):
+        return uri[len(OKR_PLUGIN_SCHEME_PREFIX):]
+    return uri
+
+
+def make_client(tracking_uri: str | None = None) -> MlflowClient:
+    """A client for the inner store; MLFLOW_TRACKING_URI when `tracking_uri` is None."""
+    from mlflow.tracking._tracking_service.utils import get_tracking_uri
+
+    return MlflowClient(tracking_uri=strip_plugin_scheme(tracking_uri or get_tracking_uri()))
+
+
+def is_okr_experiment_name(name: str) -> bool:
+    return name.startswith(OKR_PREFIX)
+
+
+def cycle_experiment_name(cycle_name: str) -> str:
+    return OKR_PREFIX + cycle_name
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def spec_hash(spec: OkrSpec) -> str:
+    return hashlib.sha256(spec_json(spec).encode()).hexdigest()[:16]
+
+
+def spec_json(spec: OkrSpec) -> str:
+    return json.dumps(spec.model_dump(mode="json", exclude_none=True), sort_keys=True)
+
+
+def kr_definition(kr: KeyResult) -> str:
+    return json.dumps(kr.model_dump(mode="json", exclude_none=True), sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The published cycle
+
+
+@dataclass
+class PublishedCycle:
+    """A spec as published in `okr/<cycle>`, with the MLflow run id of each objective and KR."""
+
+    spec: OkrSpec
+    experiment_id: str
+    spec_hash: str
+    objective_runs: dict[str, str] = field(default_factory=dict)
+    kr_runs: dict[str, str] = field(default_factory=dict)
+    retired_kr_runs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cycle(self) -> Cycle:
+        return self.spec.cycle
+
+    def objective_of(self, kr_id: str) -> Objective:
+        return next(o for o in self.spec.objectives if any(k.id == kr_id for k in o.key_results))
+
+
+def _read_spec_tags(tags: dict[str, str]) -> OkrSpec | None:
+    parts = int(tags.get(TAG_SPEC_PARTS, "0") or 0)
+    if parts == 0:
+        return None
+    text = "".join(tags.get(f"{TAG_SPEC}.{index}", "") for index in range(parts))
+    return OkrSpec.model_validate(json.loads(text))
+
+
+def spec_tags(spec: OkrSpec) -> dict[str, str]:
+    text = spec_json(spec)
+    parts = [text[i:i + SPEC_PART_LENGTH] for i in range(0, len(text), SPEC_PART_LENGTH)]
+    tags = {f"{TAG_SPEC}.{index}": part for index, part in enumerate(parts)}
+    tags[TAG_SPEC_PARTS] = str(len(parts))
+    tags[TAG_SPEC_HASH] = spec_hash(spec)
+    tags[TAG_CYCLE] = spec.cycle.name
+    tags["okr.cycle.start"] = spec.cycle.start.isoformat()
+    tags["okr.cycle.end"] = spec.cycle.end.isoformat()
+    return tags
+
+
+def list_cycle_experiments(client: MlflowClient) -> list[Any]:
+    """The active `okr/<cycle>` experiments (the ledger excluded)."""
+    experiments = client.search_experiments(
+        view_type=ViewType.ACTIVE_ONLY, filter_string="name LIKE 'okr/%'"
+    )
+    return [
+        experiment
+        for experiment in experiments
+        if experiment.name != LEDGER_EXPERIMENT and TAG_SPEC_PARTS in experiment.tags
+    ]
+
+
+def load_published(
+    client: MlflowClient, cycle: str | None = None, now: float | None = None
+) -> PublishedCycle:
+    """The published cycle named `cycle`, or the one whose dates contain `now` (else the latest)."""
+    experiments = list_cycle_experiments(client)
+    if cycle is not None:
+        experiments = [e for e in experiments if e.name == cycle_experiment_name(cycle)]
+        if not experiments:
+            raise NotPublishedError(
+                f"cycle {cycle!r} is not published in this MLflow backend; "
+                "run `mlflow-okr apply okrs.yaml` first"
+            )
+    if not experiments:
+        raise NotPublishedError(
+            "no OKR cycle is published in this MLflow backend; run `mlflow-okr apply okrs.yaml`"
+        )
+    cycles = []
+    for experiment in experiments:
+        spec = _read_spec_tags(experiment.tags)
+        if spec is not None:
+            cycles.append((spec, experiment))
+    if not cycles:
+        raise NotPublishedError("the okr/ experiments carry no readable spec; run `mlflow-okr apply`")
+    moment = now if now is not None else time.time()
+    current = [c for c in cycles if c[0].cycle.contains(int(moment * 1000))]
+    spec, experiment = (current or sorted(cycles, key=lambda c: c[0].cycle.end))[-1]
+    return _with_run_ids(client, spec, experiment.experiment_id)
+
+
+def _with_run_ids(client: MlflowClient, spec: OkrSpec, experiment_id: str) -> PublishedCycle:
+    published = PublishedCycle(spec=spec, experiment_id=experiment_id, spec_hash=spec_hash(spec))
+    for run in iter_runs(client, [experiment_id], f"tags.`{TAG_ROLE}` != ''"):
+        role = run.data.tags.get(TAG_ROLE)
+        if role == "objective":
+            published.objective_runs[run.data.tags[TAG_OBJECTIVE_ID]] = run.info.run_id
+        elif role == "kr":
+            kr_id = run.data.tags[TAG_KR_ID]
+            if run.data.tags.get(TAG_RETIRED) == "true":
+                published.retired_kr_runs[kr_id] = run.info.run_id
+            else:
+                published.kr_runs[kr_id] = run.info.run_id
+    return published
+
+
+def iter_runs(
+    client: MlflowClient,
+    experiment_ids: list[str],
+    filter_string: str = "",
+    view: int = ViewType.ACTIVE_ONLY,
+    page_size: int = PAGE_SIZE,
+) -> Iterator[Run]:
+    """Every run that matches, one page at a time: never all runs in memory at once."""
+    if not experiment_ids:
+        return
+    token = None
+    while True:
+        page = client.search_runs(
+            experiment_ids,
+            filter_string=filter_string,
+            run_view_type=view,
+            max_results=page_size,
+            page_token=token,
+        )
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def source_experiment_ids(client: MlflowClient, patterns: list[str]) -> list[str]:
+    """Experiment ids matched by names, globs or ids; all non-OKR experiments when empty."""
+    experiments = [
+        experiment
+        for experiment in client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=50000)
+        if not is_okr_experiment_name(experiment.name)
+    ]
+    if not patterns:
+        return [experiment.experiment_id for experiment in experiments]
+    chosen = []
+    for experiment in experiments:
+        for pattern in patterns:
+            if experiment.experiment_id == pattern or fnmatch.fnmatchcase(experiment.name, pattern):
+                chosen.append(experiment.experiment_id)
+                break
+    return chosen
+
+
+def run_facts(run: Run) -> RunFacts:
+    return RunFacts(
+        run_id=run.info.run_id,
+        start_time=run.info.start_time,
+        status=run.info.status,
+        metrics=run.data.metrics,
+        deleted=run.info.lifecycle_stage == "deleted",
+    )
+
+
+class RunFilter:
+    """An MLflow search filter, parsed once, tested against runs in memory with MLflow's grammar."""
+
+    def __init__(self, filter_string: str | None):
+        from mlflow.utils.search_utils import SearchUtils
+
+        self.filter_string = filter_string or ""
+        self._clauses = SearchUtils.parse_search_filter(self.filter_string)
+
+    def matches(self, run: Run) -> bool:
+        from mlflow.utils.search_utils import SearchUtils
+
+        return all(SearchUtils._does_run_match_clause(run, clause) for clause in self._clauses)
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines, ledger counts and manual check-ins
+
+
+def resolve_baseline(client: MlflowClient, kr: KeyResult) -> tuple[float | None, str | None]:
+    """The KR's baseline value and, for a run baseline, the run it came from."""
+    from mlflow_okr.spec import BaselineRef
+
+    if not isinstance(kr.baseline, BaselineRef):
+        return kr.baseline, None
+    assert kr.metric is not None
+    if kr.baseline.run_id is not None:
+        try:
+            run = client.get_run(kr.baseline.run_id)
+        except MlflowException:
+            return None, None
+        value = run.data.metrics.get(kr.metric)
+        return (value, run.info.run_id) if value is not None and math.isfinite(value) else (None, None)
+    experiment_ids = source_experiment_ids(client, kr.baseline.experiments)
+    best: tuple[float, str] | None = None
+    for run in iter_runs(client, experiment_ids, kr.baseline.filter or ""):
+        value = run.data.metrics.get(kr.metric)
+        if value is None or not math.isfinite(value):
+            continue
+        better = best is None or (value > best[0] if kr.direction != "minimize" else value < best[0])
+        if better:
+            best = (value, run.info.run_id)
+    return best if best is not None else (None, None)
+
+
+def ledger_validated_count(client: MlflowClient, cycle: Cycle, linked_to: str | None) -> int:
+    """How many hypotheses were resolved `validated` during the cycle (optionally for one id)."""
+    experiment = client.get_experiment_by_name(LEDGER_EXPERIMENT)
+    if experiment is None or experiment.lifecycle_stage != "active":
+        return 0
+    count = 0
+    for run in iter_runs(client, [experiment.experiment_id], f"tags.`{TAG_LEDGER_STATUS}` = 'validated'"):
+        tags = run.data.tags
+        resolved_at = tags.get(TAG_LEDGER_RESOLVED_AT)
+        if not resolved_at or not cycle.contains(int(float(resolved_at))):
+            continue
+        if linked_to and linked_to not in (tags.get(TAG_LEDGER_KR), tags.get(TAG_LEDGER_OBJECTIVE)):
+            continue
+        count += 1
+    return count
+
+
+def manual_checkin(run: Run) -> tuple[float | None, int]:
+    """The latest checked-in value of a manual KR and how many check-ins it has had."""
+    raw = run.data.tags.get(TAG_CHECKIN)
+    if not raw:
+        return None, 0
+    checkin = json.loads(raw)
+    return float(checkin["value"]), int(checkin.get("count", 1))
+
+
+def find_kr_run(client: MlflowClient, published: PublishedCycle, kr_id: str) -> Run:
+    if kr_id not in published.kr_runs:
+        known = ", ".join(sorted(published.kr_runs)) or "none"
+        raise InputError(f"unknown KR {kr_id!r} in cycle {published.cycle.name} (known: {known})")
+    return client.get_run(published.kr_runs[kr_id])
+
+
+def log_kr_state(
+    client: MlflowClient,
+    run_id: str,
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    cycle: Cycle,
+    timestamp_ms: int | None = None,
+) -> None:
+    """Write KR metrics and tags in one batch; the step is seconds since the cycle started."""
+    timestamp_ms = timestamp_ms or now_ms()
+    step = max(0, (timestamp_ms - cycle.start_ms) // 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(key, value, timestamp_ms, step) for key, value in metrics.items()],
+        tags=[RunTag(key, value) for key, value in tags.items()],
+        synchronous=True,
+    )
+
+
+def note_for(kr: KeyResult, objective: Objective) -> str:
+    """The run description shown in the MLflow UI for a KR run."""
+    lines = [f"**{kr.label}**", "", f"Objective: {objective.title}", f"Kind: {kr.kind}"]
+    if kr.metric:
+        lines.append(f"Metric: `{kr.metric}`")
+    if kr.maintain is not None:
+        lines.append(f"Maintain: {kr.maintain.bound(kr.metric or '').describe()}")
+    elif kr.target is not None:
+        baseline = kr.baseline if not hasattr(kr.baseline, "model_dump") else "from MLflow"
+        lines.append(f"Baseline: {baseline} -> target: {kr.target}")
+    for guardrail in kr.guardrails:
+        lines.append(f"Guardrail: `{guardrail.metric}` {guardrail.bound(guardrail.metric).describe()}")
+    return "\n".join(lines)
+

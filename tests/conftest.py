@@ -1,0 +1,73 @@
+"""Shared fixtures: a real MLflow tracking store on SQLite under tmp_path, and helpers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import textwrap
+from pathlib import Path
+
+import mlflow
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from mlflow_okr.cli import cli
+
+# A fixed moment inside 2026-Q4, so statuses and elapsed fractions are reproducible.
+NOW = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
+IN_CYCLE_MS = int(dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite tracking store; MLFLOW_TRACKING_URI points at it for the test."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, *args: str):
+    """Run `mlflow-okr ARGS` in-process and return the click Result."""
+    return runner.invoke(cli, list(args), catch_exceptions=False)
+
+
+@pytest.fixture
+def write_spec(tmp_path: Path):
+    """Write okrs.yaml text (dedented) under tmp_path and return its path."""
+
+    def write(text: str, name: str = "okrs.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
+        return path
+
+    return write
+
+
+def make_run(
+    client: MlflowClient,
+    experiment_id: str,
+    metrics: dict[str, float] | None = None,
+    tags: dict[str, str] | None = None,
+    start_time: int = IN_CYCLE_MS,
+    status: str | None = "FINISHED",
+    name: str | None = None,
+) -> str:
+    """Create a run with the given start time, metrics and tags; end it with `status` if given."""
+    run = client.create_run(experiment_id, start_time=start_time, tags=tags or {}, run_name=name)
+    for key, value in (metrics or {}).items():
+        client.log_metric(run.info.run_id, key, value, timestamp=start_time + 1000)
+    if status is not None:
+        client.set_terminated(run.info.run_id, status, end_time=start_time + 60_000)
+    return run.info.run_id
