@@ -7,7 +7,7 @@ import datetime as dt
 import difflib
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -182,7 +182,15 @@ def _check_filter(filter_string: str, key: str) -> None:
     from mlflow.utils.search_utils import SearchUtils
 
     try:
-        SearchUtils.parse_search_filter(filter_string)
+        for clause in SearchUtils.parse_search_filter(filter_string):
+            # The parser accepts any comparator; MLflow rejects a wrong one only when it searches.
+            kind, comparator = clause["type"], clause["comparator"].upper()
+            name = SearchUtils.translate_key_alias(clause["key"])
+            SearchUtils.is_metric(kind, comparator)
+            SearchUtils.is_param(kind, comparator)
+            SearchUtils.is_tag(kind, comparator)
+            SearchUtils.is_attribute(kind, name, comparator)
+            SearchUtils.is_dataset(kind, comparator)
     except MlflowException as exc:
         raise _invalid(f"not a valid MLflow search filter: {exc.message}", key) from None
 
@@ -411,12 +419,12 @@ class OkrSpec(StrictModel):
     def _ids_unique(self) -> OkrSpec:
         objective_ids: set[str] = set()
         kr_ids: set[str] = set()
-        for objective in self.objectives:
+        for o_index, objective in enumerate(self.objectives):
             if objective.id in objective_ids:
                 raise PydanticCustomError(
                     "okr_invalid",
-                    "duplicate objective id {id!r}",
-                    {"id": objective.id, "path": ("objectives", self.objectives.index(objective))},
+                    "duplicate objective id '{id}'; objective ids are unique within the file",
+                    {"id": objective.id, "path": ("objectives", o_index, "id")},
                 )
             objective_ids.add(objective.id)
         for o_index, objective in enumerate(self.objectives):
@@ -425,7 +433,7 @@ class OkrSpec(StrictModel):
                 if kr.id in kr_ids:
                     raise PydanticCustomError(
                         "okr_invalid",
-                        "duplicate key result id {id!r}; KR ids are unique across the file",
+                        "duplicate key result id '{id}'; KR ids are unique across the file",
                         {"id": kr.id, "path": path},
                     )
                 kr_ids.add(kr.id)
@@ -434,7 +442,7 @@ class OkrSpec(StrictModel):
                 if kr.linked_to is not None and kr.linked_to not in objective_ids | kr_ids:
                     raise PydanticCustomError(
                         "okr_invalid",
-                        "linked_to {ref!r} is neither an objective id nor a KR id in this file",
+                        "linked_to '{ref}' is neither an objective id nor a KR id in this file",
                         {
                             "ref": kr.linked_to,
                             "path": ("objectives", o_index, "key_results", k_index, "linked_to"),
@@ -530,24 +538,78 @@ def _format_path(loc: tuple[Any, ...]) -> str:
     return text or "(top level)"
 
 
+def _is_union_tag(part: Any) -> bool:
+    """Whether `part` of an error location names a union member (float, str, BaselineRef, ...)."""
+    return isinstance(part, str) and (part in {"float", "str", "int"} or part in _MODELS or "[" in part)
+
+
 def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     """Drop pydantic's union member tags (float, str, BaselineRef, ...) from an error location."""
-    noise = {"float", "str", "int", "function-after[_target_form(), str]"} | set(_MODELS)
-    return tuple(part for part in loc if not (isinstance(part, str) and (part in noise or "[" in part)))
+    return tuple(part for part in loc if not _is_union_tag(part))
+
+
+def _is_type_mismatch(error: Any) -> bool:
+    return error["type"].endswith(("_type", "_parsing"))
+
+
+def _union_member_noun(tag: str) -> str:
+    if tag in ("float", "int"):
+        return "a number"
+    if tag == "str" or tag.endswith(" str]"):
+        return "a string"
+    return "a mapping"
+
+
+def _union_errors(errors: list[Any]) -> list[Any]:
+    """One error per union field: the member that got furthest, or a single "expected A or B".
+
+    Pydantic reports a failed union once per member; "Input should be a valid number" for a
+    mapping baseline hides the real problem inside the mapping.
+    """
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for error in errors:
+        loc = tuple(error["loc"])
+        tags = [index for index, part in enumerate(loc) if _is_union_tag(part)]
+        if tags:
+            groups.setdefault(loc[: tags[0]], []).append(error)
+    kept = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        tags = [index for index, part in enumerate(loc) if _is_union_tag(part)]
+        if not tags:
+            kept.append(error)
+            continue
+        group = groups[loc[: tags[0]]]
+        if not all(_is_type_mismatch(member) for member in group):
+            if not _is_type_mismatch(error):
+                kept.append(error)
+        elif error is group[0]:
+            nouns = dict.fromkeys(_union_member_noun(tuple(m["loc"])[tags[0]]) for m in group)
+            kept.append(
+                {**error, "type": "union_mismatch",
+                 "msg": f"expected {' or '.join(nouns)}, got {error['input']!r}"}
+            )
+    return kept
 
 
 def _problems(exc: ValidationError, lines: _LineMap, source: str) -> list[str]:
-    problems: list[str] = []
+    problems: list[tuple[tuple[Any, ...], str]] = []
     seen_paths: set[tuple[Any, ...]] = set()
-    for error in exc.errors():
+    unknown_keys: dict[tuple[Any, ...], list[str]] = {}
+    errors = _union_errors(exc.errors())
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            loc = _clean_loc(tuple(error["loc"]))
+            unknown_keys.setdefault(loc[:-1], []).append(str(loc[-1]))
+    for error in errors:
         context = error.get("ctx") or {}
         loc = _clean_loc(tuple(error["loc"]))
         if "path" in context:
             loc = tuple(context["path"])
-        elif context.get("key"):
+        elif context.get("key") and loc[-1:] != (context["key"],):
             loc = loc + (context["key"],)
         if loc in seen_paths:
-            continue  # a union reports once per member; the first message is enough
+            continue
         seen_paths.add(loc)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
@@ -559,15 +621,27 @@ def _problems(exc: ValidationError, lines: _LineMap, source: str) -> list[str]:
             if allowed:
                 message += f" (allowed: {', '.join(allowed)})"
         elif error["type"] == "missing":
-            message = f"missing required key {str(loc[-1])!r}"
+            key = str(loc[-1])
+            # A misspelt key already reports "did you mean <key>"; "missing <key>" would repeat it.
+            if any(difflib.get_close_matches(typo, [key], n=1) for typo in unknown_keys.get(loc[:-1], [])):
+                continue
+            message = f"missing required key {key!r}"
         elif error["type"] == "string_pattern_mismatch" and "a-z0-9" in str(context.get("pattern")):
             message = f"{error['input']!r} is not a valid id: use lowercase letters, digits and '-'"
         elif error["type"] == "literal_error":
             message = f"{error['input']!r} is not allowed: expected {context.get('expected')}"
-        line = lines.line_of(loc)
-        where = f"{source}:{line}" if line else source
-        problems.append(f"{where}: {_format_path(loc)}: {message}")
-    return problems
+        elif error["type"] in ("model_type", "model_attributes_type", "dict_type"):
+            allowed = _known_keys(loc + ("",))
+            keys = f" with keys such as {', '.join(allowed[:4])}" if allowed else ""
+            message = f"expected a mapping{keys}, got {error['input']!r}"
+        problems.append((loc, message))
+    return [_located(loc, message, lines, source) for loc, message in problems]
+
+
+def _located(loc: tuple[Any, ...], message: str, lines: _LineMap, source: str) -> str:
+    line = lines.line_of(loc)
+    where = f"{source}:{line}" if line else source
+    return f"{where}: {_format_path(loc)}: {message}"
 
 
 def parse_spec(text: str, source: str = "okrs.yaml") -> OkrSpec:
@@ -590,7 +664,11 @@ def parse_spec(text: str, source: str = "okrs.yaml") -> OkrSpec:
         )
     if lines.duplicates:
         raise SpecError(
-            [f"{source}:{line}: {_format_path(path)}: duplicate key" for path, line in lines.duplicates]
+            [
+                f"{source}:{line}: {_format_path(path)}: duplicate key {path[-1]!r}; "
+                "a key may appear only once in a mapping"
+                for path, line in lines.duplicates
+            ]
         )
     try:
         return OkrSpec.model_validate(data)
