@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr.cli import cli
+from tests.postgres import postgres_server, postgres_uri  # noqa: F401  (fixtures)
 
 # A fixed moment inside 2026-Q4, so statuses and elapsed fractions are reproducible.
 NOW = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
