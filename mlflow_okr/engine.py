@@ -138,7 +138,7 @@ class Tally:
     rule: RunRule
     direction: Direction | None = None
     count: int = 0
-    total: float = 0.0
+    partial_sums: list[float] = field(default_factory=list)
     best: tuple[float, str] | None = None
     lowest: tuple[float, str] | None = None
     highest: tuple[float, str] | None = None
@@ -147,7 +147,7 @@ class Tally:
 
     def add(self, run_id: str, value: float, start_time: int | None) -> None:
         self.count += 1
-        self.total += value
+        _add_exactly(self.partial_sums, value)
         # Ties break on run id so that every order of additions gives the same run.
         if self.lowest is None or (value, run_id) < self.lowest:
             self.lowest = (value, run_id)
@@ -160,6 +160,11 @@ class Tally:
             margin = self.rule.maintain.margin(value)
             if self.worst_margin is None or (margin, run_id) < self.worst_margin[:2]:
                 self.worst_margin = (margin, run_id, value)
+
+    @property
+    def total(self) -> float:
+        """The sum of the counted values, correctly rounded whatever the order of additions."""
+        return math.fsum(self.partial_sums)
 
     def current(self) -> tuple[float | None, str | None]:
         """The KR's current value and the run that best represents it."""
@@ -187,6 +192,25 @@ class Tally:
         if aggregate == "count":
             return float(self.count), best[1]
         raise ValueError(f"unknown aggregate {aggregate!r}")
+
+
+def _add_exactly(partials: list[float], value: float) -> None:
+    """Add `value` to non-overlapping partial sums (Shewchuk's algorithm, as in math.fsum).
+
+    A plain running float sum depends on the order of additions; the live hook and `sync` see
+    runs in different orders and must agree exactly.
+    """
+    kept = 0
+    for partial in partials:
+        if abs(value) < abs(partial):
+            value, partial = partial, value
+        high = value + partial
+        low = partial - (high - value)
+        if low:
+            partials[kept] = low
+            kept += 1
+        value = high
+    partials[kept:] = [value]
 
 
 def infer_direction(baseline: float, target: float, explicit: Direction | None) -> Direction | None:

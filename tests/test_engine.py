@@ -1,0 +1,390 @@
+"""The scoring engine: each rule of DESIGN section 2, and the properties that must always hold."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mlflow_okr.engine import (
+    Bound,
+    RunFacts,
+    RunRule,
+    Tally,
+    classify_run,
+    counter_progress,
+    infer_direction,
+    maintain_progress,
+    metric_progress,
+    score_counter_kr,
+    score_metric_kr,
+    status_of,
+    weighted_mean,
+)
+from mlflow_okr.results import cycle_status, kr_status
+from mlflow_okr.spec import parse_spec
+
+CTR = RunRule(
+    metric="ctr",
+    guardrails=(Bound("p99_latency_ms", max=50), Bound("precision", min=0.9)),
+)
+
+
+def run(metrics: dict[str, float], status: str = "FINISHED", deleted: bool = False) -> RunFacts:
+    return RunFacts(run_id="r1", start_time=1, status=status, metrics=metrics, deleted=deleted)
+
+
+GOOD = {"ctr": 0.07, "p99_latency_ms": 40.0, "precision": 0.95}
+
+# ---------------------------------------------------------------------------------------------
+# classify_run
+
+
+def test_a_run_within_every_guardrail_counts():
+    verdict = classify_run(CTR, run(GOOD))
+    assert (verdict.state, verdict.value, verdict.tag_value) == ("counted", 0.07, "counted")
+
+
+def test_guardrail_bounds_are_inclusive():
+    verdict = classify_run(CTR, run({**GOOD, "p99_latency_ms": 50.0, "precision": 0.9}))
+    assert verdict.state == "counted"
+
+
+@pytest.mark.parametrize("status", ["FAILED", "KILLED"])
+def test_failed_and_killed_runs_are_excluded(status):
+    verdict = classify_run(CTR, run(GOOD, status=status))
+    assert verdict.state == "excluded"
+    assert verdict.tag_value == f"excluded: run {status}"
+    assert not verdict.is_guardrail_breach
+
+
+def test_a_run_without_the_metric_or_deleted_does_not_concern_the_kr():
+    assert classify_run(CTR, run({"p99_latency_ms": 1.0, "precision": 1.0})) is None
+    assert classify_run(CTR, run(GOOD, deleted=True)) is None
+
+
+@pytest.mark.parametrize(
+    "breach, reason",
+    [
+        ({"p99_latency_ms": 51.0}, "guardrail p99_latency_ms = 51 breaks <= 50"),
+        ({"precision": 0.5}, "guardrail precision = 0.5 breaks >= 0.9"),
+    ],
+)
+def test_guardrail_breach_excludes(breach, reason):
+    verdict = classify_run(CTR, run({**GOOD, **breach}))
+    assert verdict.state == "excluded"
+    assert verdict.reason == reason
+    assert verdict.tag_value == "excluded: " + reason
+    assert verdict.is_guardrail_breach
+
+
+def test_guardrail_missing_while_running_is_pending():
+    verdict = classify_run(CTR, run({"ctr": 0.07, "precision": 0.95}, status="RUNNING"))
+    assert (verdict.state, verdict.reason) == ("pending", "waiting for p99_latency_ms")
+    assert verdict.tag_value == "pending"
+
+
+def test_guardrail_missing_at_end_is_excluded():
+    verdict = classify_run(CTR, run({"ctr": 0.07}, status="FINISHED"))
+    assert verdict.state == "excluded"
+    assert verdict.reason == "guardrail p99_latency_ms, precision never logged"
+    assert not verdict.is_guardrail_breach
+
+
+def test_a_breach_wins_over_a_missing_guardrail_while_running():
+    verdict = classify_run(CTR, run({"ctr": 0.07, "precision": 0.1}, status="RUNNING"))
+    assert verdict.state == "excluded" and verdict.is_guardrail_breach
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_non_finite_value_is_excluded(value):
+    verdict = classify_run(RunRule("ctr"), run({"ctr": value}))
+    assert verdict.state == "excluded"
+    assert verdict.reason == f"ctr is {value}, not a finite number"
+
+
+def test_a_nan_guardrail_is_a_breach():
+    verdict = classify_run(CTR, run({**GOOD, "precision": math.nan}))
+    assert verdict.state == "excluded" and verdict.reason.startswith("guardrail precision = nan")
+
+
+def test_a_running_run_with_all_metrics_counts():
+    assert classify_run(CTR, run(GOOD, status="RUNNING")).state == "counted"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tally: the aggregates
+
+
+VALUES = [("a", 0.3, 10), ("b", 0.9, 30), ("c", 0.6, 20)]
+
+
+def tally_of(aggregate: str, direction="maximize", values=VALUES, maintain=None) -> Tally:
+    tally = Tally(RunRule("m", aggregate=aggregate, maintain=maintain), direction)
+    for run_id, value, start in values:
+        tally.add(run_id, value, start)
+    return tally
+
+
+@pytest.mark.parametrize(
+    "aggregate, direction, expected",
+    [
+        ("best", "maximize", (0.9, "b")),
+        ("best", "minimize", (0.3, "a")),
+        ("best", None, (0.9, "b")),
+        ("latest", "maximize", (0.9, "b")),
+        ("min", "maximize", (0.3, "a")),
+        ("max", "minimize", (0.9, "b")),
+        ("mean", "maximize", (pytest.approx(0.6), "b")),
+        ("mean", "minimize", (pytest.approx(0.6), "a")),
+        ("sum", "maximize", (pytest.approx(1.8), "b")),
+        ("count", "maximize", (3.0, "b")),
+    ],
+)
+def test_aggregates(aggregate, direction, expected):
+    assert tally_of(aggregate, direction).current() == expected
+
+
+def test_latest_is_the_run_that_started_last_not_the_last_added():
+    values = [("late", 0.1, 99), ("early", 0.8, 1)]
+    assert tally_of("latest", values=values).current() == (0.1, "late")
+
+
+def test_ties_break_on_run_id_in_any_order():
+    tied = [("z", 0.5, 5), ("a", 0.5, 5), ("m", 0.5, 5)]
+    for order in (tied, tied[::-1], tied[1:] + tied[:1]):
+        assert tally_of("best", "maximize", order).current() == (0.5, "a")
+        assert tally_of("best", "minimize", order).current() == (0.5, "a")
+        assert tally_of("min", values=order).current() == (0.5, "a")
+        assert tally_of("max", values=order).current() == (0.5, "a")
+        assert tally_of("latest", values=order).current() == (0.5, "z")
+
+
+def test_an_empty_tally_has_no_current_value():
+    for aggregate in ("best", "latest", "mean", "sum", "count", "min", "max"):
+        assert Tally(RunRule("m", aggregate=aggregate)).current() == (None, None)
+
+
+def test_sum_is_exact_whatever_the_order():
+    values = [("a", 1e16, 1), ("b", 1.0, 2), ("c", -1e16, 3)]
+    assert tally_of("sum", values=values).current()[0] == 1.0
+    assert tally_of("sum", values=values[::-1]).current()[0] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+
+
+@pytest.mark.parametrize(
+    "current, baseline, target, expected",
+    [
+        (0.065, 0.05, 0.08, 0.5),
+        (0.08, 0.05, 0.08, 1.0),
+        (0.2, 0.05, 0.08, 1.0),
+        (0.01, 0.05, 0.08, 0.0),
+        (125.0, 200.0, 50.0, 0.5),
+        (20.0, 200.0, 50.0, 1.0),
+        (300.0, 200.0, 50.0, 0.0),
+        (None, 0.05, 0.08, 0.0),
+        (0.06, None, 0.08, 0.0),
+        (0.06, 0.05, None, 0.0),
+        (math.nan, 0.05, 0.08, 0.0),
+    ],
+)
+def test_metric_progress_is_clamped_share_of_the_way(current, baseline, target, expected):
+    assert metric_progress(current, baseline, target) == pytest.approx(expected)
+
+
+def test_maintain_progress_holds_or_breaks():
+    bound = Bound("csat", min=4.5)
+    assert maintain_progress(3, 4.5, bound) == 1.0
+    assert maintain_progress(3, 4.4, bound) == 0.0
+    assert maintain_progress(0, None, bound) == 0.0
+
+
+def test_maintain_current_is_the_worst_value():
+    low = Bound("csat", min=4.5)
+    values = [("a", 4.9, 1), ("b", 4.6, 2), ("c", 4.8, 3)]
+    assert tally_of("best", values=values, maintain=low).current() == (4.6, "b")
+    band = Bound("temp", min=10, max=20)
+    values = [("a", 12.0, 1), ("b", 19.5, 2), ("c", 15.0, 3)]
+    assert tally_of("best", values=values, maintain=band).current() == (19.5, "b")
+
+
+def test_maintain_kr_scores_one_while_it_holds():
+    bound = Bound("csat", min=4.5)
+    holds = tally_of("best", values=[("a", 4.7, 1), ("b", 4.5, 2)], maintain=bound)
+    scored = score_metric_kr(holds, None, None, elapsed=0.5, cycle_over=False)
+    assert (scored.current, scored.progress, scored.status, scored.counted_runs) == (4.5, 1.0, "achieved", 2)
+    breaks = tally_of("best", values=[("a", 4.7, 1), ("b", 4.2, 2)], maintain=bound)
+    scored = score_metric_kr(breaks, None, None, elapsed=0.5, cycle_over=False)
+    assert (scored.current, scored.progress, scored.best_run_id) == (4.2, 0.0, "b")
+    assert scored.status == "off-track"
+    empty = Tally(RunRule("csat", maintain=bound))
+    scored = score_metric_kr(empty, None, None, elapsed=0.5, cycle_over=False)
+    assert (scored.progress, scored.status) == (0.0, "not-started")
+
+
+def test_counter_krs():
+    assert counter_progress(2, 3) == pytest.approx(2 / 3)
+    assert counter_progress(5, 3) == 1.0
+    assert counter_progress(None, 3) == 0.0
+    scored = score_counter_kr(2.0, 2, 4.0, elapsed=0.5, cycle_over=False)
+    assert (scored.progress, scored.status, scored.counted_runs, scored.baseline) == (0.5, "on-track", 2, 0.0)
+    assert score_counter_kr(0.0, 0, 4.0, elapsed=0.5, cycle_over=False).status == "not-started"
+    assert score_counter_kr(1.0, 1, 1.0, elapsed=0.1, cycle_over=False).status == "achieved"
+    assert score_counter_kr(None, 0, 1.0, elapsed=1.0, cycle_over=True).status == "missed"
+
+
+def test_metric_kr_without_a_baseline_is_not_started():
+    tally = tally_of("best")
+    scored = score_metric_kr(tally, None, 1.0, elapsed=0.5, cycle_over=False)
+    assert (scored.status, scored.progress, scored.counted_runs) == ("not-started", 0.0, 3)
+    assert scored.notes == ("baseline not resolved yet",)
+
+
+def test_infer_direction():
+    assert infer_direction(0.05, 0.08, None) == "maximize"
+    assert infer_direction(200, 50, None) == "minimize"
+    assert infer_direction(1, 1, None) is None
+    assert infer_direction(1, 2, "minimize") == "minimize"
+
+
+# ---------------------------------------------------------------------------------------------
+# Status
+
+
+@pytest.mark.parametrize(
+    "progress, has_data, elapsed, expected",
+    [
+        (1.0, True, 0.1, "achieved"),
+        (0.0, False, 0.5, "not-started"),
+        (0.35, True, 0.5, "on-track"),  # 0.35 >= 0.7 x 0.5
+        (0.34, True, 0.5, "at-risk"),
+        (0.20, True, 0.5, "at-risk"),  # 0.20 >= 0.4 x 0.5
+        (0.19, True, 0.5, "off-track"),
+        (0.0, True, 0.0, "on-track"),  # nothing is expected on day one
+        (0.69, True, 1.0, "at-risk"),
+    ],
+)
+def test_status_during_the_cycle(progress, has_data, elapsed, expected):
+    assert status_of(progress, has_data, elapsed, cycle_over=False) == expected
+
+
+def test_status_uses_the_thresholds():
+    assert status_of(0.29, True, 0.5, False, on_track=0.6, at_risk=0.5) == "at-risk"
+    assert status_of(0.3, True, 0.5, False, on_track=0.5, at_risk=0.2) == "on-track"
+    assert status_of(0.05, True, 0.5, False, on_track=0.5, at_risk=0.2) == "off-track"
+
+
+@pytest.mark.parametrize(
+    "progress, has_data, expected",
+    [(1.0, True, "achieved"), (0.7, True, "met"), (0.69, True, "missed"), (0.0, False, "missed")],
+)
+def test_status_after_the_cycle(progress, has_data, expected):
+    assert status_of(progress, has_data, 1.0, cycle_over=True) == expected
+
+
+def test_weighted_mean():
+    assert weighted_mean([(1.0, 1), (0.0, 3)]) == 0.25
+    assert weighted_mean([(0.5, 2)]) == 0.5
+    assert weighted_mean([]) == 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Properties
+
+finite = st.floats(min_value=-1e9, max_value=1e9, allow_nan=False)
+any_float = st.floats(allow_nan=True, allow_infinity=True)
+
+
+@given(current=any_float, baseline=any_float, target=any_float)
+def test_progress_is_always_between_0_and_1(current, baseline, target):
+    progress = metric_progress(current, baseline, target)
+    assert 0.0 <= progress <= 1.0
+
+
+@given(low=finite, high=finite, baseline=finite, target=finite)
+def test_progress_is_monotone_in_the_krs_direction(low, high, baseline, target):
+    low, high = sorted((low, high))
+    if target == baseline:
+        return
+    if target > baseline:  # maximize: a higher current value never lowers progress
+        assert metric_progress(low, baseline, target) <= metric_progress(high, baseline, target)
+    else:  # minimize: a lower current value never lowers progress
+        assert metric_progress(high, baseline, target) <= metric_progress(low, baseline, target)
+
+
+@given(
+    values=st.lists(st.tuples(finite, st.integers(0, 10**12)), min_size=1, max_size=20),
+    aggregate=st.sampled_from(["best", "latest", "mean", "sum", "count", "min", "max"]),
+    direction=st.sampled_from(["maximize", "minimize", None]),
+    maintain=st.sampled_from([None, Bound("m", min=0.0), Bound("m", min=-5.0, max=5.0)]),
+    data=st.data(),
+)
+def test_tally_does_not_depend_on_the_order_of_adds(values, aggregate, direction, maintain, data):
+    runs = [(f"run-{index:02d}", value, start) for index, (value, start) in enumerate(values)]
+    shuffled = data.draw(st.permutations(runs))
+    first = tally_of(aggregate, direction, runs, maintain)
+    second = tally_of(aggregate, direction, shuffled, maintain)
+    assert first.current() == second.current()
+    assert first.count == second.count == len(runs)
+
+
+@given(
+    values=st.lists(st.floats(min_value=0, max_value=1), min_size=1, max_size=10),
+    low=finite,
+    high=finite,
+)
+def test_best_is_monotone_when_a_better_run_arrives(values, low, high):
+    tally = tally_of("best", "maximize", [(f"r{i}", v, i) for i, v in enumerate(values)])
+    before = metric_progress(tally.current()[0], 0.0, 1.0)
+    tally.add("new", max(values) + abs(high - low), 99)
+    assert metric_progress(tally.current()[0], 0.0, 1.0) >= before
+
+
+@given(st.lists(st.tuples(st.floats(0, 1), st.floats(0.01, 100)), min_size=1, max_size=10))
+def test_weighted_mean_is_within_the_values_and_matches_the_formula(pairs):
+    mean = weighted_mean(pairs)
+    expected = sum(value * weight for value, weight in pairs) / sum(weight for _, weight in pairs)
+    assert mean == pytest.approx(expected)
+    assert min(v for v, _ in pairs) - 1e-12 <= mean <= max(v for v, _ in pairs) + 1e-12
+
+
+def _spec_with(weights: list[list[float]]) -> str:
+    lines = ["version: 1", "cycle: 2026-Q4", "objectives:"]
+    for o_index, objective in enumerate(weights):
+        lines += [f"  - id: o{o_index}", "    title: Objective", "    category: product", "    key_results:"]
+        for k_index, weight in enumerate(objective):
+            lines.append(f"      - {{id: k{o_index}-{k_index}, source: manual, target: 1, weight: {weight}}}")
+    return "\n".join(lines) + "\n"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.floats(0, 1), st.floats(0.1, 10)), min_size=1, max_size=4),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_objective_and_cycle_scores_are_weighted_means(objectives):
+    spec = parse_spec(_spec_with([[weight for _, weight in krs] for krs in objectives]))
+    now = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
+    statuses = {}
+    for (_, kr), (progress, _) in zip(
+        spec.key_results(), [pair for krs in objectives for pair in krs], strict=True
+    ):
+        scored = score_counter_kr(progress, 1, 1.0, elapsed=0.5, cycle_over=False)
+        statuses[kr.id] = kr_status(kr, scored)
+    status = cycle_status(spec, statuses, now)
+    objective_scores = []
+    for objective_status, krs in zip(status.objectives, objectives, strict=True):
+        expected = sum(round(p, 4) * w for p, w in krs) / sum(w for _, w in krs)
+        assert objective_status.score == pytest.approx(expected, abs=1e-4)
+        objective_scores.append(objective_status.score)
+    assert status.score == pytest.approx(sum(objective_scores) / len(objective_scores), abs=1e-4)
+    assert 0.0 <= status.score <= 1.0
