@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -83,6 +84,8 @@ def checkin(
     who: str | None = None,
 ) -> Checkin:
     """Record a manual KR's value, with who and when; the KR's metrics chart the check-ins."""
+    if not math.isfinite(value):
+        raise InputError(f"check-in value for KR {kr_id!r} must be a finite number, not {value!r}")
     client = state.make_client(tracking_uri)
     published = state.load_published(client, cycle)
     kr = published.spec.find_key_result(kr_id)
