@@ -128,7 +128,8 @@ class _Publisher:
         if experiment is not None:
             action: Action = "unchanged" if stored_hash == spec_tags[state.TAG_SPEC_HASH] else "update"
             self.step(action, "cycle", self.spec.cycle.name, "spec")
-        if self.experiment_id is not None and not self.dry_run and stored_hash != spec_tags[state.TAG_SPEC_HASH]:
+        spec_changed = stored_hash != spec_tags[state.TAG_SPEC_HASH]
+        if self.experiment_id is not None and not self.dry_run and spec_changed:
             spec_tags[state.TAG_APPLIED_AT] = str(state.now_ms())
             for key, value in spec_tags.items():
                 self.client.set_experiment_tag(self.experiment_id, key, value)
@@ -148,6 +149,8 @@ class _Publisher:
                 action: Action = "restore" if retired else ("update" if changed else "unchanged")
                 if self.step(action, "objective", objective.id, ", ".join(changed)):
                     self.set_tags(parent_id, {**wanted, state.TAG_RETIRED: "false"})
+                    if retired:  # objectives carry a status tag only while retired
+                        self.client.delete_tag(parent_id, state.TAG_STATUS)
             for kr in objective.key_results:
                 self._key_result(kr, objective, parent_id, kr_runs.get(kr.id))
 
@@ -160,7 +163,8 @@ class _Publisher:
         changed = _changed(existing, wanted)
         if existing.data.tags.get(state.TAG_RETIRED) == "true":
             if self.step("restore", "kr", kr.id, ", ".join(changed)):
-                self.set_tags(existing.info.run_id, {**wanted, state.TAG_RETIRED: "false"})
+                restored = {**wanted, state.TAG_RETIRED: "false", state.TAG_STATUS: "not-started"}
+                self.set_tags(existing.info.run_id, restored)
             return
         if self.step("update" if changed else "unchanged", "kr", kr.id, ", ".join(changed)):
             self.set_tags(existing.info.run_id, wanted)
