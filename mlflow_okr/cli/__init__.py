@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from mlflow_okr import __version__
-from mlflow_okr.cli import core
+from mlflow_okr.cli import core, demo
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,6 +16,7 @@ def cli() -> None:
 
 for command in core.COMMANDS:
     cli.add_command(command)
+cli.add_command(demo.demo)
 
 
 def main() -> None:

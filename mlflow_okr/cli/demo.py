@@ -1,0 +1,38 @@
+"""The `demo` command: a real end-to-end example on an embedded SQLite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mlflow_okr import render
+from mlflow_okr.cli.common import handle_errors
+
+
+@click.command()
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=".",
+    show_default=True,
+    help="Where to create mlflow.db and okrs.yaml (created if missing).",
+)
+@click.option("--force", is_flag=True, help="Replace an mlflow.db or okrs.yaml already in the directory.")
+@handle_errors
+def demo(directory: Path, force: bool) -> None:
+    """Train scikit-learn models, log them to a new SQLite MLflow store and score them as OKRs."""
+    from mlflow_okr.demo import run_demo
+
+    result = run_demo(directory, force=force, report=click.echo)
+    click.echo()
+    click.echo(render.status_table(result.status))
+    click.echo()
+    click.echo(
+        f"Done in {result.seconds:.0f} s: {result.training_runs} training runs, OKRs in {result.spec_path}."
+    )
+    click.echo("Open the MLflow UI on this store (experiment okr/<cycle> holds one run per KR):")
+    click.echo(f"  {result.ui_command}")
+    click.echo("Query it from the command line:")
+    click.echo(f"  MLFLOW_TRACKING_URI={result.store_uri} mlflow-okr status")

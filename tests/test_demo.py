@@ -1,0 +1,242 @@
+"""The demo end to end on a real SQLite store, the examples, and the README's CLI reference."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+
+from mlflow_okr import demo, load_spec, parse_spec
+from mlflow_okr.cli import cli, core
+from mlflow_okr.cli import demo as demo_command
+from tests.conftest import invoke
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+EXAMPLE_SPEC = ROOT / "examples" / "okrs.yaml"
+SCREENING_RUNS = 5
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory):
+    """Run `mlflow-okr demo --dir DIR` once for the module; return (directory, CLI result, client)."""
+    directory = tmp_path_factory.mktemp("demo") / "run"
+    result = CliRunner().invoke(cli, ["demo", "--dir", str(directory)], catch_exceptions=False)
+    client = MlflowClient(f"sqlite:///{directory / 'mlflow.db'}")
+    return directory, result, client
+
+
+def runs_by_name(client: MlflowClient, experiment_name: str) -> dict[str, object]:
+    experiment = client.get_experiment_by_name(experiment_name)
+    assert experiment is not None, f"missing experiment {experiment_name}"
+    return {run.info.run_name: run for run in client.search_runs([experiment.experiment_id])}
+
+
+def test_demo_prints_status_and_ui_command(demo_run):
+    directory, result, _ = demo_run
+    assert result.exit_code == 0, result.output
+    assert (directory / "mlflow.db").is_file() and (directory / "okrs.yaml").is_file()
+    assert f"mlflow ui --backend-store-uri sqlite:///{directory.resolve()}/mlflow.db" in result.output
+    for line in ("objective / KR", "trusted-screening", "fast-serving", "forecast-research", "alerting-live"):
+        assert line in result.output
+
+
+def test_demo_spec_has_every_category_and_kind():
+    spec = parse_spec(demo.demo_spec("2026-Q4"), "demo okrs.yaml")
+    assert {objective.category for objective in spec.objectives} == {"product", "operational", "research"}
+    krs = {kr.id: kr for _, kr in spec.key_results()}
+    assert {kr.kind for kr in krs.values()} == {"metric", "maintain", "manual"}
+    assert isinstance(krs["f1-vs-first-model"].target, str) and isinstance(krs["forecast-mae"].target, str)
+    assert krs["p99-latency"].resolve(10)[1] == "minimize"
+    assert krs["recall"].guardrails and krs["p99-latency"].filter
+
+
+def test_demo_cycle_is_the_current_quarter(demo_run):
+    directory, _, _ = demo_run
+    assert load_spec(directory / "okrs.yaml").cycle.name == demo.current_quarter()
+    assert demo.current_quarter(dt.date(2026, 2, 28)) == "2026-Q1"
+    assert demo.current_quarter(dt.date(2026, 12, 31)) == "2026-Q4"
+
+
+def test_okr_experiment_has_one_run_per_kr_and_objective(demo_run):
+    directory, _, client = demo_run
+    spec = load_spec(directory / "okrs.yaml")
+    experiment = client.get_experiment_by_name(f"okr/{spec.cycle.name}")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id], run_view_type=ViewType.ACTIVE_ONLY)
+    kr_runs = sorted(run.data.tags["okr.kr.id"] for run in runs if run.data.tags.get("okr.role") == "kr")
+    objective_runs = sorted(
+        run.data.tags["okr.objective.id"] for run in runs if run.data.tags.get("okr.role") == "objective"
+    )
+    assert kr_runs == sorted(kr.id for _, kr in spec.key_results())
+    assert objective_runs == ["fast-serving", "forecast-research", "trusted-screening"]
+    assert len(runs) == len(kr_runs) + len(objective_runs)
+    by_kr = {run.data.tags["okr.kr.id"]: run for run in runs if run.data.tags.get("okr.role") == "kr"}
+    assert set(by_kr["recall"].data.metrics) >= {"okr.value", "okr.progress", "okr.score"}
+
+
+def test_training_runs_carry_okr_tags(demo_run):
+    directory, _, client = demo_run
+    cycle = load_spec(directory / "okrs.yaml").cycle.name
+    screening = runs_by_name(client, "demo-screening")
+    assert len(screening) == SCREENING_RUNS
+    for run in screening.values():
+        tags = run.data.tags
+        assert tags["okr.cycle"] == cycle
+        assert tags["okr.kr.f1-vs-first-model"] == "counted"  # no guardrails on this KR
+        assert "f1-vs-first-model" in tags["okr.krs"].split(",")
+        assert "okr.kr.reader-accuracy" not in tags  # another experiment's KR
+    chasing_recall = screening["logistic-regression-threshold-0.3"].data
+    assert chasing_recall.metrics["val_precision"] < 0.95
+    assert chasing_recall.tags["okr.kr.recall"].startswith("excluded: guardrail val_precision")
+    assert "recall" not in chasing_recall.tags["okr.krs"].split(",")
+    assert "okr.kr.p99-latency" not in chasing_recall.tags  # stage=experiment is outside the filter
+    baseline = screening["logistic-regression"].data.tags
+    assert baseline["okr.kr.p99-latency"] == "counted"
+    digits = runs_by_name(client, "demo-digits")
+    for run in digits.values():
+        assert run.data.tags["okr.kr.reader-accuracy"] == "counted"
+    counted = client.search_runs(
+        [client.get_experiment_by_name("demo-forecast").experiment_id],
+        filter_string="tags.`okr.kr.forecast-mae` = 'counted'",
+    )
+    assert len(counted) == 3
+
+
+def status_json(client: MlflowClient) -> dict:
+    result = invoke(CliRunner(), "status", "--format", "json", "--tracking-uri", client.tracking_uri)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_status_values_come_from_the_logged_runs(demo_run):
+    _, _, client = demo_run
+    status = status_json(client)
+    krs = {kr["id"]: kr for objective in status["objectives"] for kr in objective["key_results"]}
+    for kr in krs.values():
+        assert 0.0 <= kr["progress"] <= 1.0
+        if kr["kind"] in ("metric", "maintain"):
+            assert kr["counted_runs"] > 0, kr
+    assert 0.0 <= status["score"] <= 1.0 and 0.0 < status["cycle"]["elapsed"] <= 1.0
+
+    forecast = runs_by_name(client, "demo-forecast")
+    linear_mae = forecast["linear-regression"].data.metrics["val_mae"]
+    best_mae = min(run.data.metrics["val_mae"] for run in forecast.values())
+    mae = krs["forecast-mae"]
+    assert mae["baseline"] == pytest.approx(linear_mae)
+    assert mae["target"] == pytest.approx(linear_mae * 0.9)
+    assert mae["direction"] == "minimize" and mae["counted_runs"] == 3
+    assert mae["current"] == pytest.approx(best_mae)
+    expected_progress = (best_mae - linear_mae) / (linear_mae * 0.9 - linear_mae)
+    assert mae["progress"] == pytest.approx(expected_progress, abs=1e-4)
+
+    reader = krs["reader-accuracy"]
+    digits = runs_by_name(client, "demo-digits").values()
+    digits_accuracy = [run.data.metrics["val_accuracy"] for run in digits]
+    assert reader["current"] == pytest.approx(min(digits_accuracy))
+    assert reader["progress"] == 1.0 and reader["status"] == "achieved"
+
+    alerting = krs["alerting-live"]
+    assert (alerting["kind"], alerting["current"], alerting["progress"], alerting["status"]) == (
+        "manual", 1.0, 1.0, "achieved"
+    )
+    objective_scores = {objective["id"]: objective["score"] for objective in status["objectives"]}
+    assert status["score"] == pytest.approx(sum(objective_scores.values()) / 3, abs=1e-4)
+
+
+def test_demo_leaves_no_drift(demo_run):
+    _, _, client = demo_run
+    result = invoke(CliRunner(), "sync", "--check", "--tracking-uri", client.tracking_uri)
+    assert result.exit_code == 0, result.output
+    assert "No drift" in result.output
+
+
+def test_demo_refuses_to_overwrite_without_force(demo_run):
+    directory, _, client = demo_run
+    before = len(client.search_runs([client.get_experiment_by_name("demo-screening").experiment_id]))
+    result = CliRunner().invoke(cli, ["demo", "--dir", str(directory)])
+    assert result.exit_code == 2
+    assert "already has mlflow.db and okrs.yaml" in result.output and "--force" in result.output
+    after = len(client.search_runs([client.get_experiment_by_name("demo-screening").experiment_id]))
+    assert before == after == SCREENING_RUNS
+
+
+def test_demo_refuses_a_users_own_okrs_yaml(tmp_path: Path):
+    (tmp_path / "okrs.yaml").write_text("version: 1\n", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["demo", "--dir", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "already has okrs.yaml" in result.output
+    assert (tmp_path / "okrs.yaml").read_text(encoding="utf-8") == "version: 1\n"
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_demo_refuses_a_file_as_directory(tmp_path: Path):
+    target = tmp_path / "not-a-dir"
+    target.write_text("x", encoding="utf-8")
+    result = CliRunner().invoke(cli, ["demo", "--dir", str(target)])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_example_spec_validates_and_uses_every_kind(runner: CliRunner):
+    result = invoke(runner, "validate", str(EXAMPLE_SPEC))
+    assert result.exit_code == 0, result.output
+    assert "3 objectives, 7 key results" in result.output
+    spec = load_spec(EXAMPLE_SPEC)
+    assert {kr.kind for _, kr in spec.key_results()} == {"metric", "maintain", "ledger", "manual"}
+
+
+def test_example_training_script_logs_to_the_tracking_uri(
+    tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+):
+    script = ROOT / "examples" / "train.py"
+    monkeypatch.setattr(sys, "argv", [str(script), "--experiment", "forecast-test", "--n-estimators", "20"])
+    runpy.run_path(str(script), run_name="__main__")
+    runs = client.search_runs([client.get_experiment_by_name("forecast-test").experiment_id])
+    assert len(runs) == 1
+    assert set(runs[0].data.metrics) >= {"mape", "p99_latency_ms"} and runs[0].data.metrics["mape"] > 0
+    assert runs[0].data.params["n_estimators"] == "20"
+
+
+# ---------------------------------------------------------------------------------------------
+# The README is the reference: it must stay true to the CLI.
+
+
+def readme_text() -> str:
+    return README.read_text(encoding="utf-8")
+
+
+def test_readme_documents_every_command():
+    text = readme_text()
+    missing = [name for name in cli.commands if f"mlflow-okr {name}" not in text]
+    assert not missing, f"README.md does not document: {missing}"
+
+
+@pytest.mark.parametrize("command", [*core.COMMANDS, demo_command.demo], ids=lambda c: c.name)
+def test_readme_lists_every_option(command):
+    text = readme_text()
+    options = [
+        option for param in command.params for option in getattr(param, "opts", [])
+        if option.startswith("--") and option != "--help"
+    ]
+    missing = [option for option in options if option not in text]
+    assert not missing, f"README.md misses options of `{command.name}`: {missing}"
+    assert command.help, f"`{command.name}` has no help text"
+
+
+def test_readme_has_the_two_setup_commands_and_placeholders():
+    text = readme_text()
+    assert "mlflow-okr demo --dir demo-run" in text
+    assert "bash scripts/test.sh" in text
+    assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    for heading in ("Live updates", "Ledger", "Quarter-end report and notifications",
+                    "Reliability and security", "Benchmarks"):
+        assert re.search(rf"^## {re.escape(heading)}$", text, re.MULTILINE), heading
