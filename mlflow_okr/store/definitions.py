@@ -1,0 +1,104 @@
+"""The KR definitions the live store watches, read from what `mlflow-okr apply` published."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from mlflow.entities import ViewType
+from mlflow.tracking import MlflowClient
+from mlflow.utils.search_utils import SearchUtils
+
+from mlflow_okr import state
+
+# A KR is named by the experiment id of its published cycle and its id.
+KrRef = tuple[str, str]
+
+
+def is_managed_key(key: str) -> bool:
+    """Keys mlflow-okr writes itself (`okr.*`): they never trigger hooks."""
+    return key.startswith("okr.")
+
+
+@dataclass
+class WatchedKrs:
+    """Published cycles and, per metric, tag and param key, the KRs a write of that key concerns."""
+
+    cycles: dict[str, state.PublishedCycle] = field(default_factory=dict)
+    metric_krs: dict[str, frozenset[KrRef]] = field(default_factory=dict)
+    tag_krs: dict[str, frozenset[KrRef]] = field(default_factory=dict)
+    param_krs: dict[str, frozenset[KrRef]] = field(default_factory=dict)
+    okr_experiment_ids: frozenset[str] = frozenset()
+    signature: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def all_krs(self) -> frozenset[KrRef]:
+        return frozenset(
+            (experiment_id, kr.id)
+            for experiment_id, published in self.cycles.items()
+            for _, kr in published.spec.key_results()
+            if kr.metric is not None
+        )
+
+    def current_cycle(self, now: dt.datetime | None = None) -> state.PublishedCycle | None:
+        """The published cycle whose dates contain `now`."""
+        moment = int((now or dt.datetime.now(dt.timezone.utc)).timestamp() * 1000)
+        current = [c for c in self.cycles.values() if c.cycle.contains(moment)]
+        return sorted(current, key=lambda c: c.cycle.start)[-1] if current else None
+
+
+def published_signature(client: MlflowClient) -> tuple[tuple[str, str], ...]:
+    """One cheap query: which cycles are published, with their spec hashes."""
+    return tuple(
+        sorted(
+            (experiment.experiment_id, experiment.tags.get(state.TAG_SPEC_HASH, ""))
+            for experiment in state.list_cycle_experiments(client)
+        )
+    )
+
+
+def _add(index: dict[str, set[KrRef]], key: str, ref: KrRef) -> None:
+    if not is_managed_key(key):
+        index.setdefault(key, set()).add(ref)
+
+
+def _filter_keys(filter_string: str | None) -> Iterable[tuple[str, str]]:
+    for clause in SearchUtils.parse_search_filter(filter_string or ""):
+        yield clause["type"], clause["key"]
+
+
+def load_watched_krs(client: MlflowClient) -> WatchedKrs:
+    """Read every published cycle and index its metric KRs by the keys that can change them."""
+    signature = published_signature(client)
+    metric_krs: dict[str, set[KrRef]] = {}
+    tag_krs: dict[str, set[KrRef]] = {}
+    param_krs: dict[str, set[KrRef]] = {}
+    cycles = {}
+    for experiment_id, _ in signature:
+        experiment = client.get_experiment(experiment_id)
+        cycle_name = experiment.name[len(state.OKR_PREFIX):]
+        published = state.load_published(client, cycle_name)
+        cycles[published.experiment_id] = published
+        for _, kr in published.spec.key_results():
+            if kr.metric is None:
+                continue
+            ref = (published.experiment_id, kr.id)
+            _add(metric_krs, kr.metric, ref)
+            for guardrail in kr.guardrails:
+                _add(metric_krs, guardrail.metric, ref)
+            for kind, key in _filter_keys(kr.filter):
+                index = {"metric": metric_krs, "tag": tag_krs, "parameter": param_krs}.get(kind)
+                if index is not None:
+                    _add(index, key, ref)
+    okr_experiments = client.search_experiments(
+        view_type=ViewType.ALL, filter_string=f"name LIKE '{state.OKR_PREFIX}%'"
+    )
+    return WatchedKrs(
+        cycles=cycles,
+        metric_krs={key: frozenset(refs) for key, refs in metric_krs.items()},
+        tag_krs={key: frozenset(refs) for key, refs in tag_krs.items()},
+        param_krs={key: frozenset(refs) for key, refs in param_krs.items()},
+        okr_experiment_ids=frozenset(e.experiment_id for e in okr_experiments),
+        signature=signature,
+    )

@@ -1,0 +1,180 @@
+"""The `okr+<scheme>://` tracking store: the inner store's own class, plus hooks on writes.
+
+`okr+sqlite:///mlflow.db` builds the store MLflow would build for `sqlite:///mlflow.db`, then
+makes it an instance of a subclass of that store's class which adds the hooks, so every
+`isinstance` check MLflow makes still holds. Everything not intercepted here passes through.
+"""
+
+from __future__ import annotations
+
+import atexit
+import inspect
+import threading
+from typing import Any
+
+from mlflow.entities import RunStatus
+from mlflow.utils.async_logging.async_logging_queue import AsyncLoggingQueue
+
+from mlflow_okr import state
+from mlflow_okr.store.live import LiveKrs, fail_open
+
+_hooked_classes: dict[type, type] = {}
+_hooked_classes_lock = threading.Lock()
+
+
+def inner_uri_of(store_uri: str) -> str:
+    """`okr+sqlite:///x.db` -> `sqlite:///x.db`."""
+    if not store_uri.startswith(state.OKR_PLUGIN_SCHEME_PREFIX):
+        raise ValueError(f"not an mlflow-okr store URI (expected okr+<scheme>://...): {store_uri}")
+    return store_uri[len(state.OKR_PLUGIN_SCHEME_PREFIX):]
+
+
+def _is_terminal(run_status: Any) -> bool:
+    if run_status is None:
+        return False
+    name = run_status if isinstance(run_status, str) else RunStatus.to_string(run_status)
+    return RunStatus.is_terminated(RunStatus.from_string(name))
+
+
+class OkrHooks:
+    """Mixed in before the inner store's class: each write first runs there, then is noted."""
+
+    _okr_live: LiveKrs
+
+    def log_metric(self, run_id, metric):
+        result = super().log_metric(run_id, metric)
+        self._okr_live.written(run_id, metric_keys=(metric.key,))
+        return result
+
+    def log_batch(self, run_id, metrics, params, tags):
+        result = super().log_batch(run_id, metrics, params, tags)
+        self._okr_live.written(
+            run_id,
+            metric_keys=[metric.key for metric in metrics or ()],
+            tag_keys=[tag.key for tag in tags or ()],
+            param_keys=[param.key for param in params or ()],
+        )
+        return result
+
+    def log_param(self, run_id, param):
+        result = super().log_param(run_id, param)
+        self._okr_live.written(run_id, param_keys=(param.key,))
+        return result
+
+    def set_tag(self, run_id, tag):
+        result = super().set_tag(run_id, tag)
+        self._okr_live.written(run_id, tag_keys=(tag.key,))
+        return result
+
+    def delete_tag(self, run_id, key):
+        result = super().delete_tag(run_id, key)
+        self._okr_live.written(run_id, tag_keys=(key,))
+        return result
+
+    # The *_async variants queue the write; the queue calls this class's `log_batch` once the
+    # write is stored (see `_use_hooked_async_queue`), so KRs are noted after the data lands.
+    def log_metric_async(self, run_id, metric):
+        return super().log_metric_async(run_id, metric)
+
+    def log_param_async(self, run_id, param):
+        return super().log_param_async(run_id, param)
+
+    def set_tag_async(self, run_id, tag):
+        return super().set_tag_async(run_id, tag)
+
+    def log_batch_async(self, run_id, metrics, params, tags):
+        return super().log_batch_async(run_id, metrics, params, tags)
+
+    def create_run(self, experiment_id, user_id, start_time, tags, run_name):
+        # A new run has no metrics yet, so no KR can count it; its tags are noted for filters.
+        run = super().create_run(experiment_id, user_id, start_time, tags, run_name)
+        if tags:
+            self._okr_live.written(run.info.run_id, tag_keys=[tag.key for tag in tags])
+        return run
+
+    def update_run_info(self, run_id, run_status, end_time, run_name):
+        result = super().update_run_info(run_id, run_status, end_time, run_name)
+        # Run end is the post-run hook: pending runs become excluded, settled before returning.
+        self._okr_live.run_changed(run_id, flush=_is_terminal(run_status))
+        return result
+
+    def delete_run(self, run_id):
+        result = super().delete_run(run_id)
+        self._okr_live.run_changed(run_id, flush=True)
+        return result
+
+    def restore_run(self, run_id):
+        result = super().restore_run(run_id)
+        self._okr_live.run_changed(run_id, flush=True)
+        return result
+
+    def flush_okr(self) -> None:
+        """Settle every pending KR update now (queued async writes first)."""
+        try:
+            self.flush_async_logging()
+            self._okr_live.flush()
+        except Exception as error:  # noqa: BLE001 - fail-open
+            fail_open(error)
+
+
+def hooked_class(store_class: type) -> type:
+    """`Okr<InnerStore>`: the inner store's class with the hooks in front; one per class."""
+    with _hooked_classes_lock:
+        if store_class not in _hooked_classes:
+            _hooked_classes[store_class] = type(f"Okr{store_class.__name__}", (OkrHooks, store_class), {})
+        return _hooked_classes[store_class]
+
+
+def _use_hooked_async_queue(store: Any) -> None:
+    # The inner store built its async queue around its own `log_batch`; rebuild it around the
+    # hooked one so async writes (`synchronous=False`, autologging) update KRs too.
+    if hasattr(store, "_async_logging_queue"):
+        store._async_logging_queue = AsyncLoggingQueue(logging_func=store.log_batch)
+
+
+def wrap_store(store: Any, inner_uri: str) -> Any:
+    """Turn a freshly built inner store into its hooked subclass, in place."""
+    store.__class__ = hooked_class(type(store))
+    store._okr_live = LiveKrs(inner_uri)
+    _use_hooked_async_queue(store)
+    atexit.register(_flush_at_exit, store)
+    return store
+
+
+def _flush_at_exit(store: Any) -> None:
+    try:
+        store.flush_async_logging()
+    except Exception as error:  # noqa: BLE001 - fail-open
+        fail_open(error)
+    store._okr_live.flush_at_exit()
+
+
+def build_tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:
+    """The tracking store for `okr+<scheme>://rest`: the store for `<scheme>://rest`, hooked."""
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    inner_uri = inner_uri_of(store_uri)
+    builder = _tracking_store_registry.get_store_builder(inner_uri)
+    return wrap_store(builder(store_uri=inner_uri, artifact_uri=artifact_uri), inner_uri)
+
+
+def build_registry_store(store_uri: str, tracking_uri: str | None = None) -> Any:
+    """The model registry store for `okr+<scheme>://rest`: MLflow's own for `<scheme>://rest`."""
+    from mlflow.tracking._model_registry.utils import _get_store_registry
+
+    inner_uri = inner_uri_of(store_uri)
+    builder = _get_store_registry().get_store_builder(inner_uri)
+    # As MLflow's registry does: not every registry store takes a tracking URI.
+    if "tracking_uri" in inspect.signature(builder).parameters:
+        return builder(store_uri=inner_uri, tracking_uri=state.strip_plugin_scheme(tracking_uri))
+    return builder(store_uri=inner_uri)
+
+
+def flush(store: Any | None = None) -> None:
+    """Settle pending live KR updates of `store` (default: the current tracking store)."""
+    if store is None:
+        from mlflow.tracking._tracking_service.utils import _get_store
+
+        store = _get_store()
+    if isinstance(store, OkrHooks):
+        store.flush_okr()

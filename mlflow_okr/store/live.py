@@ -1,0 +1,343 @@
+"""Live KR updates: the hooks mark what a write touched; a writer recomputes it from the database.
+
+The user's thread only looks keys up in a dictionary and records the run and KRs to revisit.
+A background thread coalesces those marks and, at most once per `FLUSH_INTERVAL`, recomputes
+the touched KRs with the shared compute path (`compute_key_results`), so every process and
+server worker writes what the database says, never its own partial view. Run ends, deletions
+and restores flush synchronously, and so does process exit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from mlflow.entities import Run, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mlflow_okr import state
+from mlflow_okr.results import cycle_status
+from mlflow_okr.store.definitions import KrRef, WatchedKrs, load_watched_krs, published_signature
+from mlflow_okr.sync import (
+    CycleScan,
+    compute_key_results,
+    computed_statuses,
+    desired_run_tags,
+    kr_drift,
+    managed_run_tags,
+    stored_kr_status,
+    write_kr_status,
+    write_objective_scores,
+)
+
+logger = logging.getLogger("mlflow_okr")
+
+FLUSH_INTERVAL = 1.0  # seconds between two background recomputes of the same KRs
+REFRESH_INTERVAL = 2.0  # seconds between two checks for a newly applied spec
+ALL_KRS = None  # a mark that concerns every KR of the run's cycle (run ended, deleted, restored)
+
+_warned = False
+_warned_lock = threading.Lock()
+
+
+def fail_open(error: BaseException) -> None:
+    """Report an error in OKR code once per process; the user's write has already been stored."""
+    global _warned
+    with _warned_lock:
+        if _warned:
+            return
+        _warned = True
+    logger.warning(
+        "mlflow-okr could not update key results live (%s: %s). Your MLflow data was stored; "
+        "run `mlflow-okr sync` to bring the KR state up to date. Further errors are not reported.",
+        type(error).__name__,
+        error,
+    )
+    logger.debug("mlflow-okr live update failure", exc_info=error)
+
+
+@dataclass
+class Marks:
+    """Runs to revisit and, per run, the KRs a write may have changed (ALL_KRS: every KR)."""
+
+    runs: dict[str, set[KrRef] | None] = field(default_factory=dict)
+    verify: bool = False
+
+    def add(self, run_id: str, krs: Iterable[KrRef] | None) -> None:
+        if krs is ALL_KRS:
+            self.runs[run_id] = ALL_KRS
+        elif run_id not in self.runs:
+            self.runs[run_id] = set(krs)
+        elif self.runs[run_id] is not ALL_KRS:
+            self.runs[run_id].update(krs)  # type: ignore[union-attr]
+
+    def merge(self, other: Marks) -> None:
+        for run_id, krs in other.runs.items():
+            self.add(run_id, krs)
+
+
+class LiveKrs:
+    """The live KR state keeper of one tracking store (one per process and backend URI)."""
+
+    def __init__(self, inner_uri: str):
+        self.inner_uri = inner_uri
+        self._client: MlflowClient | None = None
+        self._watched: WatchedKrs | None = None
+        self._lock = threading.Lock()  # guards the marks
+        self._flush_lock = threading.RLock()  # one recompute at a time in this process
+        self._marks = Marks()
+        self._verify = Marks(verify=True)
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_refresh = 0.0
+        self._refresh_due = False
+        self._next_flush = 0.0
+        self._experiment_names: dict[str, str] = {}
+
+    # -- definitions ------------------------------------------------------------------------
+
+    @property
+    def client(self) -> MlflowClient:
+        """A client of the inner store: KR writes go straight to it and trigger no hooks."""
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.inner_uri)
+        return self._client
+
+    @property
+    def watched(self) -> WatchedKrs:
+        """The KR definitions; loaded on first use, then refreshed by the background thread."""
+        watched = self._watched
+        if watched is None:
+            with self._flush_lock:
+                if self._watched is None:
+                    self._watched = load_watched_krs(self.client)
+                    self._next_refresh = time.monotonic() + REFRESH_INTERVAL
+                watched = self._watched
+        if time.monotonic() >= self._next_refresh:
+            self._next_refresh = time.monotonic() + REFRESH_INTERVAL
+            self._refresh_due = True
+            self._ensure_thread()
+            self._wake.set()
+        return watched
+
+    def refresh(self) -> bool:
+        """Reload the definitions if a spec was applied since; True when they changed."""
+        with self._flush_lock:
+            signature = published_signature(self.client)
+            if self._watched is not None and signature == self._watched.signature:
+                return False
+            self._watched = load_watched_krs(self.client)
+            return True
+
+    # -- marks (the user's thread) ----------------------------------------------------------
+
+    def written(
+        self,
+        run_id: str,
+        metric_keys: Iterable[str] = (),
+        tag_keys: Iterable[str] = (),
+        param_keys: Iterable[str] = (),
+    ) -> None:
+        """Note a write: a dictionary lookup per key; KR work only for keys some KR uses."""
+        try:
+            watched = self.watched
+            touched: set[KrRef] = set()
+            for keys, index in (
+                (metric_keys, watched.metric_krs),
+                (tag_keys, watched.tag_krs),
+                (param_keys, watched.param_krs),
+            ):
+                for key in keys:
+                    krs = index.get(key)
+                    if krs:
+                        touched.update(krs)
+            if touched:
+                self._mark(run_id, touched)
+        except Exception as error:  # noqa: BLE001 - fail-open: never fail the user's write
+            fail_open(error)
+
+    def run_changed(self, run_id: str, flush: bool) -> None:
+        """Note a change to the run itself (end, deletion, restore); with `flush`, settle it now."""
+        try:
+            if not self.watched.cycles:
+                return
+            self._mark(run_id, ALL_KRS)
+            if flush:
+                self.flush()
+        except Exception as error:  # noqa: BLE001 - fail-open
+            fail_open(error)
+
+    def _mark(self, run_id: str, krs: set[KrRef] | None) -> None:
+        with self._lock:
+            self._marks.add(run_id, krs)
+        self._ensure_thread()
+        self._wake.set()
+
+    # -- the background writer --------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="mlflow-okr-live", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            delay = self._next_flush - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self._wake.clear()
+            try:
+                if self._refresh_due:
+                    self._refresh_due = False
+                    self.refresh()
+                self.flush()
+            except Exception as error:  # noqa: BLE001 - fail-open
+                fail_open(error)
+            self._next_flush = time.monotonic() + FLUSH_INTERVAL
+            with self._lock:
+                if self._marks.runs or self._verify.runs:
+                    self._wake.set()
+
+    def flush_at_exit(self) -> None:
+        try:
+            self.flush()
+            self.flush()  # the verification pass of what the first one wrote
+        except Exception as error:  # noqa: BLE001 - fail-open
+            fail_open(error)
+
+    # -- recompute --------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Recompute every marked KR from the database and write what changed."""
+        with self._flush_lock:
+            with self._lock:
+                marks, self._marks = self._marks, Marks()
+                verify, self._verify = self._verify, Marks(verify=True)
+            if not marks.runs and not verify.runs:
+                return
+            marks.verify = not marks.runs  # only a verification pass: it schedules no other
+            marks.merge(verify)
+            if self._settle(marks) and not marks.verify:
+                # Another process may have computed from older data and written after us:
+                # look once more, a flush later, so the last write always reflects the database.
+                with self._lock:
+                    self._verify.merge(marks)
+
+    def _settle(self, marks: Marks) -> bool:
+        """Reconcile the marked runs' tags and recompute their KRs; True when anything was written."""
+        watched = self.watched
+        scans = {
+            experiment_id: CycleScan.build(self.client, published.spec)
+            for experiment_id, published in watched.cycles.items()
+        }
+        recompute: dict[str, set[str]] = {}
+        wrote = False
+        for run_id, krs in marks.runs.items():
+            for experiment_id, kr_ids, tags_written in self._reconcile_run(run_id, krs, watched, scans):
+                recompute.setdefault(experiment_id, set()).update(kr_ids)
+                wrote = wrote or tags_written
+        for experiment_id, kr_ids in recompute.items():
+            wrote = bool(self._recompute(watched.cycles[experiment_id], kr_ids)) or wrote
+        return wrote
+
+    def _is_okr_run(self, run: Run, watched: WatchedKrs) -> bool:
+        experiment_id = run.info.experiment_id
+        if experiment_id in watched.okr_experiment_ids:
+            return True
+        if experiment_id not in self._experiment_names:
+            self._experiment_names[experiment_id] = self.client.get_experiment(experiment_id).name
+        return state.is_okr_experiment_name(self._experiment_names[experiment_id])
+
+    def _reconcile_run(
+        self,
+        run_id: str,
+        krs: set[KrRef] | None,
+        watched: WatchedKrs,
+        scans: dict[str, CycleScan],
+    ) -> list[tuple[str, set[str], bool]]:
+        """Bring the run's okr.* tags up to date; return the KRs (per cycle) to recompute."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return []
+        if self._is_okr_run(run, watched):
+            return []
+        found = []
+        for experiment_id, published in watched.cycles.items():
+            spec = published.spec
+            if not spec.cycle.contains(run.info.start_time):
+                continue
+            scan = scans[experiment_id]
+            verdicts = scan.verdicts(run)
+            current = managed_run_tags(spec, run)
+            tags_written = False
+            if run.info.lifecycle_stage == "active":
+                tags_written = self._write_run_tags(run, desired_run_tags(spec, verdicts), current)
+            marked = set(scan.scopes) if krs is ALL_KRS else {k for e, k in krs if e == experiment_id}
+            concerned = {
+                kr_id
+                for kr_id, scope in scan.scopes.items()
+                if run.info.experiment_id in scope.experiment_ids
+                and spec.find_key_result(kr_id).metric in run.data.metrics  # type: ignore[union-attr]
+            }
+            had = {key[len(state.SOURCE_TAG_PREFIX):] for key in current if key != state.TAG_KRS}
+            kr_ids = marked & (concerned | had | set(verdicts))
+            if kr_ids:
+                found.append((experiment_id, kr_ids, tags_written))
+        return found
+
+    def _write_run_tags(self, run: Run, desired: dict[str, str], current: dict[str, str]) -> bool:
+        """Write the okr.* tags that differ and delete the stale ones; only when they change."""
+        changed = {k: v for k, v in desired.items() if k != state.TAG_CYCLE and current.get(k) != v}
+        if changed and desired.get(state.TAG_CYCLE) != run.data.tags.get(state.TAG_CYCLE):
+            changed[state.TAG_CYCLE] = desired[state.TAG_CYCLE]
+        stale = [key for key in current if key not in desired]
+        if changed:
+            self.client.log_batch(
+                run.info.run_id, tags=[RunTag(k, v) for k, v in changed.items()], synchronous=True
+            )
+        for key in stale:
+            self.client.delete_tag(run.info.run_id, key)
+        return bool(changed or stale)
+
+    def _recompute(self, published: state.PublishedCycle, kr_ids: set[str]) -> set[str]:
+        """Recompute KRs with the shared path; write the ones whose stored state differs."""
+        client = self.client
+        now = dt.datetime.now(dt.timezone.utc)
+        if any(kr_id not in published.kr_runs for kr_id in kr_ids):
+            self.refresh()  # the spec was applied after we read it: pick up the new KR runs
+            published = self.watched.cycles.get(published.experiment_id, published)
+        computations, _ = compute_key_results(client, published.spec, kr_ids=kr_ids)
+        statuses = computed_statuses(client, published, computations, now)
+        changed = set()
+        for kr_id, status in statuses.items():
+            run_id = published.kr_runs.get(kr_id)
+            if run_id is None:
+                continue
+            run = client.get_run(run_id)
+            stale = kr_drift(run, status, computations[kr_id].kr)
+            if stale or run.data.tags.get(state.TAG_STATUS) != status.status:
+                write_kr_status(client, published, status)
+                changed.add(kr_id)
+        if changed:
+            self._write_objective_scores(published, statuses, now)
+        return changed
+
+    def _write_objective_scores(
+        self, published: state.PublishedCycle, fresh: dict, now: dt.datetime
+    ) -> None:
+        statuses = dict(fresh)
+        for _, kr in published.spec.key_results():
+            run_id = published.kr_runs.get(kr.id)
+            if kr.id not in statuses and run_id is not None:
+                statuses[kr.id] = stored_kr_status(self.client.get_run(run_id), kr)
+        write_objective_scores(self.client, published, cycle_status(published.spec, statuses, now))

@@ -1,0 +1,371 @@
+"""The okr+ tracking store in client mode: live KR semantics, fail-open, context, invariant."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import mlflow
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _get_store
+
+import mlflow_okr.store.live as live
+from mlflow_okr import state
+from mlflow_okr.store import OkrHooks, flush
+from tests.live_fixtures import EXPERIMENT, assert_no_drift, kr_run, publish, use_okr_uri
+
+
+@pytest.fixture
+def okr_uri(tracking_uri: str) -> str:
+    """A published spec, and the fluent API pointed at okr+sqlite for the same database."""
+    publish(tracking_uri)
+    uri = use_okr_uri(tracking_uri)
+    mlflow.set_experiment(EXPERIMENT)
+    return uri
+
+
+def kr_state(client: MlflowClient, kr_id: str) -> tuple[float | None, float | None, str]:
+    run = kr_run(client, kr_id)
+    counted = run.data.tags.get(state.TAG_COUNTED, "0")
+    value = run.data.metrics.get(state.METRIC_VALUE) if counted != "0" else None
+    return value, run.data.metrics.get(state.METRIC_PROGRESS), counted
+
+
+def run_tags(client: MlflowClient, run_id: str) -> dict[str, str]:
+    return {k: v for k, v in client.get_run(run_id).data.tags.items() if k.startswith("okr.")}
+
+
+def test_store_is_the_inner_stores_subclass(okr_uri: str, tracking_uri: str) -> None:
+    store = _get_store(okr_uri)
+    assert isinstance(store, SqlAlchemyStore) and isinstance(store, OkrHooks)
+    assert type(store).__name__ == "OkrSqlAlchemyStore"
+    assert type(_get_store(tracking_uri)) is SqlAlchemyStore
+
+
+def test_new_best_moves_value_and_progress(okr_uri: str, client: MlflowClient) -> None:
+    with mlflow.start_run() as run:
+        mlflow.log_metrics({"latency": 10, "val_acc": 0.6})
+        flush()
+        assert kr_state(client, "acc") == (0.6, pytest.approx(0.2), "1")
+        mlflow.log_metric("val_acc", 0.8)
+        flush()
+        assert kr_state(client, "acc")[:2] == (0.8, pytest.approx(0.6))
+        mlflow.log_metric("val_acc", 0.7)  # the run's latest value is what counts
+        flush()
+        assert kr_state(client, "acc")[:2] == (0.7, pytest.approx(0.4))
+    assert run_tags(client, run.info.run_id) == {
+        "okr.cycle": "live", "okr.kr.acc": "counted", "okr.krs": "acc",
+    }
+    history = [m.value for m in client.get_metric_history(kr_run(client, "acc").info.run_id, "okr.value")]
+    assert history == [0.6, 0.8, 0.7]  # written when it changed, not on every call
+    assert_no_drift(client)
+
+
+def test_late_guardrail_flips_pending_to_counted(okr_uri: str, client: MlflowClient) -> None:
+    with mlflow.start_run() as run:
+        mlflow.log_metric("val_acc", 0.9)
+        flush()
+        assert run_tags(client, run.info.run_id)["okr.kr.acc"] == "pending"
+        assert kr_state(client, "acc")[2] == "0"
+        assert kr_run(client, "acc").data.tags["okr.pending_runs"] == "1"
+        mlflow.log_metric("latency", 20)
+        flush()
+        assert run_tags(client, run.info.run_id)["okr.kr.acc"] == "counted"
+        assert kr_state(client, "acc")[0] == 0.9
+    assert_no_drift(client)
+
+
+def test_post_run_hook_turns_pending_into_excluded(okr_uri: str, client: MlflowClient) -> None:
+    with mlflow.start_run() as run:
+        mlflow.log_metric("val_acc", 0.9)
+    # No flush: ending the run settles it before end_run returns.
+    assert run_tags(client, run.info.run_id)["okr.kr.acc"] == "excluded: guardrail latency never logged"
+    stored = kr_run(client, "acc").data.tags
+    assert (stored["okr.pending_runs"], stored["okr.excluded_runs"], stored["okr.status"]) == (
+        "0", "1", "not-started",
+    )
+    assert_no_drift(client)
+
+
+def test_guardrail_breach_excludes(okr_uri: str, client: MlflowClient) -> None:
+    with mlflow.start_run() as run:
+        mlflow.log_metrics({"val_acc": 0.9, "latency": 80})
+    assert run_tags(client, run.info.run_id)["okr.kr.acc"] == "excluded: guardrail latency = 80 breaks <= 50"
+    assert kr_run(client, "acc").data.tags["okr.guardrail_breaches"] == "1"
+    assert_no_drift(client)
+
+
+@pytest.mark.parametrize("end_status", ["FAILED", "KILLED"])
+def test_failing_the_best_run_recomputes(okr_uri: str, client: MlflowClient, end_status: str) -> None:
+    with mlflow.start_run() as steady:
+        mlflow.log_metrics({"val_acc": 0.6, "latency": 10})
+    with mlflow.start_run() as best:
+        mlflow.log_metrics({"val_acc": 0.95, "latency": 10})
+        flush()
+        assert kr_run(client, "acc").data.tags[state.TAG_BEST_RUN] == best.info.run_id
+        mlflow.end_run(end_status)
+    assert kr_state(client, "acc")[:2] == (0.6, pytest.approx(0.2))
+    assert kr_run(client, "acc").data.tags[state.TAG_BEST_RUN] == steady.info.run_id
+    assert run_tags(client, best.info.run_id)["okr.kr.acc"] == f"excluded: run {end_status}"
+    assert_no_drift(client)
+
+
+def test_deleting_and_restoring_the_best_run(okr_uri: str, client: MlflowClient) -> None:
+    okr_client = MlflowClient(okr_uri)
+    with mlflow.start_run() as steady:
+        mlflow.log_metrics({"val_acc": 0.6, "latency": 10})
+    with mlflow.start_run() as best:
+        mlflow.log_metrics({"val_acc": 0.9, "latency": 10})
+    assert kr_state(client, "acc")[0] == 0.9
+    okr_client.delete_run(best.info.run_id)
+    assert kr_state(client, "acc")[0] == 0.6
+    assert_no_drift(client)
+    okr_client.delete_run(steady.info.run_id)
+    assert kr_state(client, "acc") == (None, 0.0, "0")
+    okr_client.restore_run(best.info.run_id)
+    assert kr_state(client, "acc")[0] == 0.9
+    assert_no_drift(client)
+
+
+def test_tag_change_moves_a_run_into_and_out_of_a_filter(okr_uri: str, client: MlflowClient) -> None:
+    with mlflow.start_run() as run:
+        mlflow.log_metric("val_acc", 0.7)
+        flush()
+        assert "okr.kr.staged" not in run_tags(client, run.info.run_id)
+        mlflow.set_tag("stage", "prod")
+        flush()
+        assert run_tags(client, run.info.run_id)["okr.kr.staged"] == "counted"
+        assert kr_state(client, "staged")[0] == 0.7
+        mlflow.set_tag("stage", "dev")
+        flush()
+        assert "okr.kr.staged" not in run_tags(client, run.info.run_id)
+        assert kr_state(client, "staged") == (None, 0.0, "0")
+        mlflow.set_tag("stage", "prod")
+        MlflowClient(okr_uri).delete_tag(run.info.run_id, "stage")
+        flush()
+        assert kr_state(client, "staged")[2] == "0"
+    assert_no_drift(client)
+
+
+def test_async_logging_updates_krs(okr_uri: str, client: MlflowClient) -> None:
+    with mlflow.start_run() as run:
+        mlflow.log_metric("latency", 5, synchronous=False)
+        operation = mlflow.log_metric("val_acc", 0.85, synchronous=False)
+        operation.wait()
+        flush()
+        assert run_tags(client, run.info.run_id)["okr.kr.acc"] == "counted"
+        assert kr_state(client, "acc")[0] == 0.85
+    assert_no_drift(client)
+
+
+def test_background_writer_settles_without_a_flush(okr_uri: str, client: MlflowClient) -> None:
+    with mlflow.start_run():
+        mlflow.log_metrics({"val_acc": 0.75, "latency": 5})
+        deadline = time.monotonic() + 20
+        while kr_state(client, "acc")[0] != 0.75 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert kr_state(client, "acc")[0] == 0.75
+
+
+def test_unused_keys_mark_nothing(okr_uri: str) -> None:
+    store = _get_store(okr_uri)
+    with mlflow.start_run():
+        mlflow.log_metric("val_acc", 0.7)  # loads the definitions once
+        flush()
+        mlflow.log_metric("throughput", 3.0)
+        mlflow.log_param("lr", "0.1")
+        mlflow.set_tag("team", "reco")
+        assert store._okr_live._marks.runs == {}
+        mlflow.log_metric("val_acc", 0.8)
+        assert list(store._okr_live._marks.runs.values()) == [{(kr_run_experiment(store), "acc"),
+                                                               (kr_run_experiment(store), "staged")}]
+
+
+def kr_run_experiment(store: OkrHooks) -> str:
+    return next(iter(store._okr_live.watched.cycles))
+
+
+def test_writes_to_okr_experiments_trigger_nothing(okr_uri: str, client: MlflowClient) -> None:
+    okr_client = MlflowClient(okr_uri)
+    kr = kr_run(client, "acc")
+    before = kr.data.tags
+    okr_client.log_metric(kr.info.run_id, "val_acc", 0.99)
+    okr_client.log_batch(kr.info.run_id, metrics=[], tags=[])
+    okr_client.set_tag(kr.info.run_id, "stage", "prod")
+    flush()
+    after = client.get_run(kr.info.run_id).data.tags
+    assert {k: v for k, v in after.items() if k != "stage"} == before
+    assert kr_state(client, "acc") == (None, 0.0, "0")
+
+
+def test_a_spec_applied_later_is_picked_up(
+    tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "REFRESH_INTERVAL", 0.0)
+    use_okr_uri(tracking_uri)
+    mlflow.set_experiment(EXPERIMENT)
+    store = _get_store()
+    with mlflow.start_run() as run:
+        mlflow.log_metric("val_acc", 0.6)
+        assert store._okr_live.watched.cycles == {}
+        publish(tracking_uri)
+        deadline = time.monotonic() + 20
+        while not store._okr_live.watched.cycles and time.monotonic() < deadline:
+            mlflow.log_metric("unrelated", 1.0)
+            time.sleep(0.1)
+        mlflow.log_metrics({"val_acc": 0.7, "latency": 1})
+    assert run_tags(client, run.info.run_id)["okr.kr.acc"] == "counted"
+    assert kr_state(client, "acc")[0] == 0.7
+
+
+# ---------------------------------------------------------------------------------------------
+# Fail-open
+
+
+def test_a_failing_hook_keeps_the_write_and_warns_once(
+    okr_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("scoring exploded")
+
+    monkeypatch.setattr(live, "_warned", False)
+    monkeypatch.setattr(live, "compute_key_results", broken)
+    caplog.set_level(logging.WARNING, logger="mlflow_okr")
+    with mlflow.start_run() as run:
+        mlflow.log_metrics({"val_acc": 0.9, "latency": 5})
+        flush()
+        mlflow.log_metric("val_acc", 0.95)
+    assert client.get_run(run.info.run_id).data.metrics == {"val_acc": 0.95, "latency": 5.0}
+    warnings = [r for r in caplog.records if r.name == "mlflow_okr" and r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "scoring exploded" in warnings[0].getMessage()
+    assert "mlflow-okr sync" in warnings[0].getMessage()
+    monkeypatch.undo()
+    from mlflow_okr.sync import sync
+
+    sync(client)  # repairs what the hook could not write
+    assert kr_state(client, "acc")[0] == 0.95
+    assert_no_drift(client)
+
+
+def test_unreadable_definitions_never_fail_a_write(
+    tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("backend unreadable")
+
+    publish(tracking_uri)
+    monkeypatch.setattr(live, "_warned", False)
+    monkeypatch.setattr(live, "load_watched_krs", broken)
+    use_okr_uri(tracking_uri)
+    experiment_id = client.create_experiment(EXPERIMENT)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_metric("val_acc", 0.9)
+        mlflow.set_tag("stage", "prod")
+    stored = client.get_run(run.info.run_id)
+    assert stored.data.metrics["val_acc"] == 0.9 and stored.info.status == "FINISHED"
+    assert sum(r.name == "mlflow_okr" for r in caplog.records) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Run context
+
+
+def test_context_adds_the_cycle_on_an_okr_uri(okr_uri: str, client: MlflowClient) -> None:
+    with mlflow.start_run() as run:
+        pass
+    assert run_tags(client, run.info.run_id) == {"okr.cycle": "live"}
+
+
+def test_context_adds_hypothesis_and_arm(
+    okr_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_OKR_HYPOTHESIS", "h-7")
+    monkeypatch.setenv("MLFLOW_OKR_ARM", "treatment")
+    with mlflow.start_run() as run:
+        pass
+    assert run_tags(client, run.info.run_id) == {
+        "okr.cycle": "live", "okr.hypothesis": "h-7", "okr.arm": "treatment",
+    }
+
+
+def test_plain_sqlite_users_see_no_change(tracking_uri: str, client: MlflowClient) -> None:
+    from sqlalchemy import event
+
+    publish(tracking_uri)
+    mlflow.set_experiment(EXPERIMENT)
+    store = _get_store(tracking_uri)
+    assert not isinstance(store, OkrHooks)
+    statements: list[str] = []
+
+    def record(conn, cursor, statement, parameters, *args):
+        statements.append(f"{statement} {parameters}")
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        with mlflow.start_run() as run:
+            mlflow.log_metrics({"val_acc": 0.9, "latency": 5})
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    assert run_tags(client, run.info.run_id) == {}
+    # MLflow's own queries only: nothing looks for okr/ experiments or okr.* tags.
+    assert statements and not any("okr" in statement for statement in statements)
+
+
+# ---------------------------------------------------------------------------------------------
+# The invariant: whatever happens, once settled, sync --check finds nothing to repair.
+
+RUNS = 3
+operation = st.one_of(
+    st.tuples(
+        st.just("metric"),
+        st.integers(0, RUNS - 1),
+        st.sampled_from(["val_acc", "latency", "val_loss"]),
+        st.sampled_from([0.4, 0.6, 0.8, 0.95, 30.0, 70.0]),
+    ),
+    st.tuples(st.just("tag"), st.integers(0, RUNS - 1), st.sampled_from(["prod", "dev", None])),
+    st.tuples(st.just("end"), st.integers(0, RUNS - 1), st.sampled_from(["FINISHED", "FAILED", "KILLED"])),
+    st.tuples(st.just("delete"), st.integers(0, RUNS - 1)),
+    st.tuples(st.just("restore"), st.integers(0, RUNS - 1)),
+    st.tuples(st.just("flush"),),
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=st.lists(operation, min_size=1, max_size=12))
+def test_live_state_always_equals_a_recompute(okr_uri: str, client: MlflowClient, operations) -> None:
+    okr_client = MlflowClient(okr_uri)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = [okr_client.create_run(experiment_id).info.run_id for _ in range(RUNS)]
+    deleted: set[str] = set()
+    for op in operations:
+        if op[0] == "flush":
+            flush()
+            continue
+        run_id = runs[op[1]]
+        if op[0] == "restore":
+            if run_id in deleted:
+                okr_client.restore_run(run_id)
+                deleted.discard(run_id)
+            continue
+        if run_id in deleted:
+            continue
+        if op[0] == "metric":
+            okr_client.log_metric(run_id, op[2], op[3])
+        elif op[0] == "tag":
+            if op[2] is None:
+                okr_client.set_tag(run_id, "stage", "none")
+                okr_client.delete_tag(run_id, "stage")
+            else:
+                okr_client.set_tag(run_id, "stage", op[2])
+        elif op[0] == "end":
+            okr_client.set_terminated(run_id, op[2])
+        elif op[0] == "delete":
+            okr_client.delete_run(run_id)
+            deleted.add(run_id)
+    flush()
+    assert_no_drift(client)
