@@ -548,6 +548,14 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(part for part in loc if not _is_union_tag(part))
 
 
+def _error_loc(error: Any) -> tuple[Any, ...]:
+    """An error's cleaned location; an unknown key is the user's text, so it is never dropped."""
+    loc = tuple(error["loc"])
+    if error["type"] == "extra_forbidden":
+        return _clean_loc(loc[:-1]) + loc[-1:]
+    return _clean_loc(loc)
+
+
 def _is_type_mismatch(error: Any) -> bool:
     return error["type"].endswith(("_type", "_parsing"))
 
@@ -599,11 +607,11 @@ def _problems(exc: ValidationError, lines: _LineMap, source: str) -> list[str]:
     errors = _union_errors(exc.errors())
     for error in errors:
         if error["type"] == "extra_forbidden":
-            loc = _clean_loc(tuple(error["loc"]))
+            loc = _error_loc(error)
             unknown_keys.setdefault(loc[:-1], []).append(str(loc[-1]))
     for error in errors:
         context = error.get("ctx") or {}
-        loc = _clean_loc(tuple(error["loc"]))
+        loc = _error_loc(error)
         if "path" in context:
             loc = tuple(context["path"])
         elif context.get("key") and loc[-1:] != (context["key"],):
