@@ -330,8 +330,10 @@ class KeyResult(StrictModel):
         if self.target is None:
             return None, self.direction
         if baseline is None:
-            fallback = relative_direction(self.target) if isinstance(self.target, str) else None
-            return None, self.direction or fallback
+            # An absolute target is known before the baseline resolves; a relative one is not.
+            if isinstance(self.target, str):
+                return None, self.direction or relative_direction(self.target)
+            return float(self.target), self.direction
         target = resolve_target(self.target, baseline)
         if isinstance(self.target, str) and self.direction is None:
             return target, relative_direction(self.target)

@@ -19,7 +19,7 @@ from typing import Any
 from mlflow.entities import Metric, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE  # noqa: F401 (for apply)
 
 from mlflow_okr.engine import RunFacts
 from mlflow_okr.errors import InputError, NotPublishedError
@@ -217,11 +217,12 @@ def iter_runs(
     experiment_ids: list[str],
     filter_string: str = "",
     view: int = ViewType.ACTIVE_ONLY,
-    page_size: int = PAGE_SIZE,
+    page_size: int | None = None,
 ) -> Iterator[Run]:
     """Every run that matches, one page at a time: never all runs in memory at once."""
     if not experiment_ids:
         return
+    page_size = page_size or PAGE_SIZE  # read at call time, so PAGE_SIZE can be tuned
     token = None
     while True:
         page = client.search_runs(

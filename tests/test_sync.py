@@ -1,0 +1,415 @@
+"""sync: a realistic set of source runs, scored number by number; --check drift and repair; paging."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
+
+from mlflow_okr import state
+from mlflow_okr.sync import sync
+from tests.conftest import IN_CYCLE_MS, NOW, invoke, make_run
+
+DAY_MS = 24 * 3600 * 1000
+BEFORE_CYCLE_MS = int(dt.datetime(2026, 9, 30, 23, 59, tzinfo=dt.timezone.utc).timestamp() * 1000)
+LEGACY_MS = int(dt.datetime(2026, 6, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
+ELAPSED = round(45 / 92, 4)  # 2026-11-15 00:00 UTC is 45 of the 92 days of 2026-Q4
+
+SPEC = """\
+version: 1
+cycle: 2026-Q4
+objectives:
+  - id: reco
+    title: Improve recommendation relevance
+    category: product
+    key_results:
+      - id: ctr
+        metric: online_ctr
+        experiments: ["reco-*"]
+        baseline: 0.05
+        target: 0.08
+        guardrails:
+          - {{metric: p99_latency_ms, max: 50}}
+      - id: f1-vs-legacy
+        metric: f1
+        baseline: {{run_id: {legacy_run}}}
+        target: "+5%"
+      - id: recall-vs-legacy
+        metric: recall
+        baseline: {{filter: "tags.role = 'legacy'", experiments: [legacy]}}
+        direction: maximize
+        target: 0.9
+  - id: ops
+    title: Keep serving fast and customers happy
+    category: operational
+    key_results:
+      - id: latency
+        metric: p99_latency_ms
+        experiments: ["{ops_id}"]
+        baseline: 200
+        target: 50
+      - id: csat
+        metric: csat
+        experiments: [ops]
+        maintain: {{min: 4.5}}
+      - id: alerting-live
+        source: manual
+        target: 1
+  - id: agg
+    title: Every aggregate
+    category: research
+    key_results:
+{aggregate_krs}
+"""
+AGGREGATES = ("best", "latest", "mean", "sum", "count", "min", "max")
+AGGREGATE_KR = """\
+      - id: agg-{aggregate}
+        metric: score
+        experiments: [agg]
+        filter: "tags.stage = 'prod'"
+        baseline: 0
+        target: 20
+        aggregate: {aggregate}
+"""
+
+
+@dataclass
+class World:
+    """The source runs of the scenario, by name, and a client on the store that holds them."""
+
+    experiments: dict[str, str] = field(default_factory=dict)
+    runs: dict[str, str] = field(default_factory=dict)
+    spec_path: str = ""
+    client: MlflowClient | None = None
+    tracking_uri: str = ""
+
+
+def build_world(client: MlflowClient, directory: Path) -> World:
+    """Experiments and runs covering every rule of DESIGN section 2, and the okrs.yaml for them."""
+    world = World(client=client)
+    for name in ("reco-a", "reco-b", "legacy", "ops", "agg"):
+        world.experiments[name] = client.create_experiment(name)
+    ex = world.experiments
+
+    def run(name: str, experiment: str, metrics: dict, **kwargs) -> None:
+        world.runs[name] = make_run(client, ex[experiment], metrics, name=name, **kwargs)
+
+    run("legacy", "legacy", {"f1": 0.8}, tags={"role": "legacy"}, start_time=LEGACY_MS)
+    # ctr (guardrail p99 <= 50) and the two legacy-relative KRs
+    run("counted", "reco-a", {"online_ctr": 0.065, "p99_latency_ms": 40, "f1": 0.82, "recall": 0.85})
+    run("breach", "reco-a", {"online_ctr": 0.09, "p99_latency_ms": 80})
+    run("pending", "reco-b", {"online_ctr": 0.07}, status=None)
+    run("unguarded", "reco-b", {"online_ctr": 0.075})
+    run("failed", "reco-a", {"online_ctr": 0.1, "p99_latency_ms": 10}, status="FAILED")
+    run("deleted", "reco-a", {"online_ctr": 0.2, "p99_latency_ms": 10})
+    client.delete_run(world.runs["deleted"])
+    run("too-early", "reco-a", {"online_ctr": 0.3, "p99_latency_ms": 10}, start_time=BEFORE_CYCLE_MS)
+    # latency (minimize, experiment by id) and csat (maintain)
+    run("ops-1", "ops", {"p99_latency_ms": 120, "csat": 4.8}, start_time=IN_CYCLE_MS)
+    run("ops-2", "ops", {"p99_latency_ms": 90, "csat": 4.6}, start_time=IN_CYCLE_MS + DAY_MS)
+    run("ops-killed", "ops", {"p99_latency_ms": 60, "csat": 3.0}, status="KILLED")
+    # one KR per aggregate over the prod runs: 2, 6, 4 in start order
+    for index, value in enumerate([2, 6, 4]):
+        start = IN_CYCLE_MS + index * DAY_MS
+        run(f"prod-{index}", "agg", {"score": value}, tags={"stage": "prod"}, start_time=start)
+    run("dev", "agg", {"score": 9}, tags={"stage": "dev"})
+    run("prod-killed", "agg", {"score": 50}, tags={"stage": "prod"}, status="KILLED")
+    run("prod-late", "agg", {"score": 100}, tags={"stage": "prod"}, start_time=BEFORE_CYCLE_MS)
+
+    spec = SPEC.format(
+        legacy_run=world.runs["legacy"],
+        ops_id=ex["ops"],
+        aggregate_krs="".join(AGGREGATE_KR.format(aggregate=a) for a in AGGREGATES),
+    )
+    world.spec_path = str(directory / "okrs.yaml")
+    Path(world.spec_path).write_text(spec, encoding="utf-8")
+    return world
+
+
+# KR id -> (baseline, target, direction, current, progress, status, counted_runs) at NOW
+EXPECTED = {
+    "ctr": (0.05, 0.08, "maximize", 0.065, 0.5, "on-track", 1),
+    "f1-vs-legacy": (0.8, 0.84, "maximize", 0.82, 0.5, "on-track", 1),
+    "recall-vs-legacy": (None, 0.9, "maximize", 0.85, 0.0, "not-started", 1),
+    "latency": (200.0, 50.0, "minimize", 90.0, 0.7333, "on-track", 2),
+    "csat": (None, None, None, 4.6, 1.0, "achieved", 2),
+    "alerting-live": (0.0, 1.0, "maximize", None, 0.0, "not-started", 0),
+    "agg-best": (0.0, 20.0, "maximize", 6.0, 0.3, "at-risk", 3),
+    "agg-latest": (0.0, 20.0, "maximize", 4.0, 0.2, "at-risk", 3),
+    "agg-mean": (0.0, 20.0, "maximize", 4.0, 0.2, "at-risk", 3),
+    "agg-sum": (0.0, 20.0, "maximize", 12.0, 0.6, "on-track", 3),
+    "agg-count": (0.0, 20.0, "maximize", 3.0, 0.15, "off-track", 3),
+    "agg-min": (0.0, 20.0, "maximize", 2.0, 0.1, "off-track", 3),
+    "agg-max": (0.0, 20.0, "maximize", 6.0, 0.3, "at-risk", 3),
+}
+FIELDS = ("baseline", "target", "direction", "current", "progress", "status", "counted_runs")
+
+
+def status_json(runner) -> dict:
+    result = invoke(runner, "status", "--format", "json", "--as-of", "2026-11-15")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def key_results(payload: dict) -> dict[str, dict]:
+    return {kr["id"]: kr for objective in payload["objectives"] for kr in objective["key_results"]}
+
+
+def assert_kr(kr: dict, expected: tuple) -> None:
+    for name, value in zip(FIELDS, expected, strict=True):
+        if isinstance(value, float):
+            assert kr[name] == pytest.approx(value, abs=1e-4), (kr["id"], name, kr[name])
+        else:
+            assert kr[name] == value, (kr["id"], name, kr[name])
+
+
+@pytest.fixture(scope="module")
+def world_store(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> tuple[Path, World]:
+    """The scenario built, applied and synced once; each test gets a copy of its store."""
+    path = tmp_path_factory.mktemp("world") / "mlflow.db"
+    shutil.copyfile(sqlite_template, path)
+    uri = f"sqlite:///{path}"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        world = build_world(MlflowClient(uri), path.parent)
+        runner = CliRunner()
+        result = invoke(runner, "apply", world.spec_path)
+        assert result.exit_code == 0, result.output
+        result = invoke(runner, "sync", "--as-of", "2026-11-15")
+        assert result.exit_code == 0, result.output
+    return path, world
+
+
+@pytest.fixture
+def world(world_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
+    template_path, template = world_store
+    path = tmp_path / "world.db"
+    shutil.copyfile(template_path, path)
+    uri = f"sqlite:///{path}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return replace(template, client=MlflowClient(uri), tracking_uri=uri)
+
+
+def test_status_json_number_by_number(world, runner):
+    payload = status_json(runner)
+    cycle = {"name": "2026-Q4", "start": "2026-10-01", "end": "2026-12-31", "elapsed": ELAPSED}
+    assert payload["cycle"] == cycle
+    krs = key_results(payload)
+    assert set(krs) == set(EXPECTED)
+    for kr_id, expected in EXPECTED.items():
+        assert_kr(krs[kr_id], expected)
+    runs = world.runs
+    assert krs["ctr"]["best_run_id"] == runs["counted"]
+    ctr = krs["ctr"]
+    assert (ctr["pending_runs"], ctr["excluded_runs"], ctr["guardrail_breaches"]) == (1, 3, 1)
+    assert krs["latency"]["best_run_id"] == runs["ops-2"]
+    assert krs["csat"]["best_run_id"] == runs["ops-2"] and krs["csat"]["excluded_runs"] == 1
+    assert krs["agg-latest"]["best_run_id"] == runs["prod-2"]
+    assert krs["agg-min"]["best_run_id"] == runs["prod-0"]
+    assert krs["agg-best"]["best_run_id"] == runs["prod-1"]
+    assert krs["latency"]["kind"] == "metric" and krs["csat"]["kind"] == "maintain"
+    assert krs["alerting-live"]["kind"] == "manual"
+    scores = {objective["id"]: objective["score"] for objective in payload["objectives"]}
+    assert scores == pytest.approx(
+        {"reco": round(1.0 / 3, 4), "ops": round(1.7333 / 3, 4), "agg": round(1.85 / 7, 4)}, abs=1e-4
+    )
+    assert payload["score"] == pytest.approx(sum(scores.values()) / 3, abs=1e-4)
+
+
+def test_source_runs_are_tagged(world):
+    client = world.client
+    def tags(name: str) -> dict[str, str]:
+        return {k: v for k, v in client.get_run(world.runs[name]).data.tags.items() if k.startswith("okr.")}
+
+    assert tags("counted") == {
+        "okr.cycle": "2026-Q4",
+        "okr.krs": "ctr,f1-vs-legacy,recall-vs-legacy",
+        "okr.kr.ctr": "counted",
+        "okr.kr.f1-vs-legacy": "counted",
+        "okr.kr.recall-vs-legacy": "counted",
+    }
+    assert tags("breach") == {
+        "okr.cycle": "2026-Q4",
+        "okr.kr.ctr": "excluded: guardrail p99_latency_ms = 80 breaks <= 50",
+    }
+    assert tags("pending") == {"okr.cycle": "2026-Q4", "okr.kr.ctr": "pending"}
+    assert tags("unguarded") == {
+        "okr.cycle": "2026-Q4",
+        "okr.kr.ctr": "excluded: guardrail p99_latency_ms never logged",
+    }
+    assert tags("failed")["okr.kr.ctr"] == "excluded: run FAILED"
+    assert "okr.krs" not in tags("failed")
+    assert tags("deleted") == {}
+    assert tags("too-early") == {}
+    assert tags("legacy") == {}
+    assert tags("ops-1") == {
+        "okr.cycle": "2026-Q4",
+        "okr.krs": "csat,latency",
+        "okr.kr.csat": "counted",
+        "okr.kr.latency": "counted",
+    }
+    assert tags("ops-killed")["okr.kr.latency"] == "excluded: run KILLED"
+    assert tags("prod-0")["okr.krs"] == ",".join(sorted(f"agg-{a}" for a in AGGREGATES))
+    assert tags("dev") == {}
+    assert tags("prod-late") == {}
+    assert tags("prod-killed")["okr.kr.agg-sum"] == "excluded: run KILLED"
+    # Searchable the way DESIGN promises.
+    found = client.search_runs(
+        list(world.experiments.values()), filter_string="tags.`okr.kr.ctr` = 'counted'"
+    )
+    assert [run.info.run_id for run in found] == [world.runs["counted"]]
+
+
+def test_kr_runs_carry_value_and_progress_metrics(world):
+    client = world.client
+    published = state.load_published(client, "2026-Q4")
+    ctr = client.get_run(published.kr_runs["ctr"]).data
+    assert ctr.metrics[state.METRIC_VALUE] == pytest.approx(0.065)
+    assert ctr.metrics[state.METRIC_PROGRESS] == pytest.approx(0.5)
+    assert ctr.metrics[state.METRIC_SCORE] == pytest.approx(0.5)
+    assert ctr.tags[state.TAG_STATUS] == "on-track"
+    assert ctr.tags[state.TAG_BEST_RUN] == world.runs["counted"]
+    assert ctr.tags[state.TAG_COUNTED] == "1"
+    latency = client.get_run(published.kr_runs["latency"]).data
+    assert latency.metrics[state.METRIC_VALUE] == 90.0
+    assert latency.metrics[state.METRIC_PROGRESS] == pytest.approx(0.7333, abs=1e-4)
+    assert latency.tags[state.TAG_DIRECTION] == "minimize"
+    alerting = client.get_run(published.kr_runs["alerting-live"]).data
+    assert state.METRIC_VALUE not in alerting.metrics
+    assert alerting.metrics[state.METRIC_PROGRESS] == 0.0
+    reco = client.get_run(published.objective_runs["reco"]).data
+    assert reco.metrics[state.METRIC_SCORE] == pytest.approx(1 / 3, abs=1e-4)
+
+
+def test_a_filter_baseline_that_appears_after_apply(world, runner):
+    client = world.client
+    assert key_results(status_json(runner))["recall-vs-legacy"]["status"] == "not-started"
+    client.log_metric(world.runs["legacy"], "recall", 0.8)
+    assert invoke(runner, "sync", "--check", "--as-of", "2026-11-15").exit_code == 1
+    assert invoke(runner, "sync", "--as-of", "2026-11-15").exit_code == 0
+    payload = status_json(runner)
+    assert_kr(key_results(payload)["recall-vs-legacy"], (0.8, 0.9, "maximize", 0.85, 0.5, "on-track", 1))
+    assert payload["objectives"][0]["score"] == 0.5
+
+
+def test_a_run_baseline_that_does_not_exist_yet_is_not_started(client, write_spec, runner):
+    experiment = client.create_experiment("reco")
+    make_run(client, experiment, {"f1": 0.9})
+    spec = SPEC.split("  - id: ops")[0].replace("{legacy_run}", "0123456789abcdef0123456789abcdef")
+    spec = spec.replace("{{", "{").replace("}}", "}")
+    assert invoke(runner, "apply", str(write_spec(spec))).exit_code == 0
+    krs = key_results(status_json(runner))
+    assert krs["f1-vs-legacy"]["status"] == "not-started"
+    assert krs["f1-vs-legacy"]["baseline"] is None and krs["f1-vs-legacy"]["counted_runs"] == 1
+
+
+def test_sync_check_finds_drift_and_sync_repairs_it(world, runner):
+    client = world.client
+    clean = invoke(runner, "sync", "--check", "--as-of", "2026-11-15")
+    assert clean.exit_code == 0, clean.output
+    assert clean.output.startswith("No drift: cycle 2026-Q4,")
+
+    published = state.load_published(client, "2026-Q4")
+    breach = world.runs["breach"]
+    client.set_tag(breach, "okr.kr.ctr", "counted")
+    cycle = published.cycle
+    state.log_kr_state(client, published.kr_runs["latency"], {state.METRIC_VALUE: 55.0}, {}, cycle)
+
+    drifted = invoke(runner, "sync", "--check", "--as-of", "2026-11-15")
+
+    assert drifted.exit_code == 1
+    assert "Drift in cycle 2026-Q4:" in drifted.output
+    assert "KR latency: current stored 55.0, recomputed 90.0" in drifted.output
+    assert (
+        f"run {breach}: tag okr.kr.ctr stored 'counted', "
+        "recomputed 'excluded: guardrail p99_latency_ms = 80 breaks <= 50'"
+    ) in drifted.output
+    assert "Run `mlflow-okr sync` to repair." in drifted.output
+    assert client.get_run(breach).data.tags["okr.kr.ctr"] == "counted"  # --check wrote nothing
+
+    repaired = invoke(runner, "sync", "--as-of", "2026-11-15")
+    assert repaired.exit_code == 0
+    assert "1 KR field(s) and 1 run tag(s) repaired" in repaired.output
+    assert client.get_run(breach).data.tags["okr.kr.ctr"].startswith("excluded: guardrail")
+    assert invoke(runner, "sync", "--check", "--as-of", "2026-11-15").exit_code == 0
+
+
+def test_sync_removes_tags_of_a_run_that_left_the_scope(world, runner):
+    client = world.client
+    run_id = world.runs["prod-0"]
+    client.set_tag(run_id, "stage", "dev")
+    result = invoke(runner, "sync", "--check", "--as-of", "2026-11-15")
+    assert result.exit_code == 1
+    assert f"run {run_id}: tag okr.kr.agg-best stored 'counted', recomputed None" in result.output
+    invoke(runner, "sync", "--as-of", "2026-11-15")
+    tags = client.get_run(run_id).data.tags
+    assert not [key for key in tags if key.startswith("okr.kr") or key == "okr.krs"]
+    assert key_results(status_json(runner))["agg-count"]["current"] == 2.0
+
+
+def test_drift_in_a_new_run(world, runner):
+    client = world.client
+    new_run = make_run(client, world.experiments["reco-b"], {"online_ctr": 0.074, "p99_latency_ms": 30})
+    result = invoke(runner, "sync", "--check", "--as-of", "2026-11-15")
+    assert result.exit_code == 1
+    assert "KR ctr: current stored 0.065, recomputed 0.074" in result.output
+    assert f"run {new_run}: tag okr.kr.ctr stored None, recomputed 'counted'" in result.output
+    invoke(runner, "sync", "--as-of", "2026-11-15")
+    assert key_results(status_json(runner))["ctr"]["progress"] == pytest.approx(0.8)
+
+
+class CountingClient(MlflowClient):
+    """A real client that also counts its search_runs pages."""
+
+    pages = 0
+
+    def search_runs(self, *args, **kwargs):
+        CountingClient.pages += 1
+        return super().search_runs(*args, **kwargs)
+
+
+def test_paginated_sync_gives_the_same_result(world, monkeypatch):
+    client = CountingClient(world.tracking_uri)
+    one_page = sync(client, "2026-Q4", check=True, now=NOW)
+    pages_default = CountingClient.pages
+    monkeypatch.setattr(state, "PAGE_SIZE", 2)
+    CountingClient.pages = 0
+    paged = sync(client, "2026-Q4", check=True, now=NOW)
+    assert CountingClient.pages > pages_default + 5
+    assert paged.runs_scanned == one_page.runs_scanned == 13
+    assert not paged.drifted and not one_page.drifted
+    assert paged.status == one_page.status
+
+
+def test_paginated_sync_from_scratch_writes_the_same_state(client, tmp_path, runner, monkeypatch):
+    monkeypatch.setattr(state, "PAGE_SIZE", 3)
+    world = build_world(client, tmp_path)
+    assert invoke(runner, "apply", world.spec_path).exit_code == 0
+    assert invoke(runner, "sync", "--as-of", "2026-11-15").exit_code == 0
+    krs = key_results(status_json(runner))
+    for kr_id, expected in EXPECTED.items():
+        assert_kr(krs[kr_id], expected)
+    monkeypatch.setattr(state, "PAGE_SIZE", 1000)
+    assert invoke(runner, "sync", "--check", "--as-of", "2026-11-15").exit_code == 0
+
+
+def test_sync_output_and_progress_free_of_errors(world, runner):
+    result = invoke(runner, "sync", "--as-of", "2026-11-15")
+    assert result.exit_code == 0
+    assert "Synced cycle 2026-Q4: 13 runs scanned, 0 KR field(s) and 0 run tag(s) repaired." in result.output
+    assert "Cycle 2026-Q4 (2026-10-01 .. 2026-12-31), 49% elapsed." in result.output
+
+
+def test_sync_after_the_cycle_grades_met_and_missed(world, runner):
+    result = invoke(runner, "status", "--format", "json", "--as-of", "2027-01-05")
+    krs = key_results(json.loads(result.output))
+    assert krs["latency"]["status"] == "met"
+    assert krs["ctr"]["status"] == "missed"
+    assert krs["csat"]["status"] == "achieved"
+    assert krs["recall-vs-legacy"]["status"] == "missed"
