@@ -173,6 +173,7 @@ def test_live_store_on_postgres(postgres_uri, runner, write_spec):
     run = live.create_run(experiment_id, start_time=IN_CYCLE_MS)
     live.log_metric(run.info.run_id, "latency_ms", 20, timestamp=IN_CYCLE_MS + 1)
     live.log_metric(run.info.run_id, "val_accuracy", 0.88, timestamp=IN_CYCLE_MS + 2)
+    # Ending the run settles its KRs before the call returns.
     live.set_terminated(run.info.run_id, "FINISHED", end_time=IN_CYCLE_MS + 3)
 
     krs = key_results(status_json(runner, postgres_uri))
@@ -188,7 +189,8 @@ def test_live_store_on_postgres(postgres_uri, runner, write_spec):
 def test_server_on_okr_postgres(postgres_uri, runner, write_spec, tmp_path):
     servers = pytest.importorskip("tests.servers", reason="tests/servers.py (the server helper) is missing")
     assert invoke(runner, "apply", str(write_spec(SPEC)), "--tracking-uri", postgres_uri).exit_code == 0
-    with servers.mlflow_server("okr+" + postgres_uri, tmp_path, workers=2) as url:
+    with servers.mlflow_server("okr+" + postgres_uri, tmp_path, workers=2) as server:
+        url = server.url
         mlflow.set_tracking_uri(url)
         remote = MlflowClient(url)
         experiment_id = remote.create_experiment("train-remote")
@@ -200,6 +202,7 @@ def test_server_on_okr_postgres(postgres_uri, runner, write_spec, tmp_path):
                 mlflow.entities.Metric("val_accuracy", 0.89, IN_CYCLE_MS + 1, 0),
             ],
         )
+        # Ending the run settles its KRs in the worker before the call returns.
         remote.set_terminated(run.info.run_id, "FINISHED", end_time=IN_CYCLE_MS + 5)
         mlflow.set_tracking_uri(None)
     krs = key_results(status_json(runner, postgres_uri))
