@@ -229,7 +229,9 @@ def counter_inputs(
     """The current value and event count of a ledger or manual KR."""
     if kr.source == "ledger":
         count = state.ledger_validated_count(client, published.cycle, kr.linked_to)
-        return float(count), count
+        # No validated hypothesis yet: no value, like a manual KR without check-ins, so the stored
+        # state (no okr.value logged while the count is 0) equals a recompute.
+        return (float(count) if count else None), count
     if kr.source == "manual" and kr.id in published.kr_runs:
         return state.manual_checkin(client.get_run(published.kr_runs[kr.id]))
     return None, 0

@@ -1,0 +1,97 @@
+"""`ledger verify`: check every hypothesis's event chain and that its state tags match a replay."""
+
+from __future__ import annotations
+
+from mlflow.entities import Run, ViewType
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
+
+from mlflow_okr import state
+from mlflow_okr.ledger import store
+from mlflow_okr.ledger.events import EVENT_TAG_PREFIX, chain_problem
+from mlflow_okr.ledger.models import Event, replay
+
+
+class VerifyResult(BaseModel):
+    """What `verify` checked and every problem it found, the first one first."""
+
+    hypotheses: int
+    events: int
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _show(value: str | None, limit: int = 60) -> str:
+    if value is None:
+        return "missing"
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def run_problems(run: Run) -> tuple[list[str], int]:
+    """The problems of one hypothesis run, and how many events it holds."""
+    tags = run.data.tags
+    hypothesis_id = tags.get(state.TAG_LEDGER_ID) or run.info.run_name or run.info.run_id
+    events: list[Event] = []
+    for number, (key, text) in enumerate(store.event_tags(run), start=1):
+        where = f"hypothesis {hypothesis_id!r} event {number}"
+        try:
+            event = store.parse_event(text)
+        except ValueError as exc:
+            return [f"{where} (tag {key}): not a readable event, it was edited: {exc}"], number
+        if key != f"{EVENT_TAG_PREFIX}{event.seq:06d}":
+            return [f"{where}: tag {key} holds event number {event.seq} (events were moved)"], number
+        events.append(event)
+    if not events:
+        return [f"hypothesis {hypothesis_id!r} (run {run.info.run_id}): has no events"], 0
+    problem = chain_problem(events, hypothesis_id)
+    if problem:
+        return [problem], len(events)
+    recorded = tags.get(store.TAG_EVENT_COUNT)
+    if recorded != str(len(events)):
+        return [
+            f"hypothesis {hypothesis_id!r} event {len(events) + 1}: missing; the run records "
+            f"{recorded or 'no'} events but holds {len(events)} (an event was deleted)"
+        ], len(events)
+    expected = store.state_tags(replay(events))
+    problems = []
+    after = f"edited after event {len(events)}"
+    for key, value in expected.items():
+        if tags.get(key) != value:
+            problems.append(
+                f"hypothesis {hypothesis_id!r}: tag {key} is {_show(tags.get(key))} but its events say "
+                f"{_show(value)} ({after})"
+            )
+    for key in sorted(tags):
+        is_state_tag = key.startswith(store.LEDGER_TAG_PREFIX) and not key.startswith(EVENT_TAG_PREFIX)
+        if is_state_tag and key not in expected:
+            problems.append(f"hypothesis {hypothesis_id!r}: tag {key} is not backed by any event ({after})")
+    return problems, len(events)
+
+
+def verify(client: MlflowClient) -> VerifyResult:
+    """Check the whole ledger; deleted hypothesis runs count as lost history."""
+    experiment_id = store.ledger_experiment_id(client)
+    if experiment_id is None:
+        return VerifyResult(hypotheses=0, events=0, problems=[])
+    problems: list[str] = []
+    hypotheses = events = 0
+    runs = sorted(
+        state.iter_runs(client, [experiment_id], view=ViewType.ALL),
+        key=lambda run: (run.info.start_time or 0, run.info.run_id),
+    )
+    for run in runs:
+        hypotheses += 1
+        if run.info.lifecycle_stage == "deleted":
+            name = run.data.tags.get(state.TAG_LEDGER_ID) or run.info.run_name
+            problems.append(
+                f"hypothesis {name!r} (run {run.info.run_id}) was deleted; restore it with "
+                f"`mlflow runs restore --run-id {run.info.run_id}`"
+            )
+            continue
+        found, count = run_problems(run)
+        problems += found
+        events += count
+    return VerifyResult(hypotheses=hypotheses, events=events, problems=problems)

@@ -1,0 +1,356 @@
+"""The ledger on a real MLflow store: storage, events, verification, export/import, ledger KRs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlflow_okr import state
+from mlflow_okr.api import sync
+from mlflow_okr.errors import InputError
+from mlflow_okr.ledger import (
+    add_hypothesis,
+    export_ledger,
+    get_hypothesis,
+    hypotheses_frame,
+    import_ledger,
+    link_runs,
+    list_hypotheses,
+    resolve_hypothesis,
+    search_hypotheses,
+    verify_ledger,
+)
+from mlflow_okr.ledger.events import event_hash, event_tag
+from tests.conftest import NOW, invoke, make_run
+
+
+def utc(*parts: int) -> dt.datetime:
+    return dt.datetime(*parts, tzinfo=dt.timezone.utc)
+
+
+def ledger_run(client: MlflowClient, hypothesis_id: str):
+    return client.get_run(get_hypothesis(hypothesis_id).run_id)
+
+
+def test_add_stores_one_run_per_hypothesis_with_state_in_tags(client) -> None:
+    hypothesis = add_hypothesis(
+        "Bigger candidate pools raise CTR",
+        metric="online_ctr",
+        expect="+2%",
+        owner="reco-team",
+        tags={"area": "ranking"},
+        who="alice",
+    )
+    assert hypothesis.id == "bigger-candidate-pools-raise-ctr"
+    assert hypothesis.status == "proposed"
+    experiment = client.get_experiment_by_name("okr/ledger")
+    run = client.get_run(hypothesis.run_id)
+    assert run.info.experiment_id == experiment.experiment_id
+    assert run.info.run_name == hypothesis.id
+    tags = run.data.tags
+    assert tags[state.TAG_LEDGER_ID] == hypothesis.id
+    assert tags[state.TAG_LEDGER_STATUS] == "proposed"
+    assert tags["okr.ledger.metric"] == "online_ctr"
+    assert tags["okr.ledger.expect"] == "+2%"
+    assert tags["okr.ledger.owner"] == "reco-team"
+    assert tags["area"] == "ranking"
+    assert "Bigger candidate pools raise CTR" in tags["mlflow.note.content"]
+    first = json.loads(tags[event_tag(1)])
+    assert first["who"] == "alice" and first["action"] == "add" and first["prev"] == ""
+    assert first["hash"] == event_hash(first)
+    # A second statement with the same words gets a fresh slug; an explicit duplicate id is refused.
+    assert add_hypothesis("Bigger candidate pools raise CTR").id == "bigger-candidate-pools-raise-ctr-2"
+    with pytest.raises(InputError, match="already exists"):
+        add_hypothesis("Something else", hypothesis_id="bigger-candidate-pools-raise-ctr")
+
+
+def test_link_records_evidence_and_links_show_in_the_description(client) -> None:
+    experiment = client.create_experiment("reco-ab")
+    control = make_run(client, experiment, {"ctr": 0.05})
+    treatment = make_run(client, experiment, {"ctr": 0.06})
+    add_hypothesis("Pools", hypothesis_id="pools", metric="ctr")
+    link_runs("pools", [control], arm="control", who="bob")
+    hypothesis = link_runs("pools", [treatment, treatment])
+    assert hypothesis.status == "testing"
+    assert hypothesis.arm_runs("control") == [control]
+    assert hypothesis.arm_runs("treatment") == [treatment]
+    run = client.get_run(hypothesis.run_id)
+    note = run.data.tags["mlflow.note.content"]
+    assert f"[{treatment}](#/experiments/{experiment}/runs/{treatment})" in note
+    assert run.data.tags["okr.ledger.runs.control"] == "1"
+    # Linking the same run again is a no-op; as the other arm it is refused.
+    assert len(link_runs("pools", [treatment]).events) == 3
+    with pytest.raises(InputError, match="already linked to 'pools' as treatment"):
+        link_runs("pools", [treatment], arm="control")
+    with pytest.raises(InputError, match="does not exist"):
+        link_runs("pools", ["0123456789abcdef0123456789abcdef"])
+    with pytest.raises(InputError, match="unknown arm 'placebo'"):
+        link_runs("pools", [control], arm="placebo")
+    with pytest.raises(InputError, match="unknown hypothesis 'pool'; did you mean 'pools'"):
+        link_runs("pool", [control])
+
+
+def test_runs_tagged_with_the_hypothesis_are_linked_automatically(client) -> None:
+    experiment = client.create_experiment("reco-ab")
+    tags = {"okr.hypothesis": "pools", "okr.arm": "control"}
+    control = make_run(client, experiment, {"ctr": 0.05}, tags=tags)
+    treatment = make_run(client, experiment, {"ctr": 0.06}, tags={"okr.hypothesis": "pools"})
+    make_run(client, experiment, {"ctr": 0.07}, tags={"okr.hypothesis": "other"})
+    add_hypothesis("Pools", hypothesis_id="pools", metric="ctr")
+    hypothesis = get_hypothesis("pools")
+    assert hypothesis.status == "testing"
+    assert hypothesis.arm_runs("control") == [control]
+    assert hypothesis.arm_runs("treatment") == [treatment]
+    assert all(item.auto for item in hypothesis.evidence)
+    assert hypothesis.events[-1].who == "mlflow-okr (okr.hypothesis tag)"
+    # Reading again links nothing new; list sees the same state.
+    assert len(get_hypothesis("pools").events) == 2
+    assert list_hypotheses()[0].evidence == hypothesis.evidence
+
+
+def test_resolve_is_final_and_records_the_learning(client) -> None:
+    add_hypothesis("Pools", hypothesis_id="pools")
+    hypothesis = resolve_hypothesis("pools", "invalidated", "No lift at any pool size", who="carol",
+                                    when=utc(2026, 11, 2))
+    assert hypothesis.status == "invalidated"
+    assert hypothesis.learning == "No lift at any pool size"
+    run = client.get_run(hypothesis.run_id)
+    assert run.data.tags[state.TAG_LEDGER_RESOLVED_AT] == str(int(utc(2026, 11, 2).timestamp() * 1000))
+    assert run.info.status == "FINISHED"
+    assert "No lift at any pool size" in run.data.tags["mlflow.note.content"]
+    with pytest.raises(InputError, match="already resolved: invalidated on 2026-11-02 by carol"):
+        resolve_hypothesis("pools", "validated", "second thoughts")
+    with pytest.raises(InputError, match="unknown verdict"):
+        resolve_hypothesis("pools", "maybe", "x")
+    add_hypothesis("Other", hypothesis_id="other")
+    with pytest.raises(InputError, match="--note is required"):
+        resolve_hypothesis("other", "validated", "  ")
+
+
+def test_list_filters_and_search(client) -> None:
+    add_hypothesis("Bigger pools raise CTR", hypothesis_id="pools", metric="ctr", owner="reco")
+    add_hypothesis("Caching cuts latency", hypothesis_id="cache", metric="p99_latency_ms")
+    resolve_hypothesis("cache", "validated", "Warm caches halve p99")
+    assert [h.id for h in list_hypotheses()] == ["pools", "cache"]
+    assert [h.id for h in list_hypotheses(status="validated")] == ["cache"]
+    assert [h.id for h in list_hypotheses(metric="ctr")] == ["pools"]
+    assert [h.id for h in search_hypotheses("HALVE p99")] == ["cache"]
+    assert [h.id for h in search_hypotheses("reco ctr")] == ["pools"]
+    assert search_hypotheses("nothing like this") == []
+    frame = hypotheses_frame(list_hypotheses())
+    assert list(frame["id"]) == ["pools", "cache"]
+    assert list(frame["status"]) == ["proposed", "validated"]
+    with pytest.raises(InputError, match="unknown status"):
+        list_hypotheses(status="done")
+
+
+def test_kr_and_objective_are_checked_against_the_published_cycle(client, runner, write_spec) -> None:
+    spec = write_spec(SPEC)
+    assert invoke(runner, "apply", str(spec)).exit_code == 0
+    assert add_hypothesis("x", hypothesis_id="x", kr="ctr").objective == "reco"
+    with pytest.raises(InputError, match="unknown KR 'ctrr'"):
+        add_hypothesis("y", kr="ctrr")
+    with pytest.raises(InputError, match="unknown objective 'nope'"):
+        add_hypothesis("y", objective="nope")
+
+
+# ---------------------------------------------------------------------------------------------
+# verify
+
+
+def _three_events(client: MlflowClient) -> str:
+    experiment = client.create_experiment("reco-ab")
+    add_hypothesis("Pools", hypothesis_id="pools", metric="ctr")
+    link_runs("pools", [make_run(client, experiment, {"ctr": 0.05})], arm="control")
+    resolve_hypothesis("pools", "inconclusive", "Too few runs")
+    add_hypothesis("Second", hypothesis_id="second")
+    assert verify_ledger().ok
+    return get_hypothesis("pools").run_id
+
+
+def test_verify_names_an_edited_event(client) -> None:
+    run_id = _three_events(client)
+    event = json.loads(client.get_run(run_id).data.tags[event_tag(2)])
+    event["changes"]["runs"][0]["arm"] = "treatment"
+    client.set_tag(run_id, event_tag(2), json.dumps(event, sort_keys=True, separators=(",", ":")))
+    result = verify_ledger()
+    assert not result.ok
+    assert result.problems[0] == (
+        "hypothesis 'pools' event 2 (link): content does not match its hash (the event was edited)"
+    )
+
+
+def test_verify_names_an_edited_state_tag(client) -> None:
+    run_id = _three_events(client)
+    client.set_tag(run_id, state.TAG_LEDGER_STATUS, "validated")
+    result = verify_ledger()
+    assert result.problems == [
+        "hypothesis 'pools': tag okr.ledger.status is 'validated' but its events say 'inconclusive' "
+        "(edited after event 3)"
+    ]
+
+
+def test_verify_notices_a_rewritten_chain_and_a_removed_event(client) -> None:
+    run_id = _three_events(client)
+    # Re-hash an edited event: its own hash holds, but event 3 no longer chains to it.
+    event = json.loads(client.get_run(run_id).data.tags[event_tag(2)])
+    event["who"] = "mallory"
+    event["hash"] = event_hash(event)
+    client.set_tag(run_id, event_tag(2), json.dumps(event))
+    assert verify_ledger().problems[0] == (
+        "hypothesis 'pools' event 3 (resolve): does not chain to event 2 (history was rewritten)"
+    )
+    client.delete_tag(run_id, event_tag(3))
+    client.delete_tag(run_id, event_tag(2))
+    problem = verify_ledger().problems[0]
+    assert problem.startswith("hypothesis 'pools' event 2: missing; the run records 3 events but holds 1")
+
+
+def test_verify_reports_a_deleted_hypothesis(client) -> None:
+    run_id = _three_events(client)
+    client.delete_run(run_id)
+    assert verify_ledger().problems == [
+        f"hypothesis 'pools' (run {run_id}) was deleted; "
+        f"restore it with `mlflow runs restore --run-id {run_id}`"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# export / import
+
+
+def test_export_import_round_trips_exactly(client, tmp_path, sqlite_template) -> None:
+    experiment = client.create_experiment("reco-ab")
+    add_hypothesis("Pools \"quoted\" é", hypothesis_id="pools", metric="ctr", expect="0.01", tags={"k": "v"})
+    link_runs("pools", [make_run(client, experiment, {"ctr": 0.05})], arm="control")
+    resolve_hypothesis("pools", "validated", "Learned: ünïcode survives", when=utc(2026, 11, 3))
+    add_hypothesis("Open question", hypothesis_id="open", owner="dan")
+    exported = tmp_path / "ledger.jsonl"
+    text = export_ledger(exported)
+    assert exported.read_text(encoding="utf-8") == text
+    assert len(text.splitlines()) == 4
+
+    shutil.copyfile(sqlite_template, tmp_path / "other.db")
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    result = import_ledger(exported, tracking_uri=other)
+    assert (sorted(result.created), result.events_written) == (["open", "pools"], 4)
+    assert export_ledger(tracking_uri=other) == text
+    again = import_ledger(exported, tracking_uri=other)
+    assert (again.created, again.updated, sorted(again.unchanged)) == ([], [], ["open", "pools"])
+    assert export_ledger(tracking_uri=other) == text
+    assert verify_ledger(tracking_uri=other).ok
+    other_client = MlflowClient(other)
+    runs = other_client.search_runs([other_client.get_experiment_by_name("okr/ledger").experiment_id])
+    assert len(runs) == 2
+    imported = next(r for r in runs if r.data.tags[state.TAG_LEDGER_ID] == "pools")
+    assert imported.data.tags == ledger_run(client, "pools").data.tags | {
+        key: imported.data.tags[key] for key in ("mlflow.user", "mlflow.source.name", "mlflow.source.type")
+        if key in imported.data.tags
+    }
+
+    # Newer events in the file extend an older copy of the same hypothesis.
+    add_hypothesis("Third", hypothesis_id="third")
+    resolve_hypothesis("open", "invalidated", "Closed")
+    newer = tmp_path / "newer.jsonl"
+    export_ledger(newer)
+    extended = import_ledger(newer, tracking_uri=other)
+    assert (extended.created, extended.updated, extended.events_written) == (["third"], ["open"], 2)
+    assert export_ledger(tracking_uri=other) == newer.read_text(encoding="utf-8")
+
+
+def test_import_rejects_malformed_lines_and_diverging_histories(client, tmp_path) -> None:
+    add_hypothesis("Pools", hypothesis_id="pools")
+    good = export_ledger()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good + "\n{not json}\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"bad.jsonl:3: not a ledger event"):
+        import_ledger(bad)
+    event = json.loads(good)
+    event["changes"]["statement"] = "Rewritten"
+    forged = tmp_path / "forged.jsonl"
+    forged.write_text(json.dumps(event) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match="hypothesis 'pools' event 1 \\(add\\): content does not match"):
+        import_ledger(forged)
+    event["hash"] = event_hash(event)
+    forged.write_text(json.dumps(event) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match="different history"):
+        import_ledger(forged)
+    with pytest.raises(InputError, match="no such file"):
+        import_ledger(tmp_path / "missing.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# Ledger KRs score through the foundation's path
+
+
+SPEC = """
+version: 1
+cycle: 2026-Q4
+objectives:
+  - id: reco
+    title: Better recommendations
+    category: product
+    key_results:
+      - id: ctr
+        metric: ctr
+        baseline: 0.05
+        target: 0.08
+      - id: validated-any
+        source: ledger
+        target: 4
+      - id: validated-reco
+        source: ledger
+        target: 3
+        linked_to: reco
+      - id: validated-ctr
+        source: ledger
+        target: 2
+        linked_to: ctr
+  - id: quality
+    title: Keep quality high
+    category: operational
+    key_results:
+      - id: validated-quality
+        source: ledger
+        target: 2
+        linked_to: quality
+"""
+
+
+def test_ledger_krs_count_hypotheses_validated_in_the_cycle(client, runner, write_spec) -> None:
+    assert invoke(runner, "apply", str(write_spec(SPEC))).exit_code == 0
+    resolutions = [
+        ("in-reco", {"objective": "reco"}, "validated", utc(2026, 10, 15)),
+        ("in-ctr", {"kr": "ctr"}, "validated", utc(2026, 11, 1)),       # objective reco via its KR
+        ("in-unlinked", {}, "validated", utc(2026, 12, 31, 23)),        # end date is inclusive
+        ("before", {"kr": "ctr"}, "validated", utc(2026, 9, 30, 23)),   # out of the window
+        ("after", {"objective": "reco"}, "validated", utc(2027, 1, 1)),  # out of the window
+        ("refuted", {"kr": "ctr"}, "invalidated", utc(2026, 11, 2)),    # not validated
+    ]
+    for hypothesis_id, links, verdict, when in resolutions:
+        add_hypothesis(f"Hypothesis {hypothesis_id}", hypothesis_id=hypothesis_id, **links)
+        resolve_hypothesis(hypothesis_id, verdict, "learned", when=when)
+    add_hypothesis("Still open", hypothesis_id="open", kr="ctr")
+
+    result = sync(cycle="2026-Q4", now=NOW)
+    krs = {kr.id: kr for kr in result.status.key_results()}
+    expected = {
+        "validated-any": (3, 0.75, "on-track"),
+        "validated-reco": (2, round(2 / 3, 4), "on-track"),
+        "validated-ctr": (1, 0.5, "on-track"),
+        "validated-quality": (None, 0.0, "not-started"),
+    }
+    for kr_id, (current, progress, status) in expected.items():
+        kr = krs[kr_id]
+        assert (kr.current, kr.progress, kr.status) == (current, progress, status), kr_id
+        assert kr.kind == "ledger" and kr.counted_runs == (current or 0)
+    # Resolving refreshed the stored ledger KRs already: a check finds no drift.
+    assert not sync(cycle="2026-Q4", check=True, now=NOW).kr_drift
+    stored = invoke(runner, "status", "--format", "json", "--as-of", "2026-11-15")
+    stored_krs = {kr["id"]: kr for o in json.loads(stored.output)["objectives"] for kr in o["key_results"]}
+    assert stored_krs["validated-any"]["current"] == 3.0
+    assert stored_krs["validated-reco"]["progress"] == round(2 / 3, 4)
