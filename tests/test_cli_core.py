@@ -5,11 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import click
 import pytest
+from click.testing import CliRunner
+from mlflow.tracking import MlflowClient
 
 from mlflow_okr import state
 from mlflow_okr.cli import cli
@@ -36,14 +41,41 @@ objectives:
 AS_OF = ("--as-of", "2026-11-15")
 
 
+@dataclass
+class Applied:
+    """A store with SPEC applied and one run that takes latency to 125 ms (progress 0.5), synced."""
+
+    run_id: str
+    tracking_uri: str
+    client: MlflowClient
+
+
+@pytest.fixture(scope="module")
+def applied_store(tmp_path_factory: pytest.TempPathFactory, sqlite_template: Path) -> tuple[Path, str]:
+    """Built once per module; each test gets its own copy of the store."""
+    path = tmp_path_factory.mktemp("applied") / "mlflow.db"
+    shutil.copyfile(sqlite_template, path)
+    uri = f"sqlite:///{path}"
+    spec_path = path.parent / "okrs.yaml"
+    spec_path.write_text(SPEC, encoding="utf-8")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        client = MlflowClient(uri)
+        run_id = make_run(client, client.create_experiment("serving"), {"p99_latency_ms": 125.0})
+        runner = CliRunner()
+        assert invoke(runner, "apply", str(spec_path)).exit_code == 0
+        assert invoke(runner, "sync", *AS_OF).exit_code == 0
+    return path, run_id
+
+
 @pytest.fixture
-def applied(client, runner, write_spec):
-    """SPEC applied, with one run that takes latency to 125 ms (progress 0.5), synced."""
-    experiment = client.create_experiment("serving")
-    run_id = make_run(client, experiment, {"p99_latency_ms": 125.0})
-    assert invoke(runner, "apply", str(write_spec(SPEC))).exit_code == 0
-    assert invoke(runner, "sync", *AS_OF).exit_code == 0
-    return run_id
+def applied(applied_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Applied:
+    template, run_id = applied_store
+    path = tmp_path / "applied.db"
+    shutil.copyfile(template, path)
+    uri = f"sqlite:///{path}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return Applied(run_id=run_id, tracking_uri=uri, client=MlflowClient(uri))
 
 
 def test_status_table(applied, runner):
@@ -77,7 +109,7 @@ def test_status_json(applied, runner):
         "baseline": 200.0, "target": 50.0, "direction": "minimize",
     }
     assert (latency["current"], latency["progress"], latency["status"]) == (125.0, 0.5, "on-track")
-    assert (latency["counted_runs"], latency["best_run_id"]) == (1, applied)
+    assert (latency["counted_runs"], latency["best_run_id"]) == (1, applied.run_id)
 
 
 def test_status_csv(applied, runner):
@@ -87,7 +119,7 @@ def test_status_csv(applied, runner):
     assert [row["kr"] for row in rows] == ["latency", "alerting-live"]
     assert rows[0]["objective"] == "serving"
     assert (rows[0]["current"], rows[0]["progress"], rows[0]["status"]) == ("125.0", "0.5", "on-track")
-    assert rows[0]["best_run_id"] == applied
+    assert rows[0]["best_run_id"] == applied.run_id
     assert (rows[1]["kind"], rows[1]["current"], rows[1]["status"]) == ("manual", "", "not-started")
     assert rows[0]["objective_score"] == "0.25"
 
@@ -98,7 +130,8 @@ def test_status_rejects_an_unknown_format(applied, runner):
     assert "'xml' is not one of 'table', 'json', 'csv'" in result.output
 
 
-def test_checkin_records_a_manual_kr(applied, runner, client, monkeypatch):
+def test_checkin_records_a_manual_kr(applied, runner, monkeypatch):
+    client = applied.client
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
     result = invoke(runner, "checkin", "alerting-live", "1", "--note", "pager rota live")
     assert result.exit_code == 0, result.output
@@ -158,7 +191,8 @@ def test_an_unknown_cycle_is_bad_input(applied, runner):
     assert "cycle '2025-Q1' is not published in this MLflow backend" in result.output
 
 
-def test_okr_prefixed_tracking_uri_is_accepted(applied, runner, tracking_uri, monkeypatch):
+def test_okr_prefixed_tracking_uri_is_accepted(applied, runner, monkeypatch):
+    tracking_uri = applied.tracking_uri
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     result = invoke(runner, "status", "--format", "json", "--tracking-uri", "okr+" + tracking_uri, *AS_OF)
     assert result.exit_code == 0, result.output
