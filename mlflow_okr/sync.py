@@ -333,9 +333,14 @@ def kr_drift(run: Run | None, status: KeyResultStatus, kr: KeyResult) -> list[Kr
 def write_kr_status(
     client: MlflowClient, published: state.PublishedCycle, status: KeyResultStatus
 ) -> None:
+    """Record `status` on its KR run; report the status transition to webhooks if configured."""
+    from mlflow_okr import notify
+
     run_id = published.kr_runs[status.id]
     metrics, tags = state_writes(status)
+    transition = notify.pending_transition(client, published, run_id, status)
     state.log_kr_state(client, run_id, metrics, tags, published.cycle)
+    notify.announce(client, transition)
 
 
 def write_objective_scores(

@@ -7,6 +7,7 @@ import click
 from mlflow_okr import __version__
 from mlflow_okr.cli import core, demo
 from mlflow_okr.cli import ledger as ledger_commands
+from mlflow_okr.cli import report as report_commands
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,6 +19,8 @@ def cli() -> None:
 for command in core.COMMANDS:
     cli.add_command(command)
 cli.add_command(demo.demo)
+for command in report_commands.COMMANDS:
+    cli.add_command(command)
 for command in ledger_commands.COMMANDS:
     cli.add_command(command)
 

@@ -1,0 +1,322 @@
+"""The report's data, read from the MLflow backend: status, best runs, breaches, history, ledger."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
+
+from mlflow_okr import state
+from mlflow_okr.engine import EXCLUDED_PREFIX, SUCCESS_GRADE
+from mlflow_okr.report.suggestions import NextCycle, next_cycle
+from mlflow_okr.results import CycleStatus, KeyResultStatus
+from mlflow_okr.sync import stored_cycle_status
+
+logger = logging.getLogger("mlflow_okr")
+
+MAX_BREACHES_LISTED = 5
+GUARDRAIL_REASON = EXCLUDED_PREFIX + "guardrail "
+HEADLINE_STATUSES = ("achieved", "on-track", "at-risk", "off-track")
+
+
+class RunLink(BaseModel):
+    """A source run as the report cites it: name, id, the KR metric's value and a UI link."""
+
+    run_id: str
+    name: str | None = None
+    experiment_id: str
+    value: float | None = None
+    url: str | None = None
+    reason: str | None = None
+
+
+class HistoryPoint(BaseModel):
+    """One recorded state of a KR: when, its value and its progress."""
+
+    time: dt.datetime
+    value: float | None = None
+    progress: float | None = None
+
+
+class KeyResultDetail(BaseModel):
+    """What the report shows about a KR beyond its status: evidence and trend."""
+
+    best_run: RunLink | None = None
+    guardrail_breaches: list[RunLink] = []
+    guardrail_breach_count: int = 0
+    history: list[HistoryPoint] = []
+    maintain_min: float | None = None
+    maintain_max: float | None = None
+
+
+class Hypothesis(BaseModel):
+    """A ledger hypothesis resolved during the cycle, with its evidence."""
+
+    id: str
+    status: str
+    statement: str | None = None
+    learnings: str | None = None
+    kr: str | None = None
+    objective: str | None = None
+    metric: str | None = None
+    resolved_at: dt.datetime | None = None
+    effect_size: float | None = None
+    relative_effect: float | None = None
+    p_value: float | None = None
+    run_id: str
+    url: str | None = None
+
+    @property
+    def validated(self) -> bool:
+        return self.status == "validated"
+
+
+class Report(BaseModel):
+    """Everything the quarter-end report says; every output format renders this one object."""
+
+    status: CycleStatus
+    details: dict[str, KeyResultDetail]
+    ledger: list[Hypothesis] | None = None
+    next_cycle: NextCycle | None = None
+    as_of: dt.datetime
+    generated_at: dt.datetime
+    ui_url: str | None = None
+    success_grade: float = SUCCESS_GRADE
+
+    def status_counts(self) -> dict[str, int]:
+        """KR counts per status; the four headline statuses always present."""
+        counts = {name: 0 for name in HEADLINE_STATUSES}
+        counts.update(self.status.status_counts())
+        return counts
+
+    def hypotheses(self, validated: bool) -> list[Hypothesis]:
+        return [h for h in self.ledger or [] if h.validated == validated]
+
+
+def run_url(ui_url: str | None, experiment_id: str, run_id: str) -> str | None:
+    """The MLflow UI page of a run, when the UI's base URL is known."""
+    if not ui_url:
+        return None
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _run_link(run: Run, metric: str | None, ui_url: str | None, reason: str | None = None) -> RunLink:
+    return RunLink(
+        run_id=run.info.run_id,
+        name=run.info.run_name,
+        experiment_id=run.info.experiment_id,
+        value=run.data.metrics.get(metric) if metric else None,
+        url=run_url(ui_url, run.info.experiment_id, run.info.run_id),
+        reason=reason,
+    )
+
+
+def best_run(client: MlflowClient, kr: KeyResultStatus, ui_url: str | None) -> RunLink | None:
+    """The run that best represents the KR's current value."""
+    if not kr.best_run_id:
+        return None
+    try:
+        run = client.get_run(kr.best_run_id)
+    except MlflowException:
+        return None
+    return _run_link(run, kr.metric, ui_url)
+
+
+def _beats(value: float, reference: float | None, direction: str | None) -> bool:
+    if reference is None:
+        return True
+    return value < reference if direction == "minimize" else value > reference
+
+
+class BreachFinder:
+    """Source runs excluded by a guardrail that would have moved their KR forward."""
+
+    def __init__(self, client: MlflowClient, published: state.PublishedCycle, ui_url: str | None):
+        self.client = client
+        self.published = published
+        self.ui_url = ui_url
+        self._experiments: dict[tuple[str, ...], list[str]] = {}
+
+    def _experiment_ids(self, patterns: list[str]) -> list[str]:
+        key = tuple(patterns)
+        if key not in self._experiments:
+            self._experiments[key] = state.source_experiment_ids(self.client, patterns)
+        return self._experiments[key]
+
+    def find(self, kr: KeyResultStatus) -> tuple[list[RunLink], int]:
+        """The best few breaching runs (best first) and how many there are in all."""
+        spec_kr = self.published.spec.find_key_result(kr.id)
+        if spec_kr is None or spec_kr.metric is None or not spec_kr.guardrails:
+            return [], 0
+        cycle = self.published.cycle
+        tag = state.source_tag(kr.id)
+        # The tag says which runs a guardrail excluded; the metric bound leaves only the runs that
+        # would have beaten the current value, so a big store returns few rows.
+        clauses = [
+            f"tags.`{tag}` LIKE '{GUARDRAIL_REASON}%'",
+            f"attributes.start_time >= {cycle.start_ms}",
+            f"attributes.start_time <= {cycle.end_ms}",
+        ]
+        reference = kr.current if kr.current is not None else kr.baseline
+        if reference is not None and kr.kind == "metric":
+            operator = "<" if kr.direction == "minimize" else ">"
+            clauses.append(f"metrics.`{spec_kr.metric}` {operator} {reference!r}")
+        else:
+            reference = None
+        breaches = []
+        for run in state.iter_runs(
+            self.client, self._experiment_ids(spec_kr.experiments), " AND ".join(clauses)
+        ):
+            reason = run.data.tags.get(tag, "")[len(EXCLUDED_PREFIX) :]
+            value = run.data.metrics.get(spec_kr.metric)
+            if "never logged" in reason or value is None or not _beats(value, reference, kr.direction):
+                continue
+            breaches.append(_run_link(run, spec_kr.metric, self.ui_url, reason))
+        breaches.sort(
+            key=lambda link: -(link.value or 0) if kr.direction != "minimize" else (link.value or 0)
+        )
+        return breaches[:MAX_BREACHES_LISTED], len(breaches)
+
+
+def history(client: MlflowClient, kr_run_id: str | None) -> list[HistoryPoint]:
+    """The KR's recorded value and progress over time, from its okr.value/okr.progress metrics."""
+    if not kr_run_id:
+        return []
+    points: dict[int, HistoryPoint] = {}
+    for key, field in ((state.METRIC_VALUE, "value"), (state.METRIC_PROGRESS, "progress")):
+        for metric in client.get_metric_history(kr_run_id, key):
+            point = points.setdefault(
+                metric.timestamp,
+                HistoryPoint(time=dt.datetime.fromtimestamp(metric.timestamp / 1000, dt.timezone.utc)),
+            )
+            setattr(point, field, metric.value)
+    return [points[timestamp] for timestamp in sorted(points)]
+
+
+def ledger_hypotheses(
+    client: MlflowClient, published: state.PublishedCycle, ui_url: str | None
+) -> list[Hypothesis] | None:
+    """Hypotheses resolved during the cycle, oldest first; None when there is no ledger."""
+    experiment = client.get_experiment_by_name(state.LEDGER_EXPERIMENT)
+    if experiment is None or experiment.lifecycle_stage != "active":
+        return None
+    try:
+        from mlflow_okr.ledger import store as ledger_store
+    except ImportError:
+        ledger_store = None
+    if ledger_store is not None:
+        hypotheses = [
+            _from_ledger(h, experiment.experiment_id, ui_url) for h in ledger_store.load_all(client)
+        ]
+    else:
+        hypotheses = [
+            _from_tags(run, ui_url)
+            for run in state.iter_runs(
+                client, [experiment.experiment_id], f"tags.`{state.TAG_LEDGER_RESOLVED_AT}` != ''"
+            )
+        ]
+    cycle = published.cycle
+    resolved = [
+        h
+        for h in hypotheses
+        if h.resolved_at is not None and cycle.contains(int(h.resolved_at.timestamp() * 1000))
+    ]
+    return sorted(resolved, key=lambda h: (h.resolved_at, h.id))
+
+
+def _utc_from_ms(value: Any) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromtimestamp(int(float(value)) / 1000, dt.timezone.utc)
+    except (TypeError, ValueError):
+        return None
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _from_ledger(hypothesis: Any, experiment_id: str, ui_url: str | None) -> Hypothesis:
+    """A hypothesis as the ledger's own API replays it from its events."""
+    evaluation = hypothesis.evaluation or {}
+    run_id = hypothesis.run_id or ""
+    return Hypothesis(
+        id=hypothesis.id,
+        status=hypothesis.status,
+        statement=hypothesis.statement,
+        learnings=hypothesis.learning,
+        kr=hypothesis.kr,
+        objective=hypothesis.objective,
+        metric=hypothesis.metric or evaluation.get("metric"),
+        resolved_at=_utc_from_ms(hypothesis.resolved_at),
+        effect_size=_number(evaluation.get("effect")),
+        relative_effect=_number(evaluation.get("relative_effect")),
+        p_value=_number(evaluation.get("p_value")),
+        run_id=run_id,
+        url=run_url(ui_url, hypothesis.experiment_id or experiment_id, run_id) if run_id else None,
+    )
+
+
+def _from_tags(run: Run, ui_url: str | None) -> Hypothesis:
+    """A hypothesis read from its run's tags, for stores written without the ledger package."""
+    tags = run.data.tags
+    return Hypothesis(
+        id=tags.get(state.TAG_LEDGER_ID) or run.info.run_name or run.info.run_id,
+        status=tags.get(state.TAG_LEDGER_STATUS, "unknown"),
+        statement=run.info.run_name,
+        learnings=tags.get(state.MLFLOW_RUN_NOTE),
+        kr=tags.get(state.TAG_LEDGER_KR),
+        objective=tags.get(state.TAG_LEDGER_OBJECTIVE),
+        metric=tags.get("okr.ledger.metric"),
+        resolved_at=_utc_from_ms(tags.get(state.TAG_LEDGER_RESOLVED_AT)),
+        effect_size=_number(tags.get("okr.ledger.effect")),
+        p_value=_number(tags.get("okr.ledger.p_value")),
+        run_id=run.info.run_id,
+        url=run_url(ui_url, run.info.experiment_id, run.info.run_id),
+    )
+
+
+def _tracking_uri(client: MlflowClient) -> str:
+    # MlflowClient keeps its URI on the tracking service client; `suggest` takes a URI, not a client.
+    return client._tracking_client.tracking_uri
+
+
+def build_report(
+    client: MlflowClient,
+    cycle: str | None = None,
+    now: dt.datetime | None = None,
+    ui_url: str | None = None,
+) -> Report:
+    """Assemble the quarter-end report of `cycle` (default: the current one) as of `now`."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    status = stored_cycle_status(client, cycle=cycle, now=now)
+    published = state.load_published(client, status.cycle.name, now.timestamp())
+    finder = BreachFinder(client, published, ui_url)
+    details = {}
+    for kr in status.key_results():
+        spec_kr = published.spec.find_key_result(kr.id)
+        breaches, breach_count = finder.find(kr)
+        details[kr.id] = KeyResultDetail(
+            best_run=best_run(client, kr, ui_url),
+            guardrail_breaches=breaches,
+            guardrail_breach_count=breach_count,
+            history=history(client, kr.run_id),
+            maintain_min=spec_kr.maintain.min if spec_kr and spec_kr.maintain else None,
+            maintain_max=spec_kr.maintain.max if spec_kr and spec_kr.maintain else None,
+        )
+    return Report(
+        status=status,
+        details=details,
+        ledger=ledger_hypotheses(client, published, ui_url),
+        next_cycle=next_cycle(client, _tracking_uri(client), status.cycle.name, now),
+        as_of=now,
+        generated_at=dt.datetime.now(dt.timezone.utc),
+        ui_url=ui_url,
+    )

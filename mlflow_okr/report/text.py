@@ -1,0 +1,85 @@
+"""Wording and number formats shared by the Markdown and HTML reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow_okr.render import STATUS_MARKS, number
+from mlflow_okr.report.model import Report
+from mlflow_okr.results import KeyResultStatus
+
+GRADE_NOTE = (
+    "Grades run from 0.0 to 1.0. OKRs are set to stretch, so 0.7 is the conventional success; "
+    "a steady 1.0 means the targets were too easy."
+)
+STATUS_TITLES = {
+    "achieved": "Achieved",
+    "on-track": "On track",
+    "at-risk": "At risk",
+    "off-track": "Off track",
+    "not-started": "Not started",
+    "met": "Met",
+    "missed": "Missed",
+}
+
+
+def status_label(status: str) -> str:
+    return STATUS_MARKS.get(status, status)
+
+
+def grade(value: float) -> str:
+    """A grade on the 0.0-1.0 scale, two decimals."""
+    return f"{value:.2f}"
+
+
+def percent(value: float) -> str:
+    return f"{value:.0%}"
+
+
+def target_text(kr: KeyResultStatus, report: Report) -> str:
+    """The target as people read it: a number, or the bound a maintain KR must hold."""
+    if kr.kind == "maintain":
+        detail = report.details[kr.id]
+        bounds = []
+        if detail.maintain_min is not None:
+            bounds.append(f"≥ {number(detail.maintain_min, kr.unit)}")
+        if detail.maintain_max is not None:
+            bounds.append(f"≤ {number(detail.maintain_max, kr.unit)}")
+        return "stay " + " and ".join(bounds) if bounds else "maintain"
+    return number(kr.target, kr.unit)
+
+
+def headline(report: Report) -> str:
+    """Cycle, dates and elapsed share in one line."""
+    cycle = report.status.cycle
+    return (
+        f"{cycle.start:%d %b %Y} – {cycle.end:%d %b %Y} · {percent(cycle.elapsed)} of the cycle elapsed "
+        f"· as of {report.as_of:%Y-%m-%d %H:%M} UTC"
+    )
+
+
+def verdict(report: Report) -> str:
+    """One sentence on the cycle grade against the 0.7 convention."""
+    score = report.status.score
+    if score >= 1.0:
+        return "Every key result was achieved."
+    if score >= report.success_grade:
+        return f"At or above the {report.success_grade:.1f} success grade."
+    return f"Below the {report.success_grade:.1f} success grade."
+
+
+def cell(value: Any) -> str:
+    """A next-cycle table cell: numbers compact, missing values as a dash."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def effect(value: float | None, relative: float | None) -> str:
+    """An effect size, with the relative change when known: 0.01 (+19.6%)."""
+    if value is None:
+        return "—"
+    shown = f"{value:+.4g}"
+    return f"{shown} ({relative:+.1%})" if relative is not None else shown
