@@ -245,7 +245,9 @@ def computed_statuses(
 ) -> dict[str, KeyResultStatus]:
     statuses = {}
     for kr_id, computation in computations.items():
-        counters = counter_inputs(client, published, computation.kr) if computation.tally is None else (None, 0)
+        counters = (None, 0)
+        if computation.tally is None:
+            counters = counter_inputs(client, published, computation.kr)
         scored = score(computation, published.spec, now, counters)
         statuses[kr_id] = kr_status(
             computation.kr,
@@ -359,6 +361,24 @@ def write_objective_scores(
 # sync
 
 
+def runs_left_behind(client: MlflowClient, spec: OkrSpec) -> Iterable[Run]:
+    """Runs still tagged for a KR in experiments that no KR looks at any more (the spec changed).
+
+    The main pass only visits experiments some KR covers, so it cannot see these tags.
+    """
+    scanned = set(CycleScan.build(client, spec).experiment_ids)
+    others = [e for e in state.source_experiment_ids(client, []) if e not in scanned]
+    if not others:
+        return
+    seen: set[str] = set()
+    tags = [state.TAG_KRS] + [state.source_tag(kr.id) for _, kr in spec.key_results() if kr.metric]
+    for tag in tags:
+        for run in state.iter_runs(client, others, f"tags.`{tag}` LIKE '%'"):
+            if run.info.run_id not in seen and spec.cycle.contains(run.info.start_time):
+                seen.add(run.info.run_id)
+                yield run
+
+
 def sync(
     client: MlflowClient,
     cycle: str | None = None,
@@ -385,7 +405,9 @@ def sync(
         for key in list(changed) + stale:
             if len(run_drift) < MAX_DRIFT_SAMPLES:
                 run_drift.append(
-                    RunDrift(run_id=run.info.run_id, tag=key, stored=current.get(key), computed=desired.get(key))
+                    RunDrift(
+                        run_id=run.info.run_id, tag=key, stored=current.get(key), computed=desired.get(key)
+                    )
                 )
         if check:
             return
@@ -399,6 +421,8 @@ def sync(
             client.delete_tag(run.info.run_id, key)
 
     computations, scanned = compute_key_results(client, spec, on_run=reconcile, progress=progress)
+    for run in runs_left_behind(client, spec):
+        reconcile(run, {})
     statuses = computed_statuses(client, published, computations, now)
     kr_drifts: list[KrDrift] = []
     for kr_id, status in statuses.items():

@@ -413,3 +413,28 @@ def test_sync_after_the_cycle_grades_met_and_missed(world, runner):
     assert krs["ctr"]["status"] == "missed"
     assert krs["csat"]["status"] == "achieved"
     assert krs["recall-vs-legacy"]["status"] == "missed"
+
+
+def test_narrowing_a_krs_experiments_clears_tags_left_behind(client, write_spec, runner):
+    kept = client.create_experiment("reco-a")
+    dropped = client.create_experiment("reco-b")
+    kept_run = make_run(client, kept, {"online_ctr": 0.06})
+    dropped_run = make_run(client, dropped, {"online_ctr": 0.07})
+    spec = (
+        "version: 1\ncycle: 2026-Q4\nobjectives:\n  - id: reco\n    title: Reco\n    category: product\n"
+        "    key_results:\n      - id: ctr\n        metric: online_ctr\n        experiments: ['reco-*']\n"
+        "        baseline: 0.05\n        target: 0.08\n"
+    )
+    assert invoke(runner, "apply", str(write_spec(spec))).exit_code == 0
+    assert client.get_run(dropped_run).data.tags["okr.kr.ctr"] == "counted"
+
+    assert invoke(runner, "apply", str(write_spec(spec.replace("reco-*", "reco-a")))).exit_code == 0
+
+    tags = client.get_run(dropped_run).data.tags
+    assert "okr.kr.ctr" not in tags and "okr.krs" not in tags
+    assert client.get_run(kept_run).data.tags["okr.kr.ctr"] == "counted"
+    assert invoke(runner, "sync", "--check", *("--as-of", "2026-11-15")).exit_code == 0
+    client.set_tag(dropped_run, "okr.kr.ctr", "counted")
+    drifted = invoke(runner, "sync", "--check", "--as-of", "2026-11-15")
+    assert drifted.exit_code == 1
+    assert f"run {dropped_run}: tag okr.kr.ctr stored 'counted', recomputed None" in drifted.output
