@@ -179,6 +179,15 @@ class _Drafter:
             if h.status == "validated" and self.cycle.contains(h.resolved_at)
         ]
 
+    def metric_of(self, hypothesis: Hypothesis) -> str | None:
+        """The metric a hypothesis is about: its own, the one it was evaluated on, or its KR's."""
+        if hypothesis.metric:
+            return hypothesis.metric
+        if (hypothesis.evaluation or {}).get("metric"):
+            return hypothesis.evaluation["metric"]
+        kr = self.published.spec.find_key_result(hypothesis.kr) if hypothesis.kr else None
+        return kr.metric if kr else None
+
     def _history(self, kr: KeyResult) -> list[tuple[int, float]]:
         run_id = self.published.kr_runs.get(kr.id)
         if run_id is None:
@@ -210,7 +219,7 @@ class _Drafter:
             comments = list(calibrated.comments)
             if kr.title:
                 comments.append(f"previous title: {kr.title}")
-        moved = [h for h in self.validated if h.metric == kr.metric]
+        moved = [h for h in self.validated if self.metric_of(h) == kr.metric]
         if moved:
             comments.append(f"validated hypotheses on {kr.metric}: {_hypothesis_list(moved)}")
         return fields, comments
@@ -245,8 +254,9 @@ class _Drafter:
         by_metric: dict[str, list[Hypothesis]] = {}
         for hypothesis in self.validated:
             evaluation = hypothesis.evaluation or {}
-            if hypothesis.metric and hypothesis.metric not in taken_metrics and evaluation.get("effect"):
-                by_metric.setdefault(hypothesis.metric, []).append(hypothesis)
+            metric = self.metric_of(hypothesis)
+            if metric and metric not in taken_metrics and evaluation.get("effect"):
+                by_metric.setdefault(metric, []).append(hypothesis)
         objective_ids = {o.id for o in self.published.spec.objectives}
         new: dict[str, list[DraftKr]] = {}
         for metric, hypotheses in sorted(by_metric.items()):
