@@ -337,6 +337,15 @@ def manual_checkin(run: Run) -> tuple[float | None, int]:
     return float(checkin["value"]), int(checkin.get("count", 1))
 
 
+def can_read_run(client: MlflowClient, run_id: str) -> bool:
+    """Whether the caller's credentials may read run `run_id` (MLflow's auth decides, on a server)."""
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
 def find_kr_run(client: MlflowClient, published: PublishedCycle, kr_id: str) -> Run:
     if kr_id not in published.kr_runs:
         known = ", ".join(sorted(published.kr_runs)) or "none"

@@ -430,7 +430,7 @@ def sync(
         run_id = published.kr_runs.get(kr_id)
         run = client.get_run(run_id) if run_id else None
         drift = kr_drift(run, status, kr)
-        kr_drifts.extend(drift)
+        kr_drifts.extend(hide_unreadable_runs(client, drift))
         if not check and run is not None and (drift or run.data.tags.get(state.TAG_STATUS) != status.status):
             write_kr_status(client, published, status)
     result_status = cycle_status(spec, statuses, now)
@@ -460,8 +460,29 @@ def stored_cycle_status(
         run_id = published.kr_runs.get(kr.id)
         if run_id is None:
             continue
-        statuses[kr.id] = restatus(stored_kr_status(client.get_run(run_id), kr), published.spec, now)
+        stored = hide_unreadable_best_run(client, stored_kr_status(client.get_run(run_id), kr))
+        statuses[kr.id] = restatus(stored, published.spec, now)
     return cycle_status(published.spec, statuses, now)
+
+
+UNREADABLE_RUN = "(a run you may not read)"
+
+
+def hide_unreadable_best_run(client: MlflowClient, status: KeyResultStatus) -> KeyResultStatus:
+    """Name the best run only to callers who may read it; the aggregate follows okr/<cycle>'s permission."""
+    if status.best_run_id and not state.can_read_run(client, status.best_run_id):
+        return status.model_copy(update={"best_run_id": None})
+    return status
+
+
+def hide_unreadable_runs(client: MlflowClient, drift: list[KrDrift]) -> list[KrDrift]:
+    """Drift as the caller may see it: a stored best run they may not read is not named."""
+    shown = []
+    for item in drift:
+        if item.field == "best_run_id" and item.stored and not state.can_read_run(client, item.stored):
+            item = item.model_copy(update={"stored": UNREADABLE_RUN})
+        shown.append(item)
+    return shown
 
 
 def stored_kr_status(run: Run, kr: KeyResult) -> KeyResultStatus:
