@@ -26,6 +26,8 @@ from mlflow_okr.errors import SpecError
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=64)]
+# A finite number written as a number: YAML's `yes` or `.nan` is not a baseline.
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 RELATIVE_TARGET = re.compile(r"^\s*([+-])\s*(\d+(?:\.\d+)?)\s*%\s*$")
 CYCLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -123,8 +125,8 @@ def parse_cycle(name: str) -> Cycle:
 class StatusThresholds(StrictModel):
     """Progress, as a multiple of the elapsed fraction, that separates the statuses."""
 
-    on_track: float = Field(0.7, ge=0, le=1)
-    at_risk: float = Field(0.4, ge=0, le=1)
+    on_track: Number = Field(0.7, ge=0, le=1)
+    at_risk: Number = Field(0.4, ge=0, le=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> StatusThresholds:
@@ -138,8 +140,8 @@ class StatusThresholds(StrictModel):
 class Bounds(StrictModel):
     """A lower and/or upper bound on a metric."""
 
-    min: float | None = None
-    max: float | None = None
+    min: Number | None = None
+    max: Number | None = None
 
     @model_validator(mode="after")
     def _has_a_bound(self) -> Bounds:
@@ -208,13 +210,13 @@ class KeyResult(StrictModel):
         description="Experiment names (globs allowed) or ids; empty means all experiments.",
     )
     filter: str | None = Field(None, description="MLflow search_runs filter string.")
-    baseline: float | BaselineRef | None = None
-    target: float | str | None = Field(
+    baseline: Number | BaselineRef | None = None
+    target: Number | str | None = Field(
         None, description='A number, or relative to the baseline: "+5%", "-10%".'
     )
     direction: Direction | None = None
     aggregate: Aggregate = "best"
-    weight: float = Field(1.0, gt=0)
+    weight: Number = Field(1.0, gt=0)
     guardrails: list[Guardrail] = Field(default_factory=list)
     maintain: Bounds | None = None
     linked_to: str | None = Field(
@@ -463,6 +465,17 @@ class OkrSpec(StrictModel):
 # Loading with line numbers
 
 
+class SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading 1e3 and 2E-4 as numbers the way YAML 1.2 does, not as strings."""
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 class _LineMap:
     """Maps a path of keys/indices in the YAML document to the line (1-based) it starts on."""
 
@@ -657,8 +670,8 @@ def _located(loc: tuple[Any, ...], message: str, lines: _LineMap, source: str) -
 def parse_spec(text: str, source: str = "okrs.yaml") -> OkrSpec:
     """Parse and validate okrs.yaml text; raise SpecError naming file, line and key."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=SpecLoader)
+        data = yaml.load(text, Loader=SpecLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source

@@ -300,12 +300,14 @@ def resolve_baseline(client: MlflowClient, kr: KeyResult) -> tuple[float | None,
         value = run.data.metrics.get(kr.metric)
         return (value, run.info.run_id) if value is not None and math.isfinite(value) else (None, None)
     experiment_ids = source_experiment_ids(client, kr.baseline.experiments)
+    # "-10%" means minimize even without `direction`, so the best baseline run is the lowest.
+    _, direction = kr.resolve(None)
     best: tuple[float, str] | None = None
     for run in iter_runs(client, experiment_ids, kr.baseline.filter or ""):
         value = run.data.metrics.get(kr.metric)
         if value is None or not math.isfinite(value):
             continue
-        better = best is None or (value > best[0] if kr.direction != "minimize" else value < best[0])
+        better = best is None or (value > best[0] if direction != "minimize" else value < best[0])
         if better:
             best = (value, run.info.run_id)
     return best if best is not None else (None, None)

@@ -497,3 +497,23 @@ def test_init_with_a_bad_cycle_writes_nothing(runner, tmp_path: Path):
     assert result.exit_code == 2
     assert "unknown cycle 'someday'" in result.output
     assert not path.exists()
+
+
+def test_exponent_numbers_are_numbers(write_spec):
+    kr = CTR.replace("baseline: 0.05", "baseline: 5e-2").replace("target: 0.08", "target: 8E-2")
+    spec = load_spec(write_spec(spec_with_kr(kr)))
+    assert spec.find_key_result("ctr").resolve(0.05) == (0.08, "maximize")
+
+
+@pytest.mark.parametrize(
+    "replace, line, message",
+    [
+        (("target: 0.08", "target: .nan"), 11, "target: Input should be a finite number"),
+        (("baseline: 0.05", "baseline: .inf"), 10, "baseline: Input should be a finite number"),
+        (("target: 0.08", "target: true"), 11, "target: expected a number or a string, got True"),
+        (("baseline: 0.05", "baseline: yes"), 10, "baseline: expected a number or a mapping, got True"),
+    ],
+)
+def test_numbers_must_be_finite_numbers(runner, write_spec, replace, line, message):
+    path, output = validate_fails(runner, write_spec, spec_with_kr(CTR.replace(*replace)))
+    assert f"{path}:{line}: {KR}.{message}" in output

@@ -438,3 +438,24 @@ def test_narrowing_a_krs_experiments_clears_tags_left_behind(client, write_spec,
     drifted = invoke(runner, "sync", "--check", "--as-of", "2026-11-15")
     assert drifted.exit_code == 1
     assert f"run {dropped_run}: tag okr.kr.ctr stored 'counted', recomputed None" in drifted.output
+
+
+def test_a_filter_baseline_with_a_relative_target_takes_the_best_run_in_its_direction(
+    client, write_spec, runner
+):
+    legacy = client.create_experiment("legacy")
+    for value in (12.0, 15.0, 20.0):
+        make_run(client, legacy, {"mape": value}, tags={"role": "legacy"}, start_time=LEGACY_MS)
+    current = client.create_experiment("forecast")
+    make_run(client, current, {"mape": 11.4})
+    spec = (
+        "version: 1\ncycle: 2026-Q4\nobjectives:\n  - id: forecast\n    title: Forecast\n"
+        "    category: product\n    key_results:\n      - id: mape\n        metric: mape\n"
+        "        experiments: [forecast]\n"
+        "        baseline: {filter: \"tags.role = 'legacy'\", experiments: [legacy]}\n"
+        "        target: '-10%'\n"
+    )
+    assert invoke(runner, "apply", str(write_spec(spec))).exit_code == 0
+    mape = key_results(status_json(runner))["mape"]
+    # The best legacy run of a minimize KR is the lowest MAPE: 12.0, so the target is 10.8.
+    assert_kr(mape, (12.0, 10.8, "minimize", 11.4, 0.5, "on-track", 1))
