@@ -17,7 +17,15 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from mlflow_okr import state
-from mlflow_okr.engine import Scored, Tally, Verdict, classify_run, score_counter_kr, score_metric_kr
+from mlflow_okr.engine import (
+    RunRule,
+    Scored,
+    Tally,
+    Verdict,
+    classify_run,
+    score_counter_kr,
+    score_metric_kr,
+)
 from mlflow_okr.results import CycleStatus, KeyResultStatus, cycle_status, kr_status
 from mlflow_okr.spec import KeyResult, OkrSpec
 
@@ -86,6 +94,7 @@ class Scope:
 
     experiment_ids: frozenset[str]
     run_filter: state.RunFilter
+    rule: RunRule | None = None
 
     def covers(self, run: Run) -> bool:
         return run.info.experiment_id in self.experiment_ids and self.run_filter.matches(run)
@@ -109,7 +118,7 @@ class CycleScan:
             key = tuple(kr.experiments)
             if key not in experiments_cache:
                 experiments_cache[key] = frozenset(state.source_experiment_ids(client, kr.experiments))
-            scan.scopes[kr.id] = Scope(experiments_cache[key], state.RunFilter(kr.filter))
+            scan.scopes[kr.id] = Scope(experiments_cache[key], state.RunFilter(kr.filter), kr.rule())
         return scan
 
     @property
@@ -129,9 +138,12 @@ class CycleScan:
         for kr_id, scope in self.scopes.items():
             if not scope.covers(run):
                 continue
-            kr = self.spec.find_key_result(kr_id)
-            assert kr is not None
-            verdict = classify_run(kr.rule(), facts)
+            rule = scope.rule
+            if rule is None:
+                kr = self.spec.find_key_result(kr_id)
+                assert kr is not None
+                rule = kr.rule()
+            verdict = classify_run(rule, facts)
             if verdict is not None:
                 verdicts[kr_id] = verdict
         return verdicts
