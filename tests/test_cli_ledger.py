@@ -215,3 +215,33 @@ def test_export_import_verify(runner, arms, tmp_path, client, sqlite_template) -
     assert edited.exit_code == 1
     assert ("hypothesis 'pools': tag okr.ledger.status is 'validated' but its events say 'inconclusive'"
             in edited.output)
+
+
+def test_ledger_writes_through_an_okr_uri_trigger_no_hooks(runner, tracking_uri, write_spec, monkeypatch):
+    spec = write_spec(
+        """
+        version: 1
+        cycle: 2026-Q4
+        objectives:
+          - id: research
+            title: Learn what works
+            category: research
+            key_results:
+              - id: validated
+                source: ledger
+                target: 2
+        """
+    )
+    okr_uri = "okr+" + tracking_uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", okr_uri)
+    assert invoke(runner, "apply", str(spec)).exit_code == 0
+    add(runner, "Pools", "--id", "pools")
+    resolved = invoke(runner, "ledger", "resolve", "pools", "validated", "--note", "y", "--at", "2026-11-10")
+    assert resolved.exit_code == 0
+    client = MlflowClient(tracking_uri)
+    run = client.search_runs([client.get_experiment_by_name("okr/ledger").experiment_id])[0]
+    assert not [key for key in run.data.tags if key in ("okr.cycle", "okr.krs") or key.startswith("okr.kr.")]
+    check = invoke(runner, "sync", "--check", "--as-of", "2026-11-15")
+    assert check.exit_code == 0, check.output
+    status = json.loads(invoke(runner, "status", "--format", "json").output)
+    assert status["objectives"][0]["key_results"][0]["current"] == 1.0

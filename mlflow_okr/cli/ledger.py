@@ -133,12 +133,13 @@ def _print_hypotheses(hypotheses: list[Hypothesis], output_format: str) -> None:
     if not hypotheses:
         click.echo("No hypotheses.")
         return
-    click.echo(f"{'ID':<28} {'STATUS':<12} {'KR':<14} {'METRIC':<16} {'C/T':>7}  STATEMENT")
+    width = max(28, *(len(h.id) for h in hypotheses))
+    click.echo(f"{'ID':<{width}} {'STATUS':<12} {'KR':<14} {'METRIC':<16} {'C/T':>7}  STATEMENT")
     for h in hypotheses:
         arms = f"{len(h.arm_runs('control'))}/{len(h.arm_runs('treatment'))}"
         statement = h.statement if len(h.statement) <= 60 else h.statement[:57] + "..."
         kr, metric = h.kr or "-", h.metric or "-"
-        click.echo(f"{h.id:<28} {h.status:<12} {kr:<14} {metric:<16} {arms:>7}  {statement}")
+        click.echo(f"{h.id:<{width}} {h.status:<12} {kr:<14} {metric:<16} {arms:>7}  {statement}")
 
 
 @ledger_group.command("list")
@@ -201,7 +202,9 @@ def _event_detail(action: str, changes: dict) -> str:
     if action == "resolve":
         return f" {changes.get('status')}: {changes.get('note')}"
     if action == "evaluate":
-        return f" suggested {changes.get('suggested_verdict')} (p={changes.get('p_value')})"
+        p_value = changes.get("p_value")
+        shown = "n/a" if p_value is None else f"{p_value:.4g}"
+        return f" suggested {changes.get('suggested_verdict')} (p={shown})"
     return ""
 
 
