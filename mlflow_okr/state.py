@@ -238,12 +238,23 @@ def iter_runs(
             return
 
 
+def iter_experiments(client: MlflowClient, page_size: int = 1000) -> Iterator[Any]:
+    """Every active experiment, one page at a time."""
+    token = None
+    while True:
+        page = client.search_experiments(
+            view_type=ViewType.ACTIVE_ONLY, max_results=page_size, page_token=token
+        )
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
 def source_experiment_ids(client: MlflowClient, patterns: list[str]) -> list[str]:
     """Experiment ids matched by names, globs or ids; all non-OKR experiments when empty."""
     experiments = [
-        experiment
-        for experiment in client.search_experiments(view_type=ViewType.ACTIVE_ONLY, max_results=50000)
-        if not is_okr_experiment_name(experiment.name)
+        experiment for experiment in iter_experiments(client) if not is_okr_experiment_name(experiment.name)
     ]
     if not patterns:
         return [experiment.experiment_id for experiment in experiments]

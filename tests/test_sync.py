@@ -459,3 +459,12 @@ def test_a_filter_baseline_with_a_relative_target_takes_the_best_run_in_its_dire
     mape = key_results(status_json(runner))["mape"]
     # The best legacy run of a minimize KR is the lowest MAPE: 12.0, so the target is 10.8.
     assert_kr(mape, (12.0, 10.8, "minimize", 11.4, 0.5, "on-track", 1))
+
+
+def test_source_experiments_by_name_glob_and_id_across_pages(client):
+    ids = {name: client.create_experiment(name) for name in ("reco-a", "reco-b", "ops", "okr/2026-Q4")}
+    assert len(list(state.iter_experiments(client, page_size=2))) == 5  # with Default
+    everything = set(state.source_experiment_ids(client, []))
+    assert everything == {"0", ids["reco-a"], ids["reco-b"], ids["ops"]}  # okr/ experiments are not sources
+    assert set(state.source_experiment_ids(client, ["reco-*", ids["ops"]])) == everything - {"0"}
+    assert state.source_experiment_ids(client, ["nothing-*"]) == []
