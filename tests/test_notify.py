@@ -12,6 +12,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import mlflow
 import pytest
 
 from mlflow_okr import notify, state
@@ -249,3 +250,23 @@ def test_notify_test_reports_an_unreachable_webhook(runner, tracking_uri, write_
     result = invoke(runner, "notify", "--test")
     assert result.exit_code == 1
     assert "0 of 1 webhook(s) answered" in result.output
+
+
+def test_the_live_store_sends_the_transition_once(tracking_uri, client, webhook):
+    from mlflow_okr.store import flush
+    from tests.live_fixtures import CYCLE, EXPERIMENT, live_spec_text, publish, use_okr_uri
+
+    text = live_spec_text().replace("objectives:", f'notify:\n  webhooks: ["{webhook.url}"]\nobjectives:', 1)
+    publish(tracking_uri, text)
+    use_okr_uri(tracking_uri)
+    mlflow.set_experiment(EXPERIMENT)
+    with mlflow.start_run():
+        mlflow.log_metrics({"latency": 10, "val_acc": 1.0})
+        flush()
+    messages = webhook.messages()
+    assert len(messages) == 1 and "KR `acc`" in messages[0] and "*achieved*" in messages[0]
+    sync(client, cycle=CYCLE)  # the live state is already right: nothing new to announce
+    with mlflow.start_run():
+        mlflow.log_metrics({"latency": 10, "val_acc": 0.9})
+        flush()
+    assert len(webhook.messages()) == 1
