@@ -28,12 +28,13 @@ def bar(progress: float, width: int = 10) -> str:
 
 
 def table(rows: list[list[str]], header: list[str]) -> str:
+    """Left-aligned columns, as wide as their widest cell, under a header and a rule."""
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(header, widths)).rstrip()]
-    lines.append("  ".join("-" * width for width in widths))
-    for row in rows:
-        lines.append("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
-    return "\n".join(lines)
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(str(cell).ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+
+    return "\n".join([line(header), "  ".join("-" * width for width in widths), *map(line, rows)])
 
 
 def kr_row(kr: KeyResultStatus) -> list[str]:

@@ -9,8 +9,8 @@ import click
 import mlflow_okr
 from mlflow_okr import render
 from mlflow_okr.cli.common import (
-    CommandError,
     EXIT_CHECK_FAILED,
+    CommandError,
     RunCounter,
     as_of_datetime,
     as_of_option,
@@ -94,7 +94,9 @@ def sync(check: bool, cycle: str | None, as_of, tracking_uri: str | None) -> Non
             click.echo(f"No drift: cycle {result.cycle}, {result.runs_scanned} runs checked.")
             return
         lines = [f"Drift in cycle {result.cycle}:"]
-        lines += [f"  KR {d.kr}: {d.field} stored {d.stored!r}, recomputed {d.computed!r}" for d in result.kr_drift]
+        lines += [
+            f"  KR {d.kr}: {d.field} stored {d.stored!r}, recomputed {d.computed!r}" for d in result.kr_drift
+        ]
         lines += [
             f"  run {d.run_id}: tag {d.tag} stored {d.stored!r}, recomputed {d.computed!r}"
             for d in result.run_drift
@@ -139,7 +141,8 @@ def status(output_format: str, cycle: str | None, as_of, tracking_uri: str | Non
 def checkin(kr_id: str, value: float, note: str | None, cycle: str | None, tracking_uri: str | None) -> None:
     """Record VALUE for the manual KR KR_ID, with who and when."""
     record = mlflow_okr.checkin(kr_id, value, note=note, tracking_uri=tracking_uri, cycle=cycle)
-    click.echo(f"Checked in {record.kr} = {record.value:g} by {record.who} at {record.when:%Y-%m-%d %H:%M} UTC.")
+    when = f"{record.when:%Y-%m-%d %H:%M} UTC"
+    click.echo(f"Checked in {record.kr} = {record.value:g} by {record.who} at {when}.")
 
 
 COMMANDS = [init, validate, schema, apply, sync, status, checkin]
