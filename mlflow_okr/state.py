@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE  # no
 from mlflow_okr.engine import RunFacts
 from mlflow_okr.errors import InputError, NotPublishedError
 from mlflow_okr.spec import Cycle, KeyResult, Objective, OkrSpec
+
+logger = logging.getLogger(__name__)
 
 OKR_PREFIX = "okr/"
 LEDGER_EXPERIMENT = "okr/ledger"
@@ -136,12 +139,19 @@ class PublishedCycle:
         return next(o for o in self.spec.objectives if any(k.id == kr_id for k in o.key_results))
 
 
-def _read_spec_tags(tags: dict[str, str]) -> OkrSpec | None:
-    parts = int(tags.get(TAG_SPEC_PARTS, "0") or 0)
-    if parts == 0:
-        return None
-    text = "".join(tags.get(f"{TAG_SPEC}.{index}", "") for index in range(parts))
-    return OkrSpec.model_validate(json.loads(text))
+def _read_spec_tags(tags: dict[str, str], experiment_name: str = "okr/<cycle>") -> OkrSpec | None:
+    try:
+        parts = int(tags.get(TAG_SPEC_PARTS, "0") or 0)
+        if parts == 0:
+            return None
+        text = "".join(tags.get(f"{TAG_SPEC}.{index}", "") for index in range(parts))
+        return OkrSpec.model_validate(json.loads(text))
+    except ValueError as exc:  # hand-edited tags, or a spec published by another version
+        first_line = str(exc).splitlines()[0]
+        raise InputError(
+            f"the spec stored in experiment {experiment_name!r} cannot be read ({first_line}); "
+            "publish it again with `mlflow-okr apply okrs.yaml`"
+        ) from None
 
 
 def spec_tags(spec: OkrSpec) -> dict[str, str]:
@@ -186,7 +196,7 @@ def load_published(
         )
     cycles = []
     for experiment in experiments:
-        spec = _read_spec_tags(experiment.tags)
+        spec = _read_spec_tags(experiment.tags, experiment.name)
         if spec is not None:
             cycles.append((spec, experiment))
     if not cycles:
@@ -346,8 +356,18 @@ def manual_checkin(run: Run) -> tuple[float | None, int]:
     raw = run.data.tags.get(TAG_CHECKIN)
     if not raw:
         return None, 0
-    checkin = json.loads(raw)
-    return float(checkin["value"]), int(checkin.get("count", 1))
+    try:
+        checkin = json.loads(raw)
+        return float(checkin["value"]), int(checkin.get("count", 1))
+    except (ValueError, TypeError, KeyError):
+        # A hand-edited tag must not block sync; the next `checkin` replaces it.
+        logger.warning(
+            "run %s: tag %s is not a check-in record; treated as no check-in until the next "
+            "`mlflow-okr checkin`",
+            run.info.run_id,
+            TAG_CHECKIN,
+        )
+        return None, 0
 
 
 def can_read_run(client: MlflowClient, run_id: str) -> bool:

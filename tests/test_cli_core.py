@@ -232,3 +232,23 @@ def test_python_dash_m_runs_the_cli():
     assert result.returncode == 0, result.stderr
     assert "Objectives and key results, tracked live in MLflow." in result.stdout
     assert "validate" in result.stdout and "checkin" in result.stdout
+
+
+def test_an_unreadable_published_spec_is_bad_input_not_a_traceback(applied, runner):
+    client = applied.client
+    experiment = client.get_experiment_by_name("okr/2026-Q4")
+    client.set_experiment_tag(experiment.experiment_id, "okr.spec.0", "{not json")
+    result = invoke(runner, "status")
+    assert result.exit_code == 2
+    assert "the spec stored in experiment 'okr/2026-Q4' cannot be read" in result.output
+    assert "publish it again with `mlflow-okr apply okrs.yaml`" in result.output
+
+
+def test_a_hand_edited_checkin_tag_does_not_block_sync_or_checkin(applied, runner):
+    client = applied.client
+    kr_run = state.load_published(client, "2026-Q4").kr_runs["alerting-live"]
+    client.set_tag(kr_run, state.TAG_CHECKIN, "done!")
+    assert invoke(runner, "sync", *AS_OF).exit_code == 0
+    result = invoke(runner, "checkin", "alerting-live", "1")
+    assert result.exit_code == 0, result.output
+    assert json.loads(client.get_run(kr_run).data.tags[state.TAG_CHECKIN])["count"] == 1
