@@ -68,7 +68,8 @@ def hypothesis_runs(client: MlflowClient, view: int = ViewType.ACTIVE_ONLY) -> I
     if experiment_id is None:
         return iter(())
     runs = state.iter_runs(client, [experiment_id], f"tags.`{state.TAG_LEDGER_ID}` != ''", view=view)
-    return iter(sorted(runs, key=lambda run: (run.info.start_time or 0, run.info.run_id)))
+    # Creation time, then id: the same order on every backend, so exports are byte-identical.
+    return iter(sorted(runs, key=lambda run: (run.info.start_time or 0, run.data.tags[state.TAG_LEDGER_ID])))
 
 
 def find_run(client: MlflowClient, hypothesis_id: str) -> Run | None:
