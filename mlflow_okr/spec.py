@@ -82,12 +82,17 @@ class Cycle(StrictModel):
 
     def elapsed(self, now: dt.datetime) -> float:
         """The fraction of the cycle that has passed at `now`, in [0, 1]."""
-        now_ms = now.timestamp() * 1000
+        now_ms = as_utc(now).timestamp() * 1000
         span = self.end_ms + 1 - self.start_ms
         return min(1.0, max(0.0, (now_ms - self.start_ms) / span))
 
     def is_over(self, now: dt.datetime) -> bool:
-        return now.timestamp() * 1000 > self.end_ms
+        return as_utc(now).timestamp() * 1000 > self.end_ms
+
+
+def as_utc(moment: dt.datetime) -> dt.datetime:
+    """`moment` with a time zone; a naive datetime is taken as UTC, like every date in okrs.yaml."""
+    return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment
 
 
 def _utc_ms(day: dt.date) -> int:

@@ -27,7 +27,7 @@ from mlflow_okr.engine import (
     score_metric_kr,
 )
 from mlflow_okr.results import CycleStatus, KeyResultStatus, cycle_status, kr_status
-from mlflow_okr.spec import KeyResult, OkrSpec
+from mlflow_okr.spec import KeyResult, OkrSpec, as_utc
 
 MAX_DRIFT_SAMPLES = 200
 ProgressCallback = Callable[[int], None]
@@ -399,7 +399,7 @@ def sync(
     progress: ProgressCallback | None = None,
 ) -> SyncResult:
     """Recompute every KR of the cycle; write what drifted, or with `check` only report it."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = as_utc(now or dt.datetime.now(dt.timezone.utc))
     published = state.load_published(client, cycle, now.timestamp())
     spec = published.spec
     run_drift: list[RunDrift] = []
@@ -465,7 +465,7 @@ def stored_cycle_status(
     """The cycle as the stored KR state says, with statuses for `now`."""
     from mlflow_okr.results import restatus
 
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = as_utc(now or dt.datetime.now(dt.timezone.utc))
     published = state.load_published(client, cycle, now.timestamp())
     statuses = {}
     for _, kr in published.spec.key_results():

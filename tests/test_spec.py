@@ -517,3 +517,11 @@ def test_exponent_numbers_are_numbers(write_spec):
 def test_numbers_must_be_finite_numbers(runner, write_spec, replace, line, message):
     path, output = validate_fails(runner, write_spec, spec_with_kr(CTR.replace(*replace)))
     assert f"{path}:{line}: {KR}.{message}" in output
+
+
+def test_a_naive_moment_is_utc():
+    cycle = parse_cycle("2026-Q4")
+    naive = dt.datetime(2026, 12, 31, 23, 30)
+    assert cycle.elapsed(naive) == cycle.elapsed(naive.replace(tzinfo=dt.timezone.utc))
+    assert not cycle.is_over(naive)
+    assert cycle.is_over(dt.datetime(2027, 1, 1, 0, 0, 1))
