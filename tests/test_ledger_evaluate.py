@@ -128,7 +128,8 @@ def test_expectations_parse() -> None:
     assert parse_expectation(-3).value == -3.0
 
 
-def test_evaluate_reads_runs_from_mlflow_and_records_the_result(client, tracking_uri) -> None:
+def test_evaluate_reads_runs_from_mlflow_and_records_the_result(client, tracking_uri, monkeypatch) -> None:
+    monkeypatch.setattr("mlflow_okr.ledger.api.RUN_IDS_PER_SEARCH", 2)  # several searches per arm
     experiment = client.create_experiment("reco-ab")
     control = [make_run(client, experiment, {"ctr": v}) for v in CONTROL]
     treatment = [make_run(client, experiment, {"ctr": v}) for v in TREATMENT]

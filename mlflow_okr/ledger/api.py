@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -31,6 +33,7 @@ from mlflow_okr.spec import SLUG_PATTERN, KeyResult
 LINKS_PER_EVENT = 50  # keeps one link event well under MLflow's 8000-character tag limit
 AUTO_LINKER = "mlflow-okr (okr.hypothesis tag)"
 MAX_STATEMENT = 2000
+RUN_IDS_PER_SEARCH = 100
 
 
 def current_user() -> str:
@@ -290,17 +293,28 @@ def _linked_kr(client: MlflowClient, hypothesis: Hypothesis) -> KeyResult | None
     return published.spec.find_key_result(hypothesis.kr)
 
 
+def _evidence_runs(client: MlflowClient, hypothesis: Hypothesis) -> dict[str, Run]:
+    """The active evidence runs by id, fetched a page of ids at a time rather than one by one."""
+    by_experiment: dict[str, list[str]] = {}
+    for item in hypothesis.evidence:
+        by_experiment.setdefault(item.experiment_id, []).append(item.run_id)
+    runs: dict[str, Run] = {}
+    for experiment_id, run_ids in by_experiment.items():
+        for start in range(0, len(run_ids), RUN_IDS_PER_SEARCH):
+            quoted = ", ".join(f"'{run_id}'" for run_id in run_ids[start:start + RUN_IDS_PER_SEARCH])
+            # Active runs only: a deleted run, or one removed from the backend, is no evidence.
+            for run in state.iter_runs(client, [experiment_id], f"attributes.run_id IN ({quoted})"):
+                runs[run.info.run_id] = run
+    return runs
+
+
 def _arm_values(client: MlflowClient, hypothesis: Hypothesis, metric: str) -> dict[str, list[float]]:
     """Each arm's values of `metric`: latest value per run; deleted, failed and killed runs left out."""
-    import math
-
+    runs = _evidence_runs(client, hypothesis)
     values: dict[str, list[float]] = {arm: [] for arm in ARMS}
     for item in hypothesis.evidence:
-        try:
-            run = client.get_run(item.run_id)
-        except MlflowException:
-            continue  # the run was removed from the backend; it can no longer be evidence
-        if run.info.lifecycle_stage == "deleted" or run.info.status in ("FAILED", "KILLED"):
+        run = runs.get(item.run_id)
+        if run is None or run.info.status in ("FAILED", "KILLED"):
             continue
         value = run.data.metrics.get(metric)
         if value is not None and math.isfinite(value):
