@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import shlex
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -114,7 +115,7 @@ class DemoResult:
 
     @property
     def ui_command(self) -> str:
-        return f"mlflow ui --backend-store-uri {self.store_uri}"
+        return f"mlflow ui --backend-store-uri {shlex.quote(self.store_uri)}"
 
 
 def current_quarter(today: dt.date | None = None) -> str:
@@ -273,7 +274,8 @@ def _train_all(directory: Path, say: Callable[[str], None]) -> int:
             features, labels, test_size=0.25, random_state=SEED, stratify=stratify
         )
     experiment_ids = {name: _experiment_id(name, directory) for name in datasets}
-    for candidate in _candidates():
+    candidates = _candidates()
+    for candidate in candidates:
         train_x, test_x, train_y, test_y = splits[candidate.experiment]
         with mlflow.start_run(experiment_id=experiment_ids[candidate.experiment], run_name=candidate.name):
             mlflow.set_tags({**candidate.tags, "dataset": datasets[candidate.experiment][0]})
@@ -286,7 +288,7 @@ def _train_all(directory: Path, say: Callable[[str], None]) -> int:
             metrics["p99_latency_ms"] = _p99_latency_ms(model, test_x)
             mlflow.log_metrics(metrics)
         say(f"  {candidate.experiment:<15} {candidate.name:<34} " + _headline(metrics))
-    return len(_candidates())
+    return len(candidates)
 
 
 def _experiment_id(name: str, directory: Path) -> str:

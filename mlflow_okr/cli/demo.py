@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import click
@@ -35,4 +36,4 @@ def demo(directory: Path, force: bool) -> None:
     click.echo("Open the MLflow UI on this store (experiment okr/<cycle> holds one run per KR):")
     click.echo(f"  {result.ui_command}")
     click.echo("Query it from the command line:")
-    click.echo(f"  MLFLOW_TRACKING_URI={result.store_uri} mlflow-okr status")
+    click.echo(f"  MLFLOW_TRACKING_URI={shlex.quote(result.store_uri)} mlflow-okr status")
