@@ -268,7 +268,7 @@ def test_okr_store_gives_mlflow_results_unchanged(tmp_path):
     for (label, expected), (_, actual) in zip(plain.record, okr.record, strict=True):
         assert actual == expected, label
     assert len(plain.record) > 40
-    errors = {label: v for label, v in plain.record if isinstance(v, list) and v[0] == "error"}
+    errors = {label: v for label, v in plain.record if isinstance(v, list) and v[:1] == ["error"]}
     assert errors["duplicate experiment"][2] == "RESOURCE_ALREADY_EXISTS"
     assert errors["missing run"][2] == "RESOURCE_DOES_NOT_EXIST"
 
