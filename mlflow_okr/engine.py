@@ -315,6 +315,15 @@ def score_metric_kr(
             notes.append("baseline not resolved yet")
         progress = metric_progress(current, baseline, target)
         has_data = tally.count > 0 and baseline is not None
+        # A baseline read from a run can land on the wrong side of the target; scoring it would
+        # reward moving the metric the wrong way.
+        if baseline is not None and target is not None and tally.direction is not None:
+            implied = infer_direction(baseline, target, None)
+            if implied != tally.direction:
+                notes.append(
+                    f"baseline {baseline:g} -> target {target:g} contradicts direction {tally.direction}"
+                )
+                progress = 0.0
     status = status_of(progress, has_data, elapsed, cycle_over, on_track, at_risk)
     return Scored(
         current=current,

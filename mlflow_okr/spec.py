@@ -342,8 +342,7 @@ class KeyResult(StrictModel):
                 return None, self.direction or relative_direction(self.target)
             return float(self.target), self.direction
         target = resolve_target(self.target, baseline)
-        if isinstance(self.target, str) and self.direction is None:
-            return target, relative_direction(self.target)
+        # "+5%" of a negative baseline lies below it: the direction follows baseline -> target.
         return target, infer_direction(baseline, target, self.direction)
 
     @property

@@ -388,3 +388,14 @@ def test_objective_and_cycle_scores_are_weighted_means(objectives):
         objective_scores.append(objective_status.score)
     assert status.score == pytest.approx(sum(objective_scores) / len(objective_scores), abs=1e-4)
     assert 0.0 <= status.score <= 1.0
+
+
+def test_a_resolved_baseline_on_the_wrong_side_of_the_target_scores_nothing():
+    tally = tally_of("best", "maximize")  # best 0.9
+    scored = score_metric_kr(tally, 0.95, 0.9, elapsed=0.5, cycle_over=False)
+    assert scored.progress == 0.0
+    assert scored.notes == ("baseline 0.95 -> target 0.9 contradicts direction maximize",)
+    equal = score_metric_kr(tally, 0.9, 0.9, elapsed=0.5, cycle_over=False)
+    assert equal.progress == 0.0 and equal.notes[0].endswith("contradicts direction maximize")
+    agreeing = score_metric_kr(tally, 0.5, 1.3, elapsed=0.5, cycle_over=False)
+    assert agreeing.progress == pytest.approx(0.5) and agreeing.notes == ()

@@ -525,3 +525,10 @@ def test_a_naive_moment_is_utc():
     assert cycle.elapsed(naive) == cycle.elapsed(naive.replace(tzinfo=dt.timezone.utc))
     assert not cycle.is_over(naive)
     assert cycle.is_over(dt.datetime(2027, 1, 1, 0, 0, 1))
+
+
+def test_relative_target_direction_follows_baseline_to_target(write_spec):
+    kr = CTR.replace("baseline: 0.05", "baseline: -10").replace("target: 0.08", "target: '+5%'")
+    spec = load_spec(write_spec(spec_with_kr(kr)))
+    # 1.05 x -10 = -10.5, below the baseline: the KR minimizes, as validation inferred.
+    assert spec.find_key_result("ctr").resolve(-10.0) == (-10.5, "minimize")
