@@ -25,6 +25,7 @@ from mlflow_okr.ledger import (
     verify_ledger,
 )
 from mlflow_okr.ledger.events import event_hash, event_tag
+from mlflow_okr.ledger.models import SUMMARY_COLUMNS
 from tests.conftest import NOW, invoke, make_run
 
 
@@ -141,6 +142,7 @@ def test_list_filters_and_search(client) -> None:
     assert [h.id for h in search_hypotheses("HALVE p99")] == ["cache"]
     assert [h.id for h in search_hypotheses("reco ctr")] == ["pools"]
     assert search_hypotheses("nothing like this") == []
+    assert tuple(list_hypotheses()[0].summary()) == SUMMARY_COLUMNS
     frame = hypotheses_frame(list_hypotheses())
     assert list(frame["id"]) == ["pools", "cache"]
     assert list(frame["status"]) == ["proposed", "validated"]

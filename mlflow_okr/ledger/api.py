@@ -21,6 +21,7 @@ from mlflow_okr.ledger.evaluate import compare
 from mlflow_okr.ledger.models import (
     ARMS,
     STATUSES,
+    SUMMARY_COLUMNS,
     VERDICTS,
     Evaluation,
     Evidence,
@@ -256,10 +257,7 @@ def list_hypotheses(
 
 def hypotheses_frame(hypotheses: list[Hypothesis]) -> pd.DataFrame:
     """One row per hypothesis, for notebooks and CSV."""
-    from mlflow_okr.ledger.models import Hypothesis as _Hypothesis
-
-    columns = list(_Hypothesis(id="", statement="", created_at=0, created_by="").summary())
-    return pd.DataFrame([h.summary() for h in hypotheses], columns=columns)
+    return pd.DataFrame([h.summary() for h in hypotheses], columns=list(SUMMARY_COLUMNS))
 
 
 def search_hypotheses(text: str, tracking_uri: str | None = None) -> list[Hypothesis]:

@@ -19,6 +19,10 @@ VERDICTS: tuple[str, ...] = ("validated", "invalidated", "inconclusive")
 ARMS: tuple[str, ...] = ("control", "treatment")
 OPEN_STATUSES = ("proposed", "testing")
 
+SUMMARY_COLUMNS = (
+    "id", "status", "statement", "kr", "objective", "metric", "expect", "owner", "control_runs",
+    "treatment_runs", "suggested_verdict", "resolved_at", "learning", "events",
+)
 RELATIVE_EXPECTATION = re.compile(r"^\s*([+-])\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
@@ -150,7 +154,7 @@ class Hypothesis(BaseModel):
         return [item.run_id for item in self.evidence if item.arm == arm]
 
     def summary(self) -> dict[str, Any]:
-        """One flat row for tables, CSV and JSON lists."""
+        """One flat row for tables, CSV and JSON lists (the SUMMARY_COLUMNS)."""
         return {
             "id": self.id,
             "status": self.status,
