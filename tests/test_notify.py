@@ -115,6 +115,15 @@ def test_a_transition_sends_exactly_one_message_and_resync_sends_none(client, pu
     assert list(params) == ["okr.notified.achieved.1"]
 
 
+def test_a_kr_missed_at_the_end_of_the_cycle_is_announced(client, published, webhook):
+    make_run(client, published, {"online_ctr": 0.06})  # progress 0.33: below the 0.7 grade
+    sync(client, now=NOW)
+    sync(client, now=dt.datetime(2027, 1, 2, tzinfo=dt.timezone.utc))
+    messages = webhook.messages()
+    assert len(messages) == 2
+    assert "*at-risk* (was not-started)" in messages[0] and "*missed* (was at-risk)" in messages[1]
+
+
 def test_statuses_not_listed_in_transitions_are_not_sent(client, tracking_uri, write_spec, webhook):
     apply_spec(write_spec(spec_text(webhook.url, "[achieved]")), tracking_uri=tracking_uri, sync_after=False)
     experiment_id = client.create_experiment("reco")

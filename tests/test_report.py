@@ -267,7 +267,8 @@ def test_report_ledger_holds_this_cycle_only(report):
     assert report.ledger[0].effect_size == pytest.approx(0.01)
     assert report.ledger[0].p_value < 0.01
     assert report.ledger[1].effect_size is None
-    assert "+0.01 (+19.6%)" in render(report, "md")
+    assert (report.ledger[0].control_runs, report.ledger[0].treatment_runs) == (3, 3)
+    assert "| 3 control / 3 treatment | +0.01 (+19.6%) |" in render(report, "md")
 
 
 def test_json_is_the_status_object_plus_history_and_ledger(rendered, engine_status, report):
@@ -494,3 +495,9 @@ def test_report_without_ledger_or_history(client, tracking_uri, write_spec):
     assert "## Hypotheses" not in text and "| 0 | 0 | 0 | 0 | 5 |" in text  # five KRs not started
     assert "<!-- no value recorded yet -->" in trend_svg(empty, empty.status.find("ctr"))
     assert len(list(csv.DictReader(io.StringIO(render(empty, "csv"))))) == 5
+
+
+def test_markdown_cells_cannot_break_the_table_or_inject_markup():
+    from mlflow_okr.report.markdown import md
+
+    assert md("a [b](javascript:x) | <i>c</i>\nd") == "a \\[b\\](javascript:x) \\| &lt;i&gt;c&lt;/i&gt; d"

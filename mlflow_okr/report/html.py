@@ -155,6 +155,7 @@ def _hypotheses(title: str, hypotheses: list[Hypothesis]) -> str:
     rows = "".join(
         f"<tr><td>{_link(f'<code>{e(h.id)}</code>', h.url)} {e(h.statement or '')}</td>"
         f"<td>{e(h.kr or h.objective or '—')}</td>"
+        f"<td>{e(text.evidence(h.control_runs, h.treatment_runs))}</td>"
         f"<td class=num>{e(text.effect(h.effect_size, h.relative_effect))}</td>"
         f"<td class=num>{e(text.cell(h.p_value))}</td>"
         f"<td>{h.resolved_at:%Y-%m-%d}</td><td>{e(h.learnings or '—')}</td></tr>"
@@ -162,7 +163,8 @@ def _hypotheses(title: str, hypotheses: list[Hypothesis]) -> str:
     )
     return (
         f"<h3>{e(title)} ({len(hypotheses)})</h3><table><thead><tr><th>Hypothesis</th><th>For</th>"
-        "<th class=num>Effect size</th><th class=num>p</th><th>Resolved</th><th>Learnings</th></tr></thead>"
+        "<th>Evidence runs</th><th class=num>Effect size</th><th class=num>p</th><th>Resolved</th>"
+        "<th>Learnings</th></tr></thead>"
         f"<tbody>{rows}</tbody></table>"
     )
 

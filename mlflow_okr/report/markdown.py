@@ -13,7 +13,9 @@ from mlflow_okr.results import KeyResultStatus
 
 def md(value: object) -> str:
     """User text made safe for a Markdown table cell: no HTML, no column breaks, one line."""
-    escaped = html.escape(str(value), quote=False).replace("|", "\\|")
+    escaped = html.escape(str(value), quote=False)
+    for special in ("|", "[", "]"):  # a column break, or link syntax that would swallow the cell
+        escaped = escaped.replace(special, "\\" + special)
     return " ".join(escaped.split())
 
 
@@ -78,13 +80,15 @@ def _hypotheses(title: str, hypotheses: list[Hypothesis]) -> list[str]:
             [
                 f"{hypothesis_id} {md(h.statement or '')}",
                 md(h.kr or h.objective or "—"),
+                text.evidence(h.control_runs, h.treatment_runs),
                 text.effect(h.effect_size, h.relative_effect),
                 text.cell(h.p_value),
                 f"{h.resolved_at:%Y-%m-%d}" if h.resolved_at else "—",
                 md(h.learnings or "—"),
             ]
         )
-    return lines + _table(["Hypothesis", "For", "Effect size", "p", "Resolved", "Learnings"], rows) + [""]
+    header = ["Hypothesis", "For", "Evidence runs", "Effect size", "p", "Resolved", "Learnings"]
+    return lines + _table(header, rows) + [""]
 
 
 def render_markdown(report: Report) -> str:

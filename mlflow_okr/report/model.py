@@ -66,6 +66,8 @@ class Hypothesis(BaseModel):
     metric: str | None = None
     resolved_at: dt.datetime | None = None
     effect_size: float | None = None
+    control_runs: int = 0
+    treatment_runs: int = 0
     relative_effect: float | None = None
     p_value: float | None = None
     run_id: str
@@ -257,6 +259,8 @@ def _from_ledger(hypothesis: Any, experiment_id: str, ui_url: str | None) -> Hyp
         metric=hypothesis.metric or evaluation.get("metric"),
         resolved_at=_utc_from_ms(hypothesis.resolved_at),
         effect_size=_number(evaluation.get("effect")),
+        control_runs=len(hypothesis.arm_runs("control")),
+        treatment_runs=len(hypothesis.arm_runs("treatment")),
         relative_effect=_number(evaluation.get("relative_effect")),
         p_value=_number(evaluation.get("p_value")),
         run_id=run_id,

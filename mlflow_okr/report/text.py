@@ -77,6 +77,13 @@ def cell(value: Any) -> str:
     return str(value)
 
 
+def evidence(control_runs: int, treatment_runs: int) -> str:
+    """How many runs back a hypothesis: 3 vs 3 runs."""
+    if not control_runs and not treatment_runs:
+        return "—"
+    return f"{control_runs} control / {treatment_runs} treatment"
+
+
 def effect(value: float | None, relative: float | None) -> str:
     """An effect size, with the relative change when known: 0.01 (+19.6%)."""
     if value is None:
