@@ -298,15 +298,25 @@ def test_a_filter_baseline_that_appears_after_apply(world, runner):
     assert payload["objectives"][0]["score"] == 0.5
 
 
-def test_a_run_baseline_that_does_not_exist_yet_is_not_started(client, write_spec, runner):
+def test_a_run_baseline_is_not_started_until_the_run_has_the_metric(client, write_spec, runner):
     experiment = client.create_experiment("reco")
     make_run(client, experiment, {"f1": 0.9})
-    spec = SPEC.split("  - id: ops")[0].replace("{legacy_run}", "0123456789abcdef0123456789abcdef")
-    spec = spec.replace("{{", "{").replace("}}", "}")
-    assert invoke(runner, "apply", str(write_spec(spec))).exit_code == 0
+    legacy = make_run(client, client.create_experiment("legacy"), {}, start_time=LEGACY_MS)
+    missing = "0123456789abcdef0123456789abcdef"
+    spec = SPEC.split("  - id: ops")[0].replace("{{", "{").replace("}}", "}")
+    assert invoke(runner, "apply", str(write_spec(spec.replace("{legacy_run}", missing)))).exit_code == 0
     krs = key_results(status_json(runner))
     assert krs["f1-vs-legacy"]["status"] == "not-started"
     assert krs["f1-vs-legacy"]["baseline"] is None and krs["f1-vs-legacy"]["counted_runs"] == 1
+
+    assert invoke(runner, "apply", str(write_spec(spec.replace("{legacy_run}", legacy)))).exit_code == 0
+    assert key_results(status_json(runner))["f1-vs-legacy"]["status"] == "not-started"
+    client.log_metric(legacy, "f1", 0.8)
+    assert invoke(runner, "sync", "--as-of", "2026-11-15").exit_code == 0
+    # 0.9 against 0.8 x 1.05 = 0.84: achieved.
+    assert_kr(
+        key_results(status_json(runner))["f1-vs-legacy"], (0.8, 0.84, "maximize", 0.9, 1.0, "achieved", 1)
+    )
 
 
 def test_sync_check_finds_drift_and_sync_repairs_it(world, runner):
