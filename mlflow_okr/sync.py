@@ -330,7 +330,8 @@ def _same(stored: Any, computed: Any) -> bool:
 def kr_drift(run: Run | None, status: KeyResultStatus, kr: KeyResult) -> list[KrDrift]:
     """Fields where the stored KR state differs from the recompute (status aside: it moves with time)."""
     if run is None:
-        return [KrDrift(kr=status.id, field="run", stored=None, computed="missing KR run")]
+        computed = "a KR run; run `mlflow-okr apply` to recreate it"
+        return [KrDrift(kr=status.id, field="run", stored=None, computed=computed)]
     stored = stored_status(run, kr)
     drift = []
     for name in COMPARED_FIELDS:

@@ -252,3 +252,18 @@ def test_a_hand_edited_checkin_tag_does_not_block_sync_or_checkin(applied, runne
     result = invoke(runner, "checkin", "alerting-live", "1")
     assert result.exit_code == 0, result.output
     assert json.loads(client.get_run(kr_run).data.tags[state.TAG_CHECKIN])["count"] == 1
+
+
+def test_a_deleted_kr_run_is_drift_that_apply_repairs(applied, runner, tmp_path):
+    client = applied.client
+    client.delete_run(state.load_published(client, "2026-Q4").kr_runs["latency"])
+    drifted = invoke(runner, "sync", "--check", *AS_OF)
+    assert drifted.exit_code == 1
+    assert "KR latency: run stored None, recomputed 'a KR run; run `mlflow-okr apply` to recreate it'" in (
+        drifted.output
+    )
+    spec_path = tmp_path / "okrs.yaml"
+    spec_path.write_text(SPEC, encoding="utf-8")
+    result = invoke(runner, "apply", str(spec_path))
+    assert ("create" in result.output) and "latency" in result.output
+    assert invoke(runner, "sync", "--check", *AS_OF).exit_code == 0
