@@ -105,6 +105,24 @@ def _is_ratio(*values: float) -> bool:
     return all(0.0 <= value <= 1.0 for value in values)
 
 
+def within_natural_bounds(
+    target: float, current: float, start: float, sign: float
+) -> tuple[float, str | None]:
+    """Keep a target reachable: a [0, 1] ratio below 1 (or above 0), a non-negative metric above 0.
+
+    A target past the bound is replaced by the point halfway from the current value to the bound.
+    """
+    if _is_ratio(current, start):
+        bound, kind = (1.0 if sign > 0 else 0.0), "like a ratio in [0, 1]"
+    elif sign < 0 and current > 0 and start >= 0:
+        bound, kind = 0.0, "non-negative"
+    else:
+        return target, None
+    if sign * (target - bound) <= 0:
+        return target, None
+    return current + (bound - current) / 2, f"capped halfway to {bound:g}: the metric looks {kind}"
+
+
 class Calibrated(BaseModel):
     baseline: float
     target: float
@@ -154,10 +172,8 @@ def calibrate_metric(
         f"{'+' if sign > 0 else '-'} {_fmt(projected)} / {EXPECTED_ATTAINMENT} so the projection is "
         f"{EXPECTED_ATTAINMENT:.0%} of the way",
     ]
-    bound = 1.0 if sign > 0 else 0.0
-    if _is_ratio(current, start_value) and sign * (next_target - bound) > 0:
-        next_target = current + (bound - current) / 2
-        comments.append(f"capped halfway to {bound:g}: the metric looks like a ratio in [0, 1]")
+    next_target, cap = within_natural_bounds(next_target, current, start_value, sign)
+    comments += [cap] if cap else []
     next_target = _round(next_target, away_from=new_baseline)
     return Calibrated(baseline=new_baseline, target=next_target, comments=comments)
 
@@ -265,7 +281,9 @@ class _Drafter:
             if baseline is None:
                 continue
             effect = sum(float(h.evaluation["effect"]) for h in hypotheses if h.evaluation)
+            sign = 1.0 if effect > 0 else -1.0
             target = baseline + effect / EXPECTED_ATTAINMENT
+            target, cap = within_natural_bounds(target, baseline, baseline - effect, sign)
             kr_id = _free_id(metric, taken_ids)
             fields = {
                 "id": kr_id,
@@ -280,6 +298,7 @@ class _Drafter:
                 f"by {_signed(effect)} in total",
                 f"baseline = treatment mean of {latest.id} (assumes it ships); target = baseline "
                 f"{'+' if effect > 0 else '-'} {_fmt(abs(effect))} / {EXPECTED_ATTAINMENT}",
+                *([cap] if cap else []),
             ]
             home = next(
                 (h.objective for h in hypotheses if h.objective in objective_ids),

@@ -101,6 +101,10 @@ def test_calibration_caps_ratios_below_one() -> None:
     capped = calibrate_metric([(day(40), 0.9)], 0.5, 0.95, "maximize", Q4, day(45), 90)
     assert capped.target == pytest.approx(0.95)
     assert "capped halfway to 1" in capped.comments[-1]
+    # A non-negative metric (latency, error counts) is not asked to go below zero.
+    latency = calibrate_metric([(day(40), 2.0)], 10.0, 8.0, "minimize", Q4, day(45), 90)
+    assert latency.target == pytest.approx(1.0)
+    assert latency.comments[-1] == "capped halfway to 0: the metric looks non-negative"
 
 
 def _record(client, runner, write_spec, tmp_path):
