@@ -10,10 +10,13 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import mlflow
 import pytest
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
 
 from mlflow_okr import notify, state
 from mlflow_okr.api import apply_spec
@@ -279,3 +282,32 @@ def test_the_live_store_sends_the_transition_once(tracking_uri, client, webhook)
         mlflow.log_metrics({"latency": 10, "val_acc": 0.9})
         flush()
     assert len(webhook.messages()) == 1
+
+
+@pytest.mark.slow  # a server start takes most of a minute on a busy machine: `pytest -m slow`
+@pytest.mark.server
+def test_server_workers_and_http_syncs_send_one_message(tmp_path, webhook):
+    """The hook runs in `mlflow server` workers; HTTP clients sync too: one message in all."""
+    from tests.live_fixtures import CYCLE, EXPERIMENT, live_spec_text, publish
+    from tests.servers import mlflow_server
+
+    database = f"sqlite:///{tmp_path / 'server.db'}"
+    text = live_spec_text().replace("objectives:", f'notify:\n  webhooks: ["{webhook.url}"]\nobjectives:', 1)
+    publish(database, text)
+    with mlflow_server("okr+" + database, tmp_path, workers=2) as server:
+        http = MlflowClient(server.url)
+        experiment_id = http.create_experiment(EXPERIMENT)
+        run = http.create_run(experiment_id)
+        http.log_batch(run.info.run_id, metrics=[Metric("latency", 10, 0, 0), Metric("val_acc", 1.0, 0, 0)])
+        http.set_terminated(run.info.run_id)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not webhook.requests:
+            time.sleep(0.2)
+        syncs = [threading.Thread(target=sync, args=(http,), kwargs={"cycle": CYCLE}) for _ in range(2)]
+        for thread in syncs:
+            thread.start()
+        for thread in syncs:
+            thread.join()
+        time.sleep(1)  # a duplicate from a server worker would arrive within this
+    messages = webhook.messages()
+    assert len(messages) == 1 and "KR `acc`" in messages[0] and "*achieved*" in messages[0]
