@@ -149,15 +149,22 @@ class CycleScan:
         return verdicts
 
 
-def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict]) -> dict[str, str]:
-    """The okr.* tags a source run should carry for these verdicts."""
-    if not verdicts:
-        return {}
+def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Run | None = None) -> dict[str, str]:
+    """The okr.* tags a source run should carry for these verdicts.
+
+    Cycles may overlap (2026-Q4 inside 2026-H2): given the `run`, okr.krs keeps the ids it lists
+    for other cycles' KRs, so that each cycle's sync leaves the other's ids alone.
+    """
+    counted = {kr_id for kr_id, verdict in verdicts.items() if verdict.state == "counted"}
+    if run is not None:
+        own = {kr.id for _, kr in spec.key_results()}
+        listed = run.data.tags.get(state.TAG_KRS, "").split(",")
+        counted |= {kr_id for kr_id in listed if kr_id and kr_id not in own}
     tags = {state.source_tag(kr_id): verdict.tag_value for kr_id, verdict in verdicts.items()}
-    counted = sorted(kr_id for kr_id, verdict in verdicts.items() if verdict.state == "counted")
     if counted:
-        tags[state.TAG_KRS] = ",".join(counted)
-    tags[state.TAG_CYCLE] = spec.cycle.name
+        tags[state.TAG_KRS] = ",".join(sorted(counted))
+    if verdicts:
+        tags[state.TAG_CYCLE] = spec.cycle.name
     return tags
 
 
@@ -408,7 +415,7 @@ def sync(
 
     def reconcile(run: Run, verdicts: dict[str, Verdict]) -> None:
         nonlocal drift_count
-        desired = desired_run_tags(spec, verdicts)
+        desired = desired_run_tags(spec, verdicts, run)
         current = managed_run_tags(spec, run)
         changed = {k: v for k, v in desired.items() if k != state.TAG_CYCLE and current.get(k) != v}
         stale = [k for k in current if k not in desired]
@@ -424,8 +431,11 @@ def sync(
                 )
         if check:
             return
-        if desired.get(state.TAG_CYCLE) and run.data.tags.get(state.TAG_CYCLE) != desired[state.TAG_CYCLE]:
-            changed[state.TAG_CYCLE] = desired[state.TAG_CYCLE]
+        # okr.cycle is not compared: a run inside two overlapping cycles keeps the one it has
+        # unless its KR tags change, so two syncs do not rewrite it back and forth.
+        cycle_tag, wanted_cycle = run.data.tags.get(state.TAG_CYCLE), desired.get(state.TAG_CYCLE)
+        if wanted_cycle and cycle_tag != wanted_cycle and (changed or not cycle_tag):
+            changed[state.TAG_CYCLE] = wanted_cycle
         if changed:
             client.log_batch(
                 run.info.run_id, tags=[RunTag(k, v) for k, v in changed.items()], synchronous=True

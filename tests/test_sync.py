@@ -478,3 +478,23 @@ def test_source_experiments_by_name_glob_and_id_across_pages(client):
     assert everything == {"0", ids["reco-a"], ids["reco-b"], ids["ops"]}  # okr/ experiments are not sources
     assert set(state.source_experiment_ids(client, ["reco-*", ids["ops"]])) == everything - {"0"}
     assert state.source_experiment_ids(client, ["nothing-*"]) == []
+
+
+def test_overlapping_cycles_keep_each_others_kr_ids(client, write_spec, runner):
+    experiment = client.create_experiment("reco")
+    run_id = make_run(client, experiment, {"online_ctr": 0.07})
+    kr = "      - {{id: {id}, metric: online_ctr, baseline: 0.05, target: 0.08}}\n"
+    for cycle, kr_id in (("2026-Q4", "ctr-q4"), ("2026-H2", "ctr-h2")):
+        spec = (
+            f"version: 1\ncycle: {cycle}\nobjectives:\n  - id: reco\n    title: Reco\n"
+            f"    category: product\n    key_results:\n{kr.format(id=kr_id)}"
+        )
+        assert invoke(runner, "apply", str(write_spec(spec, f"{cycle}.yaml"))).exit_code == 0
+    for cycle in ("2026-Q4", "2026-H2", "2026-Q4"):
+        assert invoke(runner, "sync", "--cycle", cycle, "--as-of", "2026-11-15").exit_code == 0
+    tags = client.get_run(run_id).data.tags
+    assert tags["okr.krs"] == "ctr-h2,ctr-q4"
+    assert tags["okr.kr.ctr-q4"] == tags["okr.kr.ctr-h2"] == "counted"
+    for cycle in ("2026-Q4", "2026-H2"):
+        result = invoke(runner, "sync", "--check", "--cycle", cycle, "--as-of", "2026-11-15")
+        assert result.exit_code == 0, result.output
