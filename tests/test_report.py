@@ -501,3 +501,22 @@ def test_markdown_cells_cannot_break_the_table_or_inject_markup():
     from mlflow_okr.report.markdown import md
 
     assert md("a [b](javascript:x) | <i>c</i>\nd") == "a \\[b\\](javascript:x) \\| &lt;i&gt;c&lt;/i&gt; d"
+
+
+def test_every_kr_row_in_markdown_and_html_matches_the_engine(rendered, engine_status):
+    from mlflow_okr.render import STATUS_MARKS, number
+
+    body = rendered["html"][rendered["html"].index("<body>"):]
+    html_text = " ".join("".join(parse(body).text).split())
+    md_rows = {line.split("**")[1]: line for line in rendered["md"].splitlines() if line.startswith("| **")}
+    for kr in engine_status.key_results():
+        progress, grade = f"{kr.progress:.0%}", f"{kr.progress:.2f}"
+        cells = [STATUS_MARKS[kr.status], number(kr.current, kr.unit), progress, grade]
+        row = md_rows[kr.id]
+        assert all(f"| {cell} |" in row or f" {cell} |" in row for cell in cells), (kr.id, row, cells)
+        assert row.rstrip().split("|")[-3].strip() == str(kr.counted_runs)
+        html_row = f"{kr.id} {cells[0]} {number(kr.baseline, kr.unit) if kr.kind != 'maintain' else '—'}"
+        assert html_row in html_text, html_row
+        assert f"{cells[1]} {cells[2]} {cells[3]} {kr.counted_runs}" in html_text, (kr.id, cells)
+    for objective in engine_status.objectives:
+        assert f"| {objective.score:.2f} |" in rendered["md"]
