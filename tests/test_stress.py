@@ -1,0 +1,297 @@
+"""Concurrency: 8 processes x 4 threads write mixed metrics, tags and batches to shared KRs through
+a 2-worker `mlflow server` over an okr+ backend; afterwards every write that returned is stored
+and `sync --check` finds no drift. The default run lasts a few seconds; `-m slow` runs a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+
+from mlflow_okr.cli import cli
+from tests.conftest import IN_CYCLE_MS
+
+PROCESSES = 8
+THREADS = 4
+SHORT_SECONDS = 4.0
+LONG_SECONDS = 60.0
+SETTLE_SECONDS = 30.0  # how long server workers may take to settle background KR updates
+
+SPEC = """
+version: 1
+cycle: 2026-Q4
+objectives:
+  - id: quality
+    title: Better model
+    category: product
+    key_results:
+      - id: acc
+        metric: acc
+        experiments: ["stress-*"]
+        baseline: 0.0
+        target: 1.0
+        guardrails:
+          - {metric: latency, max: 80}
+      - id: prod-acc
+        metric: acc
+        experiments: ["stress-*"]
+        filter: "tags.stage = 'prod'"
+        baseline: 0.0
+        target: 1.0
+      - id: loss
+        metric: loss
+        experiments: ["stress-*"]
+        baseline: 1.0
+        target: 0.0
+        aggregate: mean
+"""
+
+
+def okr_store_registered() -> bool:
+    return any(ep.name == "okr+sqlite" for ep in entry_points(group="mlflow.tracking_store"))
+
+
+requires_okr_store = pytest.mark.skipif(
+    not okr_store_registered(), reason="the okr+ tracking-store plugin is not registered"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# The writers: each thread owns one run; every write that returned is appended to a journal.
+
+
+def write_for(url: str, experiment_id: str, seconds: float, journal: Path, seed: int) -> None:
+    """One thread's work: a run of mixed writes until time is up, journaled once each returns."""
+    rng = random.Random(seed)
+    client = MlflowClient(url)
+    with open(journal, "a", encoding="utf-8") as out:
+
+        def done(kind: str, run_id: str, key: str, value, step: int = 0) -> None:
+            out.write(json.dumps([kind, run_id, key, value, step, time.time()]) + "\n")
+            out.flush()
+
+        def attempt(call, *entry) -> None:
+            try:
+                call()
+            except Exception as error:  # noqa: BLE001 - counted and reported, never hidden
+                out.write(json.dumps(["error", type(error).__name__, str(error)[:200]]) + "\n")
+                out.flush()
+                return
+            for item in entry:
+                done(*item)
+
+        run = client.create_run(experiment_id, start_time=IN_CYCLE_MS + rng.randrange(10**6))
+        run_id = run.info.run_id
+        done("run", run_id, "", "")
+        deadline = time.monotonic() + seconds  # the window starts once the run exists
+        step = 0
+        while time.monotonic() < deadline:
+            step += 1
+            timestamp = IN_CYCLE_MS + step
+            choice = rng.random()
+            if choice < 0.4:
+                key = rng.choice(["acc", "loss", "latency", "other"])
+                value = round(rng.random() * (100 if key == "latency" else 1), 6)
+                call = partial(client.log_metric, run_id, key, value, timestamp=timestamp, step=step)
+                attempt(call, ("metric", run_id, key, value, step))
+            elif choice < 0.7:
+                metrics = [Metric("acc", round(rng.random(), 6), timestamp, step),
+                           Metric("latency", round(rng.random() * 100, 6), timestamp, step)]
+                attempt(
+                    partial(client.log_batch, run_id, metrics=metrics, tags=[RunTag("batch", str(step))]),
+                    *[("metric", run_id, m.key, m.value, step) for m in metrics],
+                    ("tag", run_id, "batch", str(step)),
+                )
+            else:
+                stage = rng.choice(["prod", "dev"])
+                attempt(partial(client.set_tag, run_id, "stage", stage), ("tag", run_id, "stage", stage))
+        status = rng.choice(["FINISHED", "FINISHED", "FAILED", None])
+        if status:
+            attempt(partial(client.set_terminated, run_id, status, end_time=IN_CYCLE_MS + 10**7),
+                    ("status", run_id, "", status))
+
+
+def writer_process(url: str, experiment_id: str, seconds: float, journal_dir: str, index: int) -> None:
+    """One process: THREADS threads writing at once, each to its own journal file."""
+    threads = [
+        threading.Thread(
+            target=write_for,
+            args=(url, experiment_id, seconds, Path(journal_dir) / f"p{index}-t{t}.jsonl", index * 100 + t),
+        )
+        for t in range(THREADS)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+@dataclass
+class Journal:
+    """What the writers say they stored: values per (run, key), final tags, statuses, errors."""
+
+    metrics: dict[tuple[str, str], set[tuple[int, float]]] = field(default_factory=dict)
+    tags: dict[tuple[str, str], str] = field(default_factory=dict)
+    statuses: dict[str, str] = field(default_factory=dict)
+    runs: set[str] = field(default_factory=set)
+    errors: list[list[str]] = field(default_factory=list)
+    writes: int = 0
+    first: float = float("inf")
+    last: float = 0.0
+
+    @property
+    def writes_per_second(self) -> float:
+        """Writes over the window in which writes were being stored (process start-up excluded)."""
+        return self.writes / max(self.last - self.first, 1e-9)
+
+    @classmethod
+    def read(cls, journal_dir: Path) -> Journal:
+        journal = cls()
+        for path in sorted(journal_dir.glob("*.jsonl")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # the last line of a killed writer may be cut short
+                journal.add(entry)
+        return journal
+
+    def add(self, entry: list) -> None:
+        kind = entry[0]
+        if kind == "error":
+            self.errors.append(entry)
+            return
+        _, run_id, key, value, step, moment = entry
+        self.runs.add(run_id)
+        self.first, self.last = min(self.first, moment), max(self.last, moment)
+        if kind == "metric":
+            self.metrics.setdefault((run_id, key), set()).add((step, value))
+            self.writes += 1
+        elif kind == "tag":
+            self.tags[(run_id, key)] = value  # one thread per run, so the last write wins
+            self.writes += 1
+        elif kind == "status":
+            self.statuses[run_id] = value
+
+
+def missing_writes(client: MlflowClient, journal: Journal) -> list[str]:
+    """Every journaled write that the backend does not hold."""
+    missing = []
+    for (run_id, key), values in journal.metrics.items():
+        stored = {(m.step, m.value) for m in client.get_metric_history(run_id, key)}
+        missing += [f"{run_id} {key} step {step} = {value}" for step, value in values - stored]
+    for (run_id, key), value in journal.tags.items():
+        stored = client.get_run(run_id).data.tags.get(key)
+        if stored != value:
+            missing.append(f"{run_id} tag {key}: journal {value!r}, stored {stored!r}")
+    for run_id, status in journal.statuses.items():
+        stored = client.get_run(run_id).info.status
+        if stored != status:
+            missing.append(f"{run_id} status: journal {status}, stored {stored}")
+    return missing
+
+
+def run_writers(url: str, experiment_id: str, seconds: float, journal_dir: Path) -> list:
+    """Start PROCESSES writer processes (forked: start-up is instant; each makes its own client)."""
+    context = multiprocessing.get_context("fork")
+    processes = [
+        context.Process(target=writer_process, args=(url, experiment_id, seconds, str(journal_dir), index))
+        for index in range(PROCESSES)
+    ]
+    for process in processes:
+        process.start()
+    return processes
+
+
+def cli_check(uri: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["sync", "--check", "--tracking-uri", uri], catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def settled_check(uri: str, seconds: float = SETTLE_SECONDS) -> tuple[int, str]:
+    """`sync --check`, repeated until clean or `seconds` pass: server workers settle KRs in the background."""
+    deadline = time.monotonic() + seconds
+    while True:
+        code, output = cli_check(uri)
+        if code == 0 or time.monotonic() > deadline:
+            return code, output
+        time.sleep(1.0)
+
+
+def publish(uri: str, tmp_path: Path) -> str:
+    spec_path = tmp_path / "okrs.yaml"
+    spec_path.write_text(SPEC.lstrip(), encoding="utf-8")
+    result = CliRunner().invoke(cli, ["apply", str(spec_path), "--tracking-uri", uri], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return MlflowClient(uri).create_experiment("stress-shared")
+
+
+@pytest.fixture
+def server_factory(tmp_path) -> Iterator:
+    servers = pytest.importorskip("tests.servers", reason="tests/servers.py (the server helper) is missing")
+    return lambda backend: servers.mlflow_server(backend, tmp_path / "server", workers=2)
+
+
+def stress(backend_uri: str, plain_uri: str, tmp_path: Path, server_factory, seconds: float) -> Journal:
+    experiment_id = publish(plain_uri, tmp_path)
+    journal_dir = tmp_path / "journal"
+    journal_dir.mkdir()
+    with server_factory(backend_uri) as server:
+        processes = run_writers(server.url, experiment_id, seconds, journal_dir)
+        for process in processes:
+            process.join(timeout=seconds + 120)
+            assert process.exitcode == 0, f"writer process exited with {process.exitcode}"
+        journal = Journal.read(journal_dir)
+        code, output = settled_check(plain_uri)
+    print(
+        f"\nstress {backend_uri.split(':')[0]}: {journal.writes} writes "
+        f"in {journal.last - journal.first:.1f}s "
+        f"({journal.writes_per_second:.0f} writes/s held by {PROCESSES}x{THREADS} clients), "
+        f"{len(journal.runs)} runs, {len(journal.errors)} errors"
+    )
+    for error in journal.errors[:5]:
+        print("  error:", error[1], error[2])
+    assert len(journal.runs) == PROCESSES * THREADS
+    assert journal.writes > 0
+    assert missing_writes(MlflowClient(plain_uri), journal) == []
+    assert code == 0, output
+    return journal
+
+
+@pytest.mark.server
+@pytest.mark.postgres
+@requires_okr_store
+def test_stress_okr_postgresql(postgres_uri, tmp_path, server_factory):
+    journal = stress("okr+" + postgres_uri, postgres_uri, tmp_path, server_factory, SHORT_SECONDS)
+    assert journal.errors == []
+
+
+@pytest.mark.server
+@requires_okr_store
+def test_stress_okr_sqlite(tmp_path, server_factory):
+    """SQLite serializes writers; MLflow retries locked writes, so none may fail here either."""
+    uri = f"sqlite:///{tmp_path / 'stress.db'}"
+    journal = stress("okr+" + uri, uri, tmp_path, server_factory, SHORT_SECONDS)
+    assert journal.errors == []
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.postgres
+@requires_okr_store
+def test_stress_okr_postgresql_long(postgres_uri, tmp_path, server_factory):
+    journal = stress("okr+" + postgres_uri, postgres_uri, tmp_path, server_factory, LONG_SECONDS)
+    assert journal.errors == []
