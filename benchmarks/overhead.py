@@ -71,8 +71,8 @@ def _timed(call: Callable[[], None]) -> float:
 def measure(
     plain: MlflowClient, okr: MlflowClient, plain_run: str, okr_run: str, calls: int,
     write: Callable[[MlflowClient, str, int], None],
-) -> tuple[float, float]:
-    """Median seconds per call for plain and okr+, interleaved call by call."""
+) -> tuple[list[float], list[float]]:
+    """Seconds per call for plain and okr+, interleaved call by call."""
     plain_times, okr_times = [], []
     for index in range(calls):
         pairs = [(plain, plain_run, plain_times), (okr, okr_run, okr_times)]
@@ -80,7 +80,7 @@ def measure(
             pairs.reverse()
         for client, run_id, times in pairs:
             times.append(_timed(lambda c=client, r=run_id, i=index: write(c, r, i)))
-    return statistics.median(plain_times), statistics.median(okr_times)
+    return plain_times, okr_times
 
 
 def main() -> None:
@@ -107,17 +107,21 @@ def main() -> None:
         metrics.append(Metric("val_acc", 0.5 + noise.random() / 10, now, i))
         client.log_batch(run_id, metrics=metrics)
 
-    print(f"{'case':<20} {'plain ms':>9} {'okr+ ms':>9} {'ratio':>7} {'target':>7}")
+    # The median is the per-call cost the targets are about; the mean also carries the background
+    # writer's share (it runs at most once a second, in this process, on the same cores).
+    print(f"{'case':<20} {'plain ms':>9} {'okr+ ms':>9} {'ratio':>7} {'target':>7}      {'mean ratio':>10}")
     for case, write in (
         ("unused key", unused), ("KR key, improving", improving),
         ("KR key, noisy", noisy), ("log_batch of 50", batch),
     ):
-        plain_s, okr_s = measure(plain, okr, plain_run, okr_run, args.calls, write)
+        plain_times, okr_times = measure(plain, okr, plain_run, okr_run, args.calls, write)
+        plain_s, okr_s = statistics.median(plain_times), statistics.median(okr_times)
         ratio = okr_s / plain_s
+        mean_ratio = statistics.fmean(okr_times) / statistics.fmean(plain_times)
         verdict = "ok" if ratio <= TARGETS[case] else "over"
         print(
             f"{case:<20} {plain_s * 1000:9.2f} {okr_s * 1000:9.2f} {ratio:6.3f}x "
-            f"{TARGETS[case]:6.2f}x {verdict}"
+            f"{TARGETS[case]:6.2f}x {verdict:<4} {mean_ratio:9.3f}x"
         )
     flush_time = _timed(lambda: okr.set_terminated(okr_run))
     print(f"run end through okr+ (synchronous post-run flush): {flush_time * 1000:.1f} ms")

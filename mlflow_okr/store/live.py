@@ -318,26 +318,31 @@ class LiveKrs:
             published = self.watched.cycles.get(published.experiment_id, published)
         computations, _ = compute_key_results(client, published.spec, kr_ids=kr_ids)
         statuses = computed_statuses(client, published, computations, now)
+        kr_runs = self._kr_runs(published)  # one query for every KR run, not one per KR
         changed = set()
         for kr_id, status in statuses.items():
-            run_id = published.kr_runs.get(kr_id)
-            if run_id is None:
+            run = kr_runs.get(kr_id)
+            if run is None:
                 continue
-            run = client.get_run(run_id)
             stale = kr_drift(run, status, computations[kr_id].kr)
             if stale or run.data.tags.get(state.TAG_STATUS) != status.status:
                 write_kr_status(client, published, status)
                 changed.add(kr_id)
         if changed:
-            self._write_objective_scores(published, statuses, now)
+            # Objective scores need every KR: the fresh ones, and the stored state of the rest.
+            merged = {
+                kr.id: statuses[kr.id] if kr.id in statuses else stored_kr_status(kr_runs[kr.id], kr)
+                for _, kr in published.spec.key_results()
+                if kr.id in statuses or kr.id in kr_runs
+            }
+            write_objective_scores(client, published, cycle_status(published.spec, merged, now))
         return changed
 
-    def _write_objective_scores(
-        self, published: state.PublishedCycle, fresh: dict, now: dt.datetime
-    ) -> None:
-        statuses = dict(fresh)
-        for _, kr in published.spec.key_results():
-            run_id = published.kr_runs.get(kr.id)
-            if kr.id not in statuses and run_id is not None:
-                statuses[kr.id] = stored_kr_status(self.client.get_run(run_id), kr)
-        write_objective_scores(self.client, published, cycle_status(published.spec, statuses, now))
+    def _kr_runs(self, published: state.PublishedCycle) -> dict[str, Run]:
+        live_ids = {run_id: kr_id for kr_id, run_id in published.kr_runs.items()}
+        filter_string = f"tags.`{state.TAG_ROLE}` = 'kr'"
+        return {
+            live_ids[run.info.run_id]: run
+            for run in state.iter_runs(self.client, [published.experiment_id], filter_string)
+            if run.info.run_id in live_ids
+        }
