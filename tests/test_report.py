@@ -162,6 +162,16 @@ def build_quarter_store(uri: str, workdir: Path) -> None:
         when=dt.datetime(2026, 11, 10, tzinfo=dt.timezone.utc),
     )
     ledger.add_hypothesis(
+        "Cold-start users like popular items", hypothesis_id="cold-start", objective="reco", tracking_uri=uri
+    )
+    ledger.resolve_hypothesis(
+        "cold-start",
+        "inconclusive",
+        "Too few cold-start sessions to tell",
+        tracking_uri=uri,
+        when=dt.datetime(2026, 11, 12, tzinfo=dt.timezone.utc),
+    )
+    ledger.add_hypothesis(
         "Old idea from last quarter",
         hypothesis_id="old",
         tracking_uri=uri,
@@ -261,6 +271,7 @@ def test_report_ledger_holds_this_cycle_only(report):
     assert [(h.id, h.status) for h in report.ledger] == [
         ("two-tower", "validated"),
         ("big-batch", "invalidated"),
+        ("cold-start", "inconclusive"),
     ]
     assert report.ledger[0].learnings == "Item embeddings generalise | use them everywhere"
     assert report.ledger[0].statement == "Two towers beat matrix factorisation"
@@ -289,7 +300,7 @@ def test_json_is_the_status_object_plus_history_and_ledger(rendered, engine_stat
             assert kr["status"] == engine.status and kr["counted_runs"] == engine.counted_runs
             assert kr["best_run_id"] == engine.best_run_id
     assert [point["value"] for point in payload["history"]["ctr"]] == pytest.approx([0.056, 0.065])
-    assert [h["id"] for h in payload["ledger"]] == ["two-tower", "big-batch"]
+    assert [h["id"] for h in payload["ledger"]] == ["two-tower", "big-batch", "cold-start"]
     assert payload["evidence"]["ctr"]["guardrail_breach_count"] == 1
     assert payload["status_counts"]["at-risk"] == 1
 
@@ -325,7 +336,8 @@ def test_markdown_renders_the_numbers(rendered):
     assert "| **csat**<br>Keep satisfaction at 4.5 or more | ✔ achieved | — | stay ≥ 4.5 | 4.6 |" in text
     assert "guardrail breaches: 1 run(s)" in text and "two-tower-big" in text
     assert f"[two-tower-v2 &lt;b&gt;bold&lt;/b&gt;]({UI}/#/experiments/" in text
-    assert "### Validated (1)" in text and "### Invalidated (1)" in text
+    assert "### Validated (1)" in text and "### Invalidated (1)" in text and "### Inconclusive (1)" in text
+    assert text.index("### Invalidated") < text.index("### Inconclusive") < text.index("## Next cycle")
     assert "Item embeddings generalise \\| use them everywhere" in text  # a pipe cannot break the table
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; learn faster" in text
     outside_code = re.sub(r"```yaml.*?```", "", text, flags=re.S)

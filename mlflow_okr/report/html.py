@@ -174,8 +174,7 @@ def _ledger(report: Report) -> str:
         return ""
     return (
         '<section class="ledger"><h2>Hypotheses resolved this cycle</h2>'
-        + _hypotheses("Validated", report.hypotheses(True))
-        + _hypotheses("Invalidated", report.hypotheses(False))
+        + "".join(_hypotheses(title, group) for title, group in report.hypothesis_groups())
         + "</section>"
     )
 

@@ -135,8 +135,8 @@ def render_markdown(report: Report) -> str:
         lines += evidence + ([""] if evidence else [])
     if report.ledger is not None:
         lines += ["## Hypotheses resolved this cycle", ""]
-        lines += _hypotheses("Validated", report.hypotheses(True))
-        lines += _hypotheses("Invalidated", report.hypotheses(False))
+        for title, group in report.hypothesis_groups():
+            lines += _hypotheses(title, group)
     if report.next_cycle is not None:
         draft = report.next_cycle
         lines += [f"## Next cycle: {md(draft.cycle)}", ""]

@@ -73,10 +73,6 @@ class Hypothesis(BaseModel):
     run_id: str
     url: str | None = None
 
-    @property
-    def validated(self) -> bool:
-        return self.status == "validated"
-
 
 class Report(BaseModel):
     """Everything the quarter-end report says; every output format renders this one object."""
@@ -96,8 +92,15 @@ class Report(BaseModel):
         counts.update(self.status.status_counts())
         return counts
 
-    def hypotheses(self, validated: bool) -> list[Hypothesis]:
-        return [h for h in self.ledger or [] if h.validated == validated]
+    def hypotheses(self, status: str) -> list[Hypothesis]:
+        return [h for h in self.ledger or [] if h.status == status]
+
+    def hypothesis_groups(self) -> list[tuple[str, list[Hypothesis]]]:
+        """(title, hypotheses) per verdict: validated and invalidated always, others when present."""
+        statuses = ["validated", "invalidated"]
+        statuses += sorted({h.status for h in self.ledger or []} - set(statuses))
+        groups = [(status.capitalize(), self.hypotheses(status)) for status in statuses]
+        return [(title, group) for title, group in groups if group or title in ("Validated", "Invalidated")]
 
 
 def run_url(ui_url: str | None, experiment_id: str, run_id: str) -> str | None:
