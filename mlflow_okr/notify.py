@@ -127,12 +127,17 @@ def claim(client: MlflowClient, transition: Transition) -> bool:
     return False
 
 
+def slack_escape(text: str) -> str:
+    """User text for Slack mrkdwn: `<!channel>`, `<@user>` and `<url|label>` stay literal."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def transition_message(transition: Transition) -> str:
     """The text of the message announcing a transition (Slack mrkdwn)."""
     kr = transition.status
     parts = [
         f"*{transition.cycle}* KR `{kr.id}`"
-        + (f" ({kr.title})" if kr.title else "")
+        + (f" ({slack_escape(kr.title)})" if kr.title else "")
         + f" is now *{kr.status}* (was {transition.previous}).",
         f"Progress {kr.progress:.0%}",
     ]

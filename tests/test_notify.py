@@ -89,7 +89,7 @@ def spec_text(url: str, transitions: str = "[achieved, at-risk, off-track, misse
             category: product
             key_results:
               - id: ctr
-                title: CTR from 5% to 8%
+                title: CTR from 5% to 8% <!channel>
                 metric: online_ctr
                 experiments: [reco]
                 baseline: 0.05
@@ -111,6 +111,7 @@ def test_a_transition_sends_exactly_one_message_and_resync_sends_none(client, pu
     assert len(messages) == 1
     assert "KR `ctr`" in messages[0] and "*achieved*" in messages[0] and "was not-started" in messages[0]
     assert "current 0.08" in messages[0] and "2026-Q4" in messages[0]
+    assert "(CTR from 5% to 8% &lt;!channel&gt;)" in messages[0]  # no @channel ping from a title
     sync(client, now=NOW)
     sync(client, now=NOW)
     assert len(webhook.messages()) == 1
