@@ -18,8 +18,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from mlflow_okr import api
 from mlflow_okr.errors import InputError
 from mlflow_okr.results import CycleStatus
+from mlflow_okr.spec import load_spec
 
 STORE_FILE = "mlflow.db"
 SPEC_FILE = "okrs.yaml"
@@ -158,8 +160,6 @@ def run_demo(
     report: Callable[[str], None] | None = None,
 ) -> DemoResult:
     """Create a store and okrs.yaml in `directory`, train and log models, apply, sync; return the status."""
-    import mlflow_okr
-
     started = time.perf_counter()
     say = report or (lambda message: None)
     directory = Path(directory)
@@ -171,24 +171,25 @@ def run_demo(
 
     spec_path = directory / SPEC_FILE
     spec_path.write_text(demo_spec(cycle), encoding="utf-8")
-    spec = mlflow_okr.load_spec(spec_path)
+    spec = load_spec(spec_path)
     store_uri = f"sqlite:///{directory / STORE_FILE}"
     # Through the okr+ store every logged metric updates its KRs as it arrives; the final sync
     # then finds nothing to repair. Without it, the sync computes the same state in one pass.
     logging_uri = f"okr+{store_uri}" if live_updates_available() else store_uri
 
     say(f"Publishing {spec_path.name} (cycle {spec.cycle.name}) to {store_uri}")
-    mlflow_okr.apply_spec(spec, tracking_uri=store_uri)
+    api.apply_spec(spec, tracking_uri=store_uri)
 
-    say("Training scikit-learn models and logging them to MLflow")
+    live = " (okr+ store: KRs update as metrics arrive)" if logging_uri != store_uri else ""
+    say(f"Training scikit-learn models and logging them to MLflow{live}")
     with _tracking_uri(logging_uri):
         training_runs = _train_all(directory, say)
 
-    mlflow_okr.checkin(
+    api.checkin(
         "alerting-live", 1, note="Drift alerts wired to the on-call channel", tracking_uri=store_uri,
         cycle=spec.cycle.name, who="platform-team",
     )
-    result = mlflow_okr.sync(tracking_uri=store_uri, cycle=spec.cycle.name)
+    result = api.sync(tracking_uri=store_uri, cycle=spec.cycle.name)
     return DemoResult(
         directory=directory,
         spec_path=spec_path,
