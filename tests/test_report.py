@@ -279,7 +279,7 @@ def test_report_ledger_holds_this_cycle_only(report):
     assert report.ledger[0].p_value < 0.01
     assert report.ledger[1].effect_size is None
     assert (report.ledger[0].control_runs, report.ledger[0].treatment_runs) == (3, 3)
-    assert "| 3 control / 3 treatment | +0.01 (+19.6%) |" in render(report, "md")
+    assert "| 3 control / 3 treatment | +0.01 (+19.6%) | < 0.001 | 2026-11-03 |" in render(report, "md")
 
 
 def test_json_is_the_status_object_plus_history_and_ledger(rendered, engine_status, report):

@@ -157,8 +157,8 @@ def _hypotheses(title: str, hypotheses: list[Hypothesis]) -> str:
         f"<td>{e(h.kr or h.objective or '—')}</td>"
         f"<td>{e(text.evidence(h.control_runs, h.treatment_runs))}</td>"
         f"<td class=num>{e(text.effect(h.effect_size, h.relative_effect))}</td>"
-        f"<td class=num>{e(text.cell(h.p_value))}</td>"
-        f"<td>{h.resolved_at:%Y-%m-%d}</td><td>{e(h.learnings or '—')}</td></tr>"
+        f"<td class=num>{e(text.p_value(h.p_value))}</td>"
+        f"<td class=num>{h.resolved_at:%Y-%m-%d}</td><td>{e(h.learnings or '—')}</td></tr>"
         for h in hypotheses
     )
     return (

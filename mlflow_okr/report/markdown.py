@@ -82,7 +82,7 @@ def _hypotheses(title: str, hypotheses: list[Hypothesis]) -> list[str]:
                 md(h.kr or h.objective or "—"),
                 text.evidence(h.control_runs, h.treatment_runs),
                 text.effect(h.effect_size, h.relative_effect),
-                text.cell(h.p_value),
+                text.p_value(h.p_value),
                 f"{h.resolved_at:%Y-%m-%d}" if h.resolved_at else "—",
                 md(h.learnings or "—"),
             ]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from mlflow_okr.render import STATUS_MARKS, number
 from mlflow_okr.report.model import Report
 from mlflow_okr.results import KeyResultStatus
@@ -68,13 +66,11 @@ def verdict(report: Report) -> str:
     return f"Below the {report.success_grade:.1f} success grade."
 
 
-def cell(value: Any) -> str:
-    """A next-cycle table cell: numbers compact, missing values as a dash."""
-    if value is None or value == "":
+def p_value(value: float | None) -> str:
+    """A p-value as papers print it: three significant digits, or < 0.001."""
+    if value is None:
         return "—"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return "< 0.001" if value < 0.001 else f"{value:.3g}"
 
 
 def evidence(control_runs: int, treatment_runs: int) -> str:
