@@ -207,24 +207,12 @@ def ledger_hypotheses(
     client: MlflowClient, published: state.PublishedCycle, ui_url: str | None
 ) -> list[Hypothesis] | None:
     """Hypotheses resolved during the cycle, oldest first; None when there is no ledger."""
+    from mlflow_okr.ledger import store as ledger_store
+
     experiment = client.get_experiment_by_name(state.LEDGER_EXPERIMENT)
     if experiment is None or experiment.lifecycle_stage != "active":
         return None
-    try:
-        from mlflow_okr.ledger import store as ledger_store
-    except ImportError:
-        ledger_store = None
-    if ledger_store is not None:
-        hypotheses = [
-            _from_ledger(h, experiment.experiment_id, ui_url) for h in ledger_store.load_all(client)
-        ]
-    else:
-        hypotheses = [
-            _from_tags(run, ui_url)
-            for run in state.iter_runs(
-                client, [experiment.experiment_id], f"tags.`{state.TAG_LEDGER_RESOLVED_AT}` != ''"
-            )
-        ]
+    hypotheses = [_from_ledger(h, experiment.experiment_id, ui_url) for h in ledger_store.load_all(client)]
     cycle = published.cycle
     resolved = [
         h
@@ -268,25 +256,6 @@ def _from_ledger(hypothesis: Any, experiment_id: str, ui_url: str | None) -> Hyp
         p_value=_number(evaluation.get("p_value")),
         run_id=run_id,
         url=run_url(ui_url, hypothesis.experiment_id or experiment_id, run_id) if run_id else None,
-    )
-
-
-def _from_tags(run: Run, ui_url: str | None) -> Hypothesis:
-    """A hypothesis read from its run's tags, for stores written without the ledger package."""
-    tags = run.data.tags
-    return Hypothesis(
-        id=tags.get(state.TAG_LEDGER_ID) or run.info.run_name or run.info.run_id,
-        status=tags.get(state.TAG_LEDGER_STATUS, "unknown"),
-        statement=run.info.run_name,
-        learnings=tags.get(state.MLFLOW_RUN_NOTE),
-        kr=tags.get(state.TAG_LEDGER_KR),
-        objective=tags.get(state.TAG_LEDGER_OBJECTIVE),
-        metric=tags.get("okr.ledger.metric"),
-        resolved_at=_utc_from_ms(tags.get(state.TAG_LEDGER_RESOLVED_AT)),
-        effect_size=_number(tags.get("okr.ledger.effect")),
-        p_value=_number(tags.get("okr.ledger.p_value")),
-        run_id=run.info.run_id,
-        url=run_url(ui_url, run.info.experiment_id, run.info.run_id),
     )
 
 

@@ -50,6 +50,7 @@ def report_payload(report: Report) -> dict[str, Any]:
 
 
 def render_json(report: Report) -> str:
+    """The report as indented JSON."""
     return json.dumps(report_payload(report), indent=2, default=str) + "\n"
 
 
@@ -84,4 +85,5 @@ def report_frame(report: Report) -> pd.DataFrame:
 
 
 def render_csv(report: Report) -> str:
+    """The report as CSV, one row per KR."""
     return report_frame(report).to_csv(index=False)

@@ -22,6 +22,7 @@ STATUS_TITLES = {
 
 
 def status_label(status: str) -> str:
+    """A status with its symbol: ● on-track."""
     return STATUS_MARKS.get(status, status)
 
 
@@ -31,6 +32,7 @@ def grade(value: float) -> str:
 
 
 def percent(value: float) -> str:
+    """A share as a whole percentage."""
     return f"{value:.0%}"
 
 
