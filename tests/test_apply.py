@@ -271,3 +271,17 @@ def test_the_python_api_returns_the_plan(write_spec, tracking_uri):
         ("create", "objective", "reco"),
         ("create", "kr", "ctr"),
     ]
+
+
+def test_moving_a_kr_to_another_objective_updates_its_parent(runner, write_spec, client):
+    invoke(runner, "apply", str(write_spec(SPEC)))
+    first = cycle_runs(client)
+    csat = "      - id: csat\n        metric: csat\n        maintain: {min: 4.5}\n"
+    moved = SPEC.replace(csat, "") + csat
+    result = invoke(runner, "apply", str(write_spec(moved, "moved.yaml")))
+    assert ("update", "kr", "csat") in plan_lines(result.output)
+    runs = cycle_runs(client)
+    assert runs["csat"].info.run_id == first["csat"].info.run_id
+    assert runs["csat"].data.tags["mlflow.parentRunId"] == first["objective:serving"].info.run_id
+    assert runs["csat"].data.tags[state.TAG_OBJECTIVE_ID] == "serving"
+    assert state.load_published(client, "2026-Q4").objective_of("csat").id == "serving"
