@@ -152,15 +152,23 @@ class Journal:
     first: float = float("inf")
     last: float = 0.0
 
+    thread_times: list[list[float]] = field(default_factory=list)
+
     @property
     def writes_per_second(self) -> float:
-        """Writes over the window in which writes were being stored (process start-up excluded)."""
-        return self.writes / max(self.last - self.first, 1e-9)
+        """Writes/s while every client was writing: from the last thread's first write to the
+        first thread's last write (start-up and wind-down excluded); else over all writes."""
+        times = [t for t in self.thread_times if t]
+        start, end = max(t[0] for t in times), min(t[-1] for t in times)
+        if end - start < 1.0:
+            return self.writes / max(self.last - self.first, 1e-9)
+        return sum(start <= moment <= end for t in times for moment in t) / (end - start)
 
     @classmethod
     def read(cls, journal_dir: Path) -> Journal:
         journal = cls()
         for path in sorted(journal_dir.glob("*.jsonl")):
+            journal.thread_times.append([])
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
                     entry = json.loads(line)
@@ -179,10 +187,12 @@ class Journal:
         self.first, self.last = min(self.first, moment), max(self.last, moment)
         if kind == "metric":
             self.metrics.setdefault((run_id, key), set()).add((step, value))
-            self.writes += 1
         elif kind == "tag":
             self.tags[(run_id, key)] = value  # one thread per run, so the last write wins
+        if kind in ("metric", "tag"):
             self.writes += 1
+            if self.thread_times:
+                self.thread_times[-1].append(moment)
         elif kind == "status":
             self.statuses[run_id] = value
 
