@@ -294,6 +294,9 @@ STATE_TAGS = {
     "guardrail_breaches": "okr.guardrail_breaches",
 }
 COMPARED_FIELDS = ("current", "progress", *STATE_TAGS)
+# Why a KR scores as it does ("baseline not resolved yet"), for `status`; follows the compared fields.
+TAG_NOTES = "okr.notes"
+NOTES_SEPARATOR = "; "
 
 
 def _tag_text(value: Any) -> str:
@@ -311,6 +314,7 @@ def state_writes(status: KeyResultStatus) -> tuple[dict[str, float], dict[str, s
         metrics[state.METRIC_VALUE] = status.current
     tags = {tag: _tag_text(getattr(status, name)) for name, tag in STATE_TAGS.items()}
     tags[state.TAG_STATUS] = status.status
+    tags[TAG_NOTES] = NOTES_SEPARATOR.join(status.notes)
     return metrics, tags
 
 
@@ -537,4 +541,5 @@ def stored_kr_status(run: Run, kr: KeyResult) -> KeyResultStatus:
         excluded_runs=count("excluded_runs"),
         guardrail_breaches=count("guardrail_breaches"),
         run_id=run.info.run_id,
+        notes=[note for note in run.data.tags.get(TAG_NOTES, "").split(NOTES_SEPARATOR) if note],
     )

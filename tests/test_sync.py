@@ -308,15 +308,16 @@ def test_a_run_baseline_is_not_started_until_the_run_has_the_metric(client, writ
     krs = key_results(status_json(runner))
     assert krs["f1-vs-legacy"]["status"] == "not-started"
     assert krs["f1-vs-legacy"]["baseline"] is None and krs["f1-vs-legacy"]["counted_runs"] == 1
+    assert krs["f1-vs-legacy"]["notes"] == ["baseline not resolved yet"]
 
     assert invoke(runner, "apply", str(write_spec(spec.replace("{legacy_run}", legacy)))).exit_code == 0
     assert key_results(status_json(runner))["f1-vs-legacy"]["status"] == "not-started"
     client.log_metric(legacy, "f1", 0.8)
     assert invoke(runner, "sync", "--as-of", "2026-11-15").exit_code == 0
     # 0.9 against 0.8 x 1.05 = 0.84: achieved.
-    assert_kr(
-        key_results(status_json(runner))["f1-vs-legacy"], (0.8, 0.84, "maximize", 0.9, 1.0, "achieved", 1)
-    )
+    f1 = key_results(status_json(runner))["f1-vs-legacy"]
+    assert_kr(f1, (0.8, 0.84, "maximize", 0.9, 1.0, "achieved", 1))
+    assert f1["notes"] == []
 
 
 def test_sync_check_finds_drift_and_sync_repairs_it(world, runner):
