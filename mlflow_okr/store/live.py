@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -69,6 +70,7 @@ class Marks:
     verify: bool = False
 
     def add(self, run_id: str, krs: Iterable[KrRef] | None) -> None:
+        """Mark `run_id` for these KRs (ALL_KRS: all of them)."""
         if krs is ALL_KRS:
             self.runs[run_id] = ALL_KRS
         elif run_id not in self.runs:
@@ -77,6 +79,7 @@ class Marks:
             self.runs[run_id].update(krs)  # type: ignore[union-attr]
 
     def merge(self, other: Marks) -> None:
+        """Add every mark of `other`."""
         for run_id, krs in other.runs.items():
             self.add(run_id, krs)
 
@@ -98,6 +101,18 @@ class LiveKrs:
         self._refresh_due = False
         self._next_flush = 0.0
         self._experiment_names: dict[str, str] = {}
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        # A forked child has no writer thread, and a lock held at fork time would never be
+        # released there: start clean; the parent keeps its own marks.
+        self._lock = threading.Lock()
+        self._flush_lock = threading.RLock()
+        self._marks = Marks()
+        self._verify = Marks(verify=True)
+        self._wake = threading.Event()
+        self._thread = None
 
     # -- definitions ------------------------------------------------------------------------
 
@@ -208,6 +223,7 @@ class LiveKrs:
                     self._wake.set()
 
     def flush_at_exit(self) -> None:
+        """Settle everything still marked, then verify it once: the process is ending."""
         try:
             self.flush()
             self.flush()  # the verification pass of what the first one wrote
