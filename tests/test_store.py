@@ -293,6 +293,17 @@ def test_context_adds_hypothesis_and_arm(
     }
 
 
+def test_a_hypothesis_tags_runs_on_a_plain_uri_too(
+    tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish(tracking_uri)
+    monkeypatch.setenv("MLFLOW_OKR_HYPOTHESIS", "h-9")
+    mlflow.set_experiment(EXPERIMENT)
+    with mlflow.start_run() as run:
+        pass
+    assert run_tags(client, run.info.run_id) == {"okr.cycle": "live", "okr.hypothesis": "h-9"}
+
+
 def test_plain_sqlite_users_see_no_change(tracking_uri: str, client: MlflowClient) -> None:
     from sqlalchemy import event
 
