@@ -60,10 +60,6 @@ def okr_store_registered() -> bool:
     return any(ep.name == "okr+sqlite" for ep in entry_points(group="mlflow.tracking_store"))
 
 
-def command_names() -> set[str]:
-    return set(cli.commands)
-
-
 def as_user(username: str, password: str, url: str) -> dict[str, str]:
     return {"MLFLOW_TRACKING_USERNAME": username, "MLFLOW_TRACKING_PASSWORD": password,
             "MLFLOW_TRACKING_URI": url}
@@ -116,7 +112,7 @@ def test_reader_sees_nothing_of_an_experiment_it_cannot_read(auth_server, tmp_pa
     public_run = make_run(admin, public_id, {"public_acc": 0.7, "shared_acc": 0.6}, tags={"kind": "open"})
     secret_run = make_run(
         admin, secret_id, {"secret_acc": 0.9, "shared_acc": 0.95, "secret_loss": SECRET_OTHER_METRIC},
-        tags={"kind": SECRET_TAG_VALUE}, name=SECRET_RUN_NAME,
+        tags={"kind": SECRET_TAG_VALUE, "okr.hypothesis": "bigger"}, name=SECRET_RUN_NAME,
     )
     runner_up = make_run(admin, secret_id, {"secret_acc": SECRET_RUNNER_UP, "shared_acc": SECRET_RUNNER_UP})
     spec_path = tmp_path / "okrs.yaml"
@@ -125,11 +121,15 @@ def test_reader_sees_nothing_of_an_experiment_it_cannot_read(auth_server, tmp_pa
     assert result.exit_code == 0, result.output
     result = run_cli(admin_env, "sync", "--check", "--as-of", "2026-11-15")
     assert result.exit_code == 0, result.output
+    result = run_cli(admin_env, "ledger", "add", "A bigger model lifts accuracy", "--id", "bigger",
+                     "--kr", "secret-acc")
+    assert result.exit_code == 0, result.output
 
     auth = get_app_client("basic-auth", tracking_uri=url)
     auth.create_user(READER, READER_PASSWORD)
     okr_experiment = admin.get_experiment_by_name("okr/2026-Q4").experiment_id
-    for experiment_id in (public_id, okr_experiment):
+    ledger_experiment = admin.get_experiment_by_name("okr/ledger").experiment_id
+    for experiment_id in (public_id, okr_experiment, ledger_experiment):
         auth.grant_user_permission(READER, "experiment", experiment_id, "READ")
 
     reader_env = as_user(READER, READER_PASSWORD, url)
@@ -141,10 +141,14 @@ def test_reader_sees_nothing_of_an_experiment_it_cannot_read(auth_server, tmp_pa
     outputs["status-csv"] = run_cli(reader_env, "status", "--format", "csv", "--as-of", "2026-11-15")
     outputs["sync-check"] = run_cli(reader_env, "sync", "--check", "--as-of", "2026-11-15")
     outputs["sync"] = run_cli(reader_env, "sync", "--as-of", "2026-11-15")
-    if "report" in command_names():
-        outputs["report"] = run_cli(reader_env, "report", "--format", "json", "--as-of", "2026-11-15")
-    if "ledger" in command_names():
-        outputs["ledger"] = run_cli(reader_env, "ledger", "list")
+    for report_format in ("json", "md", "html", "csv"):
+        outputs[f"report-{report_format}"] = run_cli(
+            reader_env, "report", "--format", report_format, "--as-of", "2026-11-15"
+        )
+    outputs["ledger-list"] = run_cli(reader_env, "ledger", "list", "--format", "json")
+    outputs["ledger-show"] = run_cli(reader_env, "ledger", "show", "bigger", "--format", "json")
+    assert outputs["ledger-show"].exit_code == 0, outputs["ledger-show"].output
+    assert outputs["report-json"].exit_code == 0, outputs["report-json"].output
     for name, result in outputs.items():
         for secret in secrets:
             assert secret not in result.output, f"{name} leaked {secret!r}:\n{result.output}"
