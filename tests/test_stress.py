@@ -149,26 +149,11 @@ class Journal:
     runs: set[str] = field(default_factory=set)
     errors: list[list[str]] = field(default_factory=list)
     writes: int = 0
-    first: float = float("inf")
-    last: float = 0.0
-
-    thread_times: list[list[float]] = field(default_factory=list)
-
-    @property
-    def writes_per_second(self) -> float:
-        """Writes/s while every client was writing: from the last thread's first write to the
-        first thread's last write (start-up and wind-down excluded); else over all writes."""
-        times = [t for t in self.thread_times if t]
-        start, end = max(t[0] for t in times), min(t[-1] for t in times)
-        if end - start < 1.0:
-            return self.writes / max(self.last - self.first, 1e-9)
-        return sum(start <= moment <= end for t in times for moment in t) / (end - start)
 
     @classmethod
     def read(cls, journal_dir: Path) -> Journal:
         journal = cls()
         for path in sorted(journal_dir.glob("*.jsonl")):
-            journal.thread_times.append([])
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
                     entry = json.loads(line)
@@ -182,17 +167,14 @@ class Journal:
         if kind == "error":
             self.errors.append(entry)
             return
-        _, run_id, key, value, step, moment = entry
+        _, run_id, key, value, step, _moment = entry
         self.runs.add(run_id)
-        self.first, self.last = min(self.first, moment), max(self.last, moment)
         if kind == "metric":
             self.metrics.setdefault((run_id, key), set()).add((step, value))
         elif kind == "tag":
             self.tags[(run_id, key)] = value  # one thread per run, so the last write wins
         if kind in ("metric", "tag"):
             self.writes += 1
-            if self.thread_times:
-                self.thread_times[-1].append(moment)
         elif kind == "status":
             self.statuses[run_id] = value
 
@@ -268,8 +250,8 @@ def stress(backend_uri: str, plain_uri: str, tmp_path: Path, server_factory, sec
         code, output = settled_check(plain_uri)
     print(
         f"\nstress {backend_uri.split(':')[0]}: {journal.writes} writes "
-        f"in {journal.last - journal.first:.1f}s "
-        f"({journal.writes_per_second:.0f} writes/s held by {PROCESSES}x{THREADS} clients), "
+        f"in {seconds:g}s per client "
+        f"({journal.writes / seconds:.0f} writes/s held by {PROCESSES}x{THREADS} clients), "
         f"{len(journal.runs)} runs, {len(journal.errors)} errors"
     )
     for error in journal.errors[:5]:
