@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 import textwrap
 from pathlib import Path
@@ -14,6 +15,11 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_okr.cli import cli
 from tests.postgres import postgres_server, postgres_uri  # noqa: F401  (fixtures)
+
+# Tests check KR state right after a run ends; on a loaded machine even a small store's recompute
+# can pass the run-end budget, which would move that settling to the background writer.
+# tests/test_store.py covers the deferred path explicitly.
+os.environ.setdefault("MLFLOW_OKR_RUN_END_BUDGET", "300")
 
 # A fixed moment inside 2026-Q4, so statuses and elapsed fractions are reproducible.
 NOW = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)

@@ -91,6 +91,23 @@ def test_post_run_hook_turns_pending_into_excluded(okr_uri: str, client: MlflowC
     assert_no_drift(client)
 
 
+def test_a_costly_run_end_is_settled_in_the_background(
+    okr_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A budget of 0 s stands for a store so large that the last recompute took too long.
+    monkeypatch.setenv("MLFLOW_OKR_RUN_END_BUDGET", "0")
+    with mlflow.start_run():
+        mlflow.log_metric("val_acc", 0.9)
+        flush()  # a recompute has run, so its cost (> 0 s) is known
+    assert live.run_end_budget() == 0.0
+    with mlflow.start_run() as run:
+        mlflow.log_metric("val_acc", 0.8)
+    flush()  # what the background writer does within a few recompute times
+    assert run_tags(client, run.info.run_id)["okr.kr.acc"] == "excluded: guardrail latency never logged"
+    assert kr_run(client, "acc").data.tags["okr.excluded_runs"] == "2"
+    assert_no_drift(client)
+
+
 def test_guardrail_breach_excludes(okr_uri: str, client: MlflowClient) -> None:
     with mlflow.start_run() as run:
         mlflow.log_metrics({"val_acc": 0.9, "latency": 80})

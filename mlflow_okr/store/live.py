@@ -39,11 +39,26 @@ from mlflow_okr.sync import (
 logger = logging.getLogger("mlflow_okr")
 
 FLUSH_INTERVAL = 1.0  # seconds between two background recomputes of the same KRs
+# A recompute reads every run in the KRs' scope, so its cost grows with the store. A run end
+# settles in the caller's thread only while the last recompute cost less than this; past it the
+# run end is settled by the background writer, so a large store never stalls a training loop.
+RUN_END_BUDGET = 0.5  # seconds; MLFLOW_OKR_RUN_END_BUDGET overrides it
+# The background writer rests this many times as long as its last recompute took, so it uses a
+# bounded share of the process (at most 1 / (1 + BACKGROUND_SHARE_FACTOR)) however large the store.
+BACKGROUND_SHARE_FACTOR = 4.0
 REFRESH_INTERVAL = 2.0  # seconds between two checks for a newly applied spec
 ALL_KRS = None  # a mark that concerns every KR of the run's cycle (run ended, deleted, restored)
 
 _warned = False
 _warned_lock = threading.Lock()
+
+
+def run_end_budget() -> float:
+    """RUN_END_BUDGET, or MLFLOW_OKR_RUN_END_BUDGET when set (seconds)."""
+    try:
+        return float(os.environ.get("MLFLOW_OKR_RUN_END_BUDGET", RUN_END_BUDGET))
+    except ValueError:
+        return RUN_END_BUDGET
 
 
 def fail_open(error: BaseException) -> None:
@@ -100,6 +115,7 @@ class LiveKrs:
         self._next_refresh = 0.0
         self._refresh_due = False
         self._next_flush = 0.0
+        self._last_settle_seconds = 0.0
         self._experiment_names: dict[str, str] = {}
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
@@ -177,12 +193,16 @@ class LiveKrs:
             fail_open(error)
 
     def run_changed(self, run_id: str, flush: bool) -> None:
-        """Note a change to the run itself (end, deletion, restore); with `flush`, settle it now."""
+        """Note a change to the run itself (end, deletion, restore); with `flush`, settle it now.
+
+        Settling now costs one recompute; when the last one took longer than RUN_END_BUDGET the
+        background writer settles it instead (within a few recompute times; `flush()` waits).
+        """
         try:
             if not self.watched.cycles:
                 return
             self._mark(run_id, ALL_KRS)
-            if flush:
+            if flush and self._last_settle_seconds <= run_end_budget():
                 self.flush()
         except Exception as error:  # noqa: BLE001 - fail-open
             fail_open(error)
@@ -217,7 +237,8 @@ class LiveKrs:
                 self.flush()
             except Exception as error:  # noqa: BLE001 - fail-open
                 fail_open(error)
-            self._next_flush = time.monotonic() + FLUSH_INTERVAL
+            rest = max(FLUSH_INTERVAL, BACKGROUND_SHARE_FACTOR * self._last_settle_seconds)
+            self._next_flush = time.monotonic() + rest
             with self._lock:
                 if self._marks.runs or self._verify.runs:
                     self._wake.set()
@@ -242,7 +263,10 @@ class LiveKrs:
                 return
             marks.verify = not marks.runs  # only a verification pass: it schedules no other
             marks.merge(verify)
-            if self._settle(marks) and not marks.verify:
+            started = time.monotonic()
+            wrote = self._settle(marks)
+            self._last_settle_seconds = time.monotonic() - started
+            if wrote and not marks.verify:
                 # Another process may have computed from older data and written after us:
                 # look once more, a flush later, so the last write always reflects the database.
                 with self._lock:
