@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import json
 import math
 from pathlib import Path
@@ -99,7 +98,7 @@ def checkin(
     record = Checkin(
         kr=kr_id,
         value=value,
-        who=who or _current_user(),
+        who=who or state.current_user(),
         when=dt.datetime.now(dt.timezone.utc),
         note=note,
         count=previous + 1,
@@ -107,13 +106,3 @@ def checkin(
     client.set_tag(run.info.run_id, state.TAG_CHECKIN, json.dumps(record.model_dump(mode="json")))
     _sync(client, cycle=published.cycle.name)
     return record
-
-
-def _current_user() -> str:
-    from mlflow.utils.credentials import read_mlflow_creds
-
-    try:
-        username = read_mlflow_creds().username
-    except Exception:
-        username = None
-    return username or getpass.getuser()

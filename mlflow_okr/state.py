@@ -100,6 +100,19 @@ def cycle_experiment_name(cycle_name: str) -> str:
     return OKR_PREFIX + cycle_name
 
 
+def current_user() -> str:
+    """Who is making a change: the MLflow credentials' user name, else the OS user."""
+    import getpass
+
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    try:
+        username = read_mlflow_creds().username
+    except Exception:
+        username = None
+    return username or getpass.getuser()
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import getpass
 import math
 import re
 from collections.abc import Iterable
@@ -35,17 +34,6 @@ LINKS_PER_EVENT = 50  # keeps one link event well under MLflow's 8000-character 
 AUTO_LINKER = "mlflow-okr (okr.hypothesis tag)"
 MAX_STATEMENT = 2000
 RUN_IDS_PER_SEARCH = 100
-
-
-def current_user() -> str:
-    """Who is making a change: the MLflow credentials' user name, else the OS user."""
-    from mlflow.utils.credentials import read_mlflow_creds
-
-    try:
-        username = read_mlflow_creds().username
-    except Exception:
-        username = None
-    return username or getpass.getuser()
 
 
 def _when_ms(when: dt.datetime | None) -> int:
@@ -113,7 +101,7 @@ def add_hypothesis(
     }
     changes = {key: value for key, value in changes.items() if value}
     hypothesis_id = hypothesis_id or _free_slug(client, statement)
-    return store.create(client, hypothesis_id, changes, who or current_user(), _when_ms(when))
+    return store.create(client, hypothesis_id, changes, who or state.current_user(), _when_ms(when))
 
 
 def _checked_links(client: MlflowClient, kr: str | None, objective: str | None) -> str | None:
@@ -191,7 +179,7 @@ def link_runs(
                 raise InputError(f"run {run_id} is already linked to {hypothesis_id!r} as {linked[run_id]}")
             continue
         new.append(Evidence(run_id=run_id, arm=arm, experiment_id=run.info.experiment_id))
-    return _link(client, hypothesis, new, who or current_user(), _when_ms(when), auto=False)
+    return _link(client, hypothesis, new, who or state.current_user(), _when_ms(when), auto=False)
 
 
 def _tagged_runs(client: MlflowClient, hypothesis_id: str | None) -> dict[str, list[Evidence]]:
@@ -346,7 +334,7 @@ def evaluate_hypothesis(
     )
     summary = evaluation.model_dump(mode="json")
     if record and hypothesis.is_open and summary != hypothesis.evaluation:
-        store.append(client, hypothesis, "evaluate", summary, current_user(), state.now_ms())
+        store.append(client, hypothesis, "evaluate", summary, state.current_user(), state.now_ms())
     return evaluation
 
 
@@ -375,7 +363,8 @@ def resolve_hypothesis(
         )
     resolved_at = _when_ms(when)
     changes = {"status": verdict, "note": note, "resolved_at": resolved_at}
-    hypothesis = store.append(client, hypothesis, "resolve", changes, who or current_user(), state.now_ms())
+    who = who or state.current_user()
+    hypothesis = store.append(client, hypothesis, "resolve", changes, who, state.now_ms())
     refresh_ledger_krs(client, [resolved_at])
     return hypothesis
 
