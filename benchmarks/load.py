@@ -71,6 +71,8 @@ def main() -> None:
                     f"({args.processes}x{args.threads} clients, 2 workers, "
                     f"{'PostgreSQL' if postgres else 'SQLite'})"
                 )
+                for error in journal.errors[:3]:
+                    print(f"        error: {error[1]}: {error[2]}")
         finally:
             if postgres:
                 postgres.remove()

@@ -38,7 +38,7 @@ from mlflow_okr.sync import (
 
 logger = logging.getLogger("mlflow_okr")
 
-FLUSH_INTERVAL = 1.0  # seconds between two background recomputes of the same KRs
+FLUSH_INTERVAL = 3.0  # seconds between two background recomputes of the same KRs
 # A recompute reads every run in the KRs' scope, so its cost grows with the store. A run end
 # settles in the caller's thread only while the last recompute cost less than this; past it the
 # run end is settled by the background writer, so a large store never stalls a training loop.
