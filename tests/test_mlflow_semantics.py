@@ -12,6 +12,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import pytest
 from mlflow.entities import (
     Dataset,
@@ -240,6 +241,34 @@ def sequence(rec: Recorder) -> None:
     rec.note("search logged models", [m.name for m in found])
     rec.note("run after model", rec.run_view(client.get_run(runs[0])))
 
+    # Traces: the fluent tracing API exports through the global tracking URI's store.
+    mlflow.set_tracking_uri(rec.uri)
+    try:
+        mlflow.set_experiment(experiment_id=exp_a)
+
+        @mlflow.trace(name="predict")
+        def predict(x: int) -> int:
+            with mlflow.start_span("featurize") as span:
+                span.set_attribute("rows", x)
+            return x * 2
+
+        predict(3)
+        predict(5)
+        mlflow.flush_trace_async_logging()  # traces are exported in the background
+        traces = client.search_traces(locations=[exp_a], order_by=["timestamp_ms ASC"])
+        rec.note("traces", [
+            (str(t.info.state), t.info.request_preview, t.info.response_preview,
+             sorted((span.name, span.attributes.get("rows")) for span in t.data.spans))
+            for t in traces
+        ])
+        first = client.get_trace(traces[0].info.trace_id)
+        rec.note("get trace", (str(first.info.state), [span.name for span in first.data.spans]))
+        client.set_trace_tag(first.info.trace_id, "reviewed", "yes")
+        tagged = client.search_traces(locations=[exp_a], filter_string="tags.reviewed = 'yes'")
+        rec.note("search traces by tag", [t.info.request_preview for t in tagged])
+    finally:
+        mlflow.set_tracking_uri(None)
+
     # Experiment deletion hides its runs.
     client.delete_experiment(exp_b)
     rec.note("after deleting exp-b", [rec.name("run", r.info.run_id)
@@ -271,6 +300,9 @@ def test_okr_store_gives_mlflow_results_unchanged(tmp_path):
     errors = {label: v for label, v in plain.record if isinstance(v, list) and v[:1] == ["error"]}
     assert errors["duplicate experiment"][2] == "RESOURCE_ALREADY_EXISTS"
     assert errors["missing run"][2] == "RESOURCE_DOES_NOT_EXIST"
+    recorded = dict(plain.record)
+    assert [trace[1:3] for trace in recorded["traces"]] == [['{"x": 3}', "6"], ['{"x": 5}', "10"]]
+    assert recorded["search traces by tag"] == ['{"x": 3}']
 
     # The comparison is meaningful only if the plugin was really at work on the okr+ side.
     exp_a = okr.client.get_experiment_by_name("exp-a").experiment_id
