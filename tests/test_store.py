@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import mlflow
@@ -397,3 +398,22 @@ def test_live_state_always_equals_a_recompute(okr_uri: str, client: MlflowClient
             deleted.add(run_id)
     flush()
     assert_no_drift(client)
+
+
+def test_exit_never_waits_long_on_a_stuck_backend(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A recompute stuck on a backend that went away holds the flush lock (MLflow's HTTP client
+    # retries for minutes); process exit must give up on settling instead of hanging.
+    monkeypatch.setattr(live, "EXIT_FLUSH_TIMEOUT", 0.2)
+    keeper = live.LiveKrs(tracking_uri)
+    keeper._flush_lock.acquire()
+    try:
+        exiting = threading.Thread(target=keeper.flush_at_exit)
+        with caplog.at_level(logging.WARNING, logger="mlflow_okr"):
+            exiting.start()
+            exiting.join(60)
+        assert not exiting.is_alive()
+        assert "could not settle key results within 0 s at exit" in caplog.text
+    finally:
+        keeper._flush_lock.release()

@@ -46,6 +46,7 @@ RUN_END_BUDGET = 0.5  # seconds; MLFLOW_OKR_RUN_END_BUDGET overrides it
 # The background writer rests this many times as long as its last recompute took, so it uses a
 # bounded share of the process (at most 1 / (1 + BACKGROUND_SHARE_FACTOR)) however large the store.
 BACKGROUND_SHARE_FACTOR = 4.0
+EXIT_FLUSH_TIMEOUT = 15.0  # seconds a process exit waits for the last settling
 REFRESH_INTERVAL = 2.0  # seconds between two checks for a newly applied spec
 ALL_KRS = None  # a mark that concerns every KR of the run's cycle (run ended, deleted, restored)
 
@@ -244,7 +245,23 @@ class LiveKrs:
                     self._wake.set()
 
     def flush_at_exit(self) -> None:
-        """Settle everything still marked, then verify it once: the process is ending."""
+        """Settle everything still marked, then verify it once: the process is ending.
+
+        Waits at most EXIT_FLUSH_TIMEOUT: a backend that went away (a stopped server, with
+        MLflow's HTTP retries) must never hold the user's process open.
+        """
+        worker = threading.Thread(target=self._flush_twice, name="mlflow-okr-exit", daemon=True)
+        worker.start()
+        worker.join(EXIT_FLUSH_TIMEOUT)
+        if worker.is_alive():
+            logger.warning(
+                "mlflow-okr could not settle key results within %.0f s at exit (is the tracking "
+                "backend reachable?). Your MLflow data was stored; run `mlflow-okr sync` to bring "
+                "the KR state up to date.",
+                EXIT_FLUSH_TIMEOUT,
+            )
+
+    def _flush_twice(self) -> None:
         try:
             self.flush()
             self.flush()  # the verification pass of what the first one wrote
