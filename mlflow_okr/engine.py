@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Literal
 
 Direction = Literal["maximize", "minimize"]
@@ -138,7 +139,7 @@ class Tally:
     rule: RunRule
     direction: Direction | None = None
     count: int = 0
-    partial_sums: list[float] = field(default_factory=list)
+    exact_sum: Fraction = Fraction(0)
     best: tuple[float, str] | None = None
     lowest: tuple[float, str] | None = None
     highest: tuple[float, str] | None = None
@@ -147,7 +148,10 @@ class Tally:
 
     def add(self, run_id: str, value: float, start_time: int | None) -> None:
         self.count += 1
-        _add_exactly(self.partial_sums, value)
+        # Floats are exact binary fractions: their exact sum does not depend on the order of
+        # additions (the live hook and `sync` see runs in different orders and must agree) and
+        # cannot overflow before the final rounding.
+        self.exact_sum += Fraction(value)
         # Ties break on run id so that every order of additions gives the same run.
         if self.lowest is None or (value, run_id) < self.lowest:
             self.lowest = (value, run_id)
@@ -164,7 +168,7 @@ class Tally:
     @property
     def total(self) -> float:
         """The sum of the counted values, correctly rounded whatever the order of additions."""
-        return math.fsum(self.partial_sums)
+        return _to_float(self.exact_sum)
 
     def current(self) -> tuple[float | None, str | None]:
         """The KR's current value and the run that best represents it."""
@@ -186,7 +190,7 @@ class Tally:
         if aggregate == "max":
             return self.highest
         if aggregate == "mean":
-            return self.total / self.count, best[1]
+            return _to_float(self.exact_sum / self.count), best[1]
         if aggregate == "sum":
             return self.total, best[1]
         if aggregate == "count":
@@ -194,23 +198,12 @@ class Tally:
         raise ValueError(f"unknown aggregate {aggregate!r}")
 
 
-def _add_exactly(partials: list[float], value: float) -> None:
-    """Add `value` to non-overlapping partial sums (Shewchuk's algorithm, as in math.fsum).
-
-    A plain running float sum depends on the order of additions; the live hook and `sync` see
-    runs in different orders and must agree exactly.
-    """
-    kept = 0
-    for partial in partials:
-        if abs(value) < abs(partial):
-            value, partial = partial, value
-        high = value + partial
-        low = partial - (high - value)
-        if low:
-            partials[kept] = low
-            kept += 1
-        value = high
-    partials[kept:] = [value]
+def _to_float(exact: Fraction) -> float:
+    """The nearest float, or an infinity when the value is beyond the float range."""
+    try:
+        return float(exact)
+    except OverflowError:
+        return math.inf if exact > 0 else -math.inf
 
 
 def infer_direction(baseline: float, target: float, explicit: Direction | None) -> Direction | None:
