@@ -7,6 +7,7 @@ the facts and the time, so they all share one semantics.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -199,11 +200,15 @@ class Tally:
 
 
 def _to_float(exact: Fraction) -> float:
-    """The nearest float, or an infinity when the value is beyond the float range."""
+    """The nearest float; beyond the float range, the largest finite float of that sign.
+
+    Saturating rather than returning an infinity keeps the value storable: MLflow records an
+    infinite metric as the largest float, and the stored state must equal the recompute.
+    """
     try:
         return float(exact)
     except OverflowError:
-        return math.inf if exact > 0 else -math.inf
+        return sys.float_info.max if exact > 0 else -sys.float_info.max
 
 
 def infer_direction(baseline: float, target: float, explicit: Direction | None) -> Direction | None:

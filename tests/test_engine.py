@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -174,12 +175,13 @@ def test_sum_is_exact_whatever_the_order():
     assert tally_of("sum", values=values[::-1]).current()[0] == 1.0
 
 
-def test_sums_and_means_of_huge_values_do_not_overflow_into_nan():
+def test_sums_and_means_of_huge_values_stay_finite():
     values = [("a", 1e308, 1), ("b", 1e308, 2), ("c", -1e308, 3)]
     for order in (values, values[::-1], values[1:] + values[:1]):
         assert tally_of("mean", values=order).current()[0] == pytest.approx(1e308 / 3)
-    assert tally_of("sum", values=values[:2]).current()[0] == math.inf
-    assert tally_of("sum", values=[("a", -1e308, 1), ("b", -1e308, 2)]).current()[0] == -math.inf
+    # A sum beyond the float range saturates at the largest float, which MLflow can store.
+    assert tally_of("sum", values=values[:2]).current()[0] == sys.float_info.max
+    assert tally_of("sum", values=[("a", -1e308, 1), ("b", -1e308, 2)]).current()[0] == -sys.float_info.max
 
 
 # ---------------------------------------------------------------------------------------------
