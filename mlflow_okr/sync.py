@@ -179,6 +179,46 @@ def managed_run_tags(spec: OkrSpec, run: Run) -> dict[str, str]:
     }
 
 
+@dataclass
+class RunTagPlan:
+    """How a source run's okr.* tags differ from what its verdicts call for."""
+
+    current: dict[str, str]
+    desired: dict[str, str]
+    changed: dict[str, str]
+    stale: list[str]
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.changed or self.stale)
+
+
+def plan_run_tags(spec: OkrSpec, run: Run, verdicts: dict[str, Verdict]) -> RunTagPlan:
+    """Compare the run's managed tags with the desired ones (okr.cycle is not compared)."""
+    current = managed_run_tags(spec, run)
+    desired = desired_run_tags(spec, verdicts, run)
+    changed = {k: v for k, v in desired.items() if k != state.TAG_CYCLE and current.get(k) != v}
+    stale = [k for k in current if k not in desired]
+    return RunTagPlan(current, desired, changed, stale)
+
+
+def write_run_tags(client: MlflowClient, run: Run, plan: RunTagPlan) -> bool:
+    """Write what `plan` found drifted; True when anything was written."""
+    if not plan.drifted:
+        return False
+    changed = dict(plan.changed)
+    # okr.cycle is not compared: a run inside two overlapping cycles keeps the one it has
+    # unless its KR tags change, so two syncs do not rewrite it back and forth.
+    cycle_tag, wanted_cycle = run.data.tags.get(state.TAG_CYCLE), plan.desired.get(state.TAG_CYCLE)
+    if wanted_cycle and cycle_tag != wanted_cycle and (changed or not cycle_tag):
+        changed[state.TAG_CYCLE] = wanted_cycle
+    if changed:
+        client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in changed.items()], synchronous=True)
+    for key in plan.stale:
+        client.delete_tag(run.info.run_id, key)
+    return True
+
+
 def compute_key_results(
     client: MlflowClient,
     spec: OkrSpec,
@@ -423,33 +463,22 @@ def sync(
 
     def reconcile(run: Run, verdicts: dict[str, Verdict]) -> None:
         nonlocal drift_count
-        desired = desired_run_tags(spec, verdicts, run)
-        current = managed_run_tags(spec, run)
-        changed = {k: v for k, v in desired.items() if k != state.TAG_CYCLE and current.get(k) != v}
-        stale = [k for k in current if k not in desired]
-        if not changed and not stale:
+        plan = plan_run_tags(spec, run, verdicts)
+        if not plan.drifted:
             return
-        drift_count += len(changed) + len(stale)
-        for key in list(changed) + stale:
+        drift_count += len(plan.changed) + len(plan.stale)
+        for key in list(plan.changed) + plan.stale:
             if len(run_drift) < MAX_DRIFT_SAMPLES:
                 run_drift.append(
                     RunDrift(
-                        run_id=run.info.run_id, tag=key, stored=current.get(key), computed=desired.get(key)
+                        run_id=run.info.run_id,
+                        tag=key,
+                        stored=plan.current.get(key),
+                        computed=plan.desired.get(key),
                     )
                 )
-        if check:
-            return
-        # okr.cycle is not compared: a run inside two overlapping cycles keeps the one it has
-        # unless its KR tags change, so two syncs do not rewrite it back and forth.
-        cycle_tag, wanted_cycle = run.data.tags.get(state.TAG_CYCLE), desired.get(state.TAG_CYCLE)
-        if wanted_cycle and cycle_tag != wanted_cycle and (changed or not cycle_tag):
-            changed[state.TAG_CYCLE] = wanted_cycle
-        if changed:
-            client.log_batch(
-                run.info.run_id, tags=[RunTag(k, v) for k, v in changed.items()], synchronous=True
-            )
-        for key in stale:
-            client.delete_tag(run.info.run_id, key)
+        if not check:
+            write_run_tags(client, run, plan)
 
     computations, scanned = compute_key_results(client, spec, on_run=reconcile, progress=progress)
     for run in runs_left_behind(client, spec):

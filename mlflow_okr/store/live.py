@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from mlflow.entities import Run, RunTag
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -28,12 +28,12 @@ from mlflow_okr.sync import (
     CycleScan,
     compute_key_results,
     computed_statuses,
-    desired_run_tags,
     kr_drift,
-    managed_run_tags,
+    plan_run_tags,
     stored_kr_status,
     write_kr_status,
     write_objective_scores,
+    write_run_tags,
 )
 
 logger = logging.getLogger("mlflow_okr")
@@ -335,10 +335,11 @@ class LiveKrs:
                 continue
             scan = scans[experiment_id]
             verdicts = scan.verdicts(run)
-            current = managed_run_tags(spec, run)
+            plan = plan_run_tags(spec, run, verdicts)
+            current = plan.current
             tags_written = False
             if run.info.lifecycle_stage == "active":
-                tags_written = self._write_run_tags(run, desired_run_tags(spec, verdicts), current)
+                tags_written = write_run_tags(self.client, run, plan)
             marked = set(scan.scopes) if krs is ALL_KRS else {k for e, k in krs if e == experiment_id}
             concerned = {
                 kr_id
@@ -351,20 +352,6 @@ class LiveKrs:
             if kr_ids:
                 found.append((experiment_id, kr_ids, tags_written))
         return found
-
-    def _write_run_tags(self, run: Run, desired: dict[str, str], current: dict[str, str]) -> bool:
-        """Write the okr.* tags that differ and delete the stale ones; only when they change."""
-        changed = {k: v for k, v in desired.items() if k != state.TAG_CYCLE and current.get(k) != v}
-        if changed and desired.get(state.TAG_CYCLE) != run.data.tags.get(state.TAG_CYCLE):
-            changed[state.TAG_CYCLE] = desired[state.TAG_CYCLE]
-        stale = [key for key in current if key not in desired]
-        if changed:
-            self.client.log_batch(
-                run.info.run_id, tags=[RunTag(k, v) for k, v in changed.items()], synchronous=True
-            )
-        for key in stale:
-            self.client.delete_tag(run.info.run_id, key)
-        return bool(changed or stale)
 
     def _recompute(self, published: state.PublishedCycle, kr_ids: set[str]) -> set[str]:
         """Recompute KRs with the shared path; write the ones whose stored state differs."""
