@@ -395,7 +395,7 @@ def kr_drift(run: Run | None, status: KeyResultStatus, kr: KeyResult) -> list[Kr
             computed = _tag_text(computed)
         elif computed is not None:
             computed = float(computed)
-        if not _same(stored[name] if name in STATE_TAGS else stored[name], computed):
+        if not _same(stored[name], computed):
             drift.append(KrDrift(kr=status.id, field=name, stored=stored[name], computed=computed))
     return drift
 
