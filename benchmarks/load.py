@@ -28,7 +28,8 @@ def one_round(backend_uri: str, plain_uri: str, workdir: Path, seconds: float) -
     experiment_id = test_stress.publish(plain_uri, workdir)
     journal_dir = workdir / "journal"
     journal_dir.mkdir()
-    with mlflow_server(backend_uri, workdir / "server", workers=2) as server:
+    server_env = test_stress.server_env()
+    with mlflow_server(backend_uri, workdir / "server", workers=2, extra_env=server_env) as server:
         processes = test_stress.run_writers(server.url, experiment_id, seconds, journal_dir)
         for process in processes:
             process.join()

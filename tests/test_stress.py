@@ -29,7 +29,6 @@ THREADS = 4
 SHORT_SECONDS = 4.0
 LONG_SECONDS = 60.0
 SETTLE_SECONDS = 30.0  # how long server workers may take to settle background KR updates
-
 SPEC = """
 version: 1
 cycle: 2026-Q4
@@ -58,6 +57,18 @@ objectives:
         target: 0.0
         aggregate: mean
 """
+
+
+def server_env() -> dict[str, str]:
+    """The servers' environment: a connection pool with room for every client's `log_batch` at once.
+
+    MLflow's SQL store holds one pooled connection inside `log_batch` while it takes another for
+    each part of the batch, so a worker serving more concurrent batches than its pool holds (5 + 10
+    overflow by default) deadlocks the pool until SQLAlchemy's 30 s timeout: plain MLflow as much
+    as okr+ (32 batch-only clients on one plain worker: 41 batches, 32 errors). Both servers get
+    the pool an operator would size for this many clients.
+    """
+    return {"MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(2 * PROCESSES * THREADS)}
 
 
 def okr_store_registered() -> bool:
@@ -234,7 +245,9 @@ def publish(uri: str, tmp_path: Path) -> str:
 @pytest.fixture
 def server_factory(tmp_path) -> Iterator:
     servers = pytest.importorskip("tests.servers", reason="tests/servers.py (the server helper) is missing")
-    return lambda backend: servers.mlflow_server(backend, tmp_path / "server", workers=2)
+    return lambda backend: servers.mlflow_server(
+        backend, tmp_path / "server", workers=2, extra_env=server_env()
+    )
 
 
 def stress(backend_uri: str, plain_uri: str, tmp_path: Path, server_factory, seconds: float) -> Journal:
