@@ -25,3 +25,7 @@ class NotPublishedError(InputError):
 
 class CheckFailed(OkrError):
     """A check ran and found a problem (drift, a missed grade, a broken ledger)."""
+
+
+class ConcurrentChange(OkrError):
+    """Another writer changed the same record between this command's read and its write."""

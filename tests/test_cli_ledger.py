@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_okr import state
 from mlflow_okr.cli.ledger import ledger_group
-from mlflow_okr.ledger.events import event_tag
+from mlflow_okr.ledger.events import event_tag, seal_param
 from tests.conftest import invoke, make_run
 
 
@@ -195,9 +195,10 @@ def test_export_import_verify(runner, arms, tmp_path, client, sqlite_template) -
     assert ok.output.strip() == "Ledger verified: 1 hypotheses, 3 events, chains intact."
 
     run = client.search_runs([client.get_experiment_by_name("okr/ledger").experiment_id])[0]
-    tampered = json.loads(run.data.tags[event_tag(3)])
+    key = event_tag(3, run.data.params[seal_param(3)])
+    tampered = json.loads(run.data.tags[key])
     tampered["changes"]["note"] = "It worked all along"
-    client.set_tag(run.info.run_id, event_tag(3), json.dumps(tampered))
+    client.set_tag(run.info.run_id, key, json.dumps(tampered))
     failed = invoke(runner, "ledger", "verify")
     assert failed.exit_code == 1
     assert failed.output.splitlines()[0] == (

@@ -5,13 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+import threading
 
 import pytest
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr import state
 from mlflow_okr.api import sync
-from mlflow_okr.errors import InputError
+from mlflow_okr.errors import ConcurrentChange, InputError
 from mlflow_okr.ledger import (
     add_hypothesis,
     export_ledger,
@@ -22,11 +24,17 @@ from mlflow_okr.ledger import (
     list_hypotheses,
     resolve_hypothesis,
     search_hypotheses,
+    store,
     verify_ledger,
 )
-from mlflow_okr.ledger.events import event_hash, event_tag
+from mlflow_okr.ledger.events import event_hash, event_tag, seal, seal_param
 from mlflow_okr.ledger.models import SUMMARY_COLUMNS
 from tests.conftest import NOW, invoke, make_run
+
+
+def event_key(client: MlflowClient, run_id: str, number: int) -> str:
+    """The tag that holds sealed event `number` of a hypothesis run."""
+    return event_tag(number, client.get_run(run_id).data.params[seal_param(number)])
 
 
 def utc(*parts: int) -> dt.datetime:
@@ -60,7 +68,8 @@ def test_add_stores_one_run_per_hypothesis_with_state_in_tags(client) -> None:
     assert tags["okr.ledger.owner"] == "reco-team"
     assert tags["area"] == "ranking"
     assert "Bigger candidate pools raise CTR" in tags["mlflow.note.content"]
-    first = json.loads(tags[event_tag(1)])
+    first = json.loads(tags[event_key(client, run.info.run_id, 1)])
+    assert run.data.params[seal_param(1)] == first["hash"]
     assert first["who"] == "alice" and first["action"] == "add" and first["prev"] == ""
     assert first["hash"] == event_hash(first)
     # A second statement with the same words gets a fresh slug; an explicit duplicate id is refused.
@@ -176,9 +185,10 @@ def _three_events(client: MlflowClient) -> str:
 
 def test_verify_names_an_edited_event(client) -> None:
     run_id = _three_events(client)
-    event = json.loads(client.get_run(run_id).data.tags[event_tag(2)])
+    key = event_key(client, run_id, 2)
+    event = json.loads(client.get_run(run_id).data.tags[key])
     event["changes"]["runs"][0]["arm"] = "treatment"
-    client.set_tag(run_id, event_tag(2), json.dumps(event, sort_keys=True, separators=(",", ":")))
+    client.set_tag(run_id, key, json.dumps(event, sort_keys=True, separators=(",", ":")))
     result = verify_ledger()
     assert not result.ok
     assert result.problems[0] == (
@@ -199,17 +209,87 @@ def test_verify_names_an_edited_state_tag(client) -> None:
 def test_verify_notices_a_rewritten_chain_and_a_removed_event(client) -> None:
     run_id = _three_events(client)
     # Re-hash an edited event: its own hash holds, but event 3 no longer chains to it.
-    event = json.loads(client.get_run(run_id).data.tags[event_tag(2)])
+    key = event_key(client, run_id, 2)
+    event = json.loads(client.get_run(run_id).data.tags[key])
     event["who"] = "mallory"
     event["hash"] = event_hash(event)
-    client.set_tag(run_id, event_tag(2), json.dumps(event))
+    client.set_tag(run_id, key, json.dumps(event))
     assert verify_ledger().problems[0] == (
         "hypothesis 'pools' event 3 (resolve): does not chain to event 2 (history was rewritten)"
     )
-    client.delete_tag(run_id, event_tag(3))
-    client.delete_tag(run_id, event_tag(2))
-    problem = verify_ledger().problems[0]
-    assert problem.startswith("hypothesis 'pools' event 2: missing; the run records 3 events but holds 1")
+    client.delete_tag(run_id, event_key(client, run_id, 3))
+    client.delete_tag(run_id, key)
+    assert verify_ledger().problems[0] == (
+        f"hypothesis 'pools' event 2: missing; it is sealed but its tag {key} was deleted"
+    )
+
+
+def test_verify_catches_a_rewritten_last_event_by_its_seal(client) -> None:
+    # The whole chain still holds after re-hashing the last event; only the seal tells.
+    run_id = _three_events(client)
+    key = event_key(client, run_id, 3)
+    event = json.loads(client.get_run(run_id).data.tags[key])
+    event["changes"]["status"] = "validated"
+    event["hash"] = event_hash(event)
+    client.set_tag(run_id, key, json.dumps(event, sort_keys=True, separators=(",", ":")))
+    assert verify_ledger().problems[0] == (
+        "hypothesis 'pools' event 3 (resolve): differs from the event sealed when it was written "
+        "(history was rewritten)"
+    )
+    # A param is write-once in MLflow: the seal cannot be moved to the forged event.
+    with pytest.raises(MlflowException, match="Changing param values is not allowed"):
+        client.log_param(run_id, seal_param(3), event["hash"])
+
+
+# ---------------------------------------------------------------------------------------------
+# concurrent writers
+
+
+def test_a_stale_append_loses_the_race_and_overwrites_nothing(client) -> None:
+    experiment = client.create_experiment("reco-ab")
+    add_hypothesis("Pools", hypothesis_id="pools", metric="ctr")
+    first, second = (make_run(client, experiment, {"ctr": 0.05}) for _ in range(2))
+    stale = get_hypothesis("pools")  # writer A reads the hypothesis ...
+    link_runs("pools", [first], arm="control")  # ... writer B appends event 2 ...
+    # ... and A, past its own checks, writes its event 2 from the state it read.
+    event = seal("pools", 2, "a", 1, "link", {"runs": [{"run_id": second, "arm": "treatment",
+                                                       "experiment_id": experiment}]}, stale.head)
+    with pytest.raises(ConcurrentChange, match="'pools' changed while this command ran"):
+        store.append_sealed(client, stale, [event])
+    hypothesis = get_hypothesis("pools")
+    assert [item.run_id for item in hypothesis.evidence] == [first]  # B's event stands
+    run = client.get_run(hypothesis.run_id)
+    assert [key for key in run.data.tags if key.startswith("okr.ledger.event.")] == [
+        event_key(client, hypothesis.run_id, 1), event_key(client, hypothesis.run_id, 2)
+    ]  # A's unsealed event was tidied away
+    assert verify_ledger().ok
+
+
+def test_concurrent_links_all_land(client) -> None:
+    experiment = client.create_experiment("reco-ab")
+    add_hypothesis("Pools", hypothesis_id="pools", metric="ctr")
+    run_ids = [make_run(client, experiment, {"ctr": 0.05 + i / 100}) for i in range(8)]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(run_ids))
+
+    def link(run_id: str) -> None:
+        barrier.wait()
+        try:
+            link_runs("pools", [run_id], arm="treatment")
+        except BaseException as error:  # noqa: BLE001 - collected and asserted on below
+            errors.append(error)
+
+    threads = [threading.Thread(target=link, args=(run_id,)) for run_id in run_ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    hypothesis = get_hypothesis("pools")
+    assert sorted(item.run_id for item in hypothesis.evidence) == sorted(run_ids)
+    assert len(hypothesis.events) == 1 + len(run_ids)
+    assert client.get_run(hypothesis.run_id).data.tags["okr.ledger.runs.treatment"] == str(len(run_ids))
+    assert verify_ledger().ok
 
 
 def test_verify_reports_a_deleted_hypothesis(client) -> None:

@@ -149,6 +149,7 @@ def _link(
     return store.append_events(client, hypothesis, changes, who, when)
 
 
+@store.retrying
 def link_runs(
     hypothesis_id: str,
     run_ids: Iterable[str],
@@ -217,12 +218,14 @@ def _auto_link(
     return updated
 
 
+@store.retrying
 def get_hypothesis(hypothesis_id: str, tracking_uri: str | None = None) -> Hypothesis:
     """One hypothesis with its evidence and full event history (tagged runs linked first)."""
     client = state.make_client(tracking_uri)
     return _auto_link(client, [store.load(client, hypothesis_id)], hypothesis_id)[0]
 
 
+@store.retrying
 def list_hypotheses(
     status: str | None = None,
     kr: str | None = None,
@@ -308,6 +311,7 @@ def _arm_values(client: MlflowClient, hypothesis: Hypothesis, metric: str) -> di
     return values
 
 
+@store.retrying
 def evaluate_hypothesis(
     hypothesis_id: str, tracking_uri: str | None = None, record: bool = True
 ) -> Evaluation:
@@ -338,6 +342,7 @@ def evaluate_hypothesis(
     return evaluation
 
 
+@store.retrying
 def resolve_hypothesis(
     hypothesis_id: str,
     verdict: str,
@@ -397,6 +402,7 @@ def export_ledger(path: str | Path | None = None, tracking_uri: str | None = Non
     return text
 
 
+@store.retrying
 def import_ledger(path: str | Path, tracking_uri: str | None = None) -> io.ImportResult:
     """Import a JSONL export: new hypotheses are created, newer events appended, the rest left alone."""
     client = state.make_client(tracking_uri)

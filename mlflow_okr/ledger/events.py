@@ -1,8 +1,10 @@
 """The append-only, hash-chained event list of a hypothesis.
 
 Each event carries the hash of the event before it, so editing, removing or reordering any event
-breaks the chain from that point on. The chain is tamper-evident, not tamper-proof: someone who
-recomputes every hash after an edit is not detected (there is no secret key).
+breaks the chain from that point on. Each event's hash is also sealed in a run param, which MLflow
+never lets anyone change: through MLflow, an event can be neither rewritten (even with every later
+hash recomputed) nor replaced by a concurrent writer's. Someone with write access to the database
+itself can still rewrite history undetected (there is no secret key).
 """
 
 from __future__ import annotations
@@ -15,12 +17,23 @@ from mlflow_okr.ledger.models import Event
 
 EVENT_FORMAT = 1
 EVENT_TAG_PREFIX = "okr.ledger.event."
+SEAL_PARAM_PREFIX = "okr.ledger.seal."
 EVENT_NUMBER_DIGITS = 6
+EVENT_KEY_HASH_CHARS = 16
 
 
-def event_tag(seq: int) -> str:
-    """The run tag that holds event number `seq`: okr.ledger.event.000001, ..."""
-    return f"{EVENT_TAG_PREFIX}{seq:0{EVENT_NUMBER_DIGITS}d}"
+def event_tag(seq: int, hash_: str) -> str:
+    """The run tag that holds event `seq` with this hash: okr.ledger.event.000001.<16 hex digits>.
+
+    The hash in the key gives two writers racing for the same number keys of their own, so one
+    never overwrites the other's event; the seal says which of them holds the number.
+    """
+    return f"{EVENT_TAG_PREFIX}{seq:0{EVENT_NUMBER_DIGITS}d}.{hash_[:EVENT_KEY_HASH_CHARS]}"
+
+
+def seal_param(seq: int) -> str:
+    """The run param that seals event `seq` with its hash: okr.ledger.seal.000001, ..."""
+    return f"{SEAL_PARAM_PREFIX}{seq:0{EVENT_NUMBER_DIGITS}d}"
 
 
 def canonical_json(payload: dict[str, Any]) -> str:

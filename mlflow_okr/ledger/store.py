@@ -1,26 +1,37 @@
 """Reading and writing the `okr/ledger` experiment: one run per hypothesis, state in tags.
 
-A hypothesis run holds its events in tags `okr.ledger.event.NNNNNN` (canonical JSON, written
-once) and, derived from them, the state tags the UI and the ledger KRs read, and a markdown
-description with the statement, evidence links and learnings. The client talks to the inner
-store, and the live store skips `okr/*` experiments, so ledger writes never trigger OKR hooks.
+A hypothesis run holds its events in tags `okr.ledger.event.NNNNNN.<hash>` (canonical JSON,
+written once), each sealed by a write-once param `okr.ledger.seal.NNNNNN` holding its hash, and,
+derived from them, the state tags the UI and the ledger KRs read, and a markdown description with
+the statement, evidence links and learnings.
+
+An append first writes its events under keys no other writer uses, then seals their numbers.
+MLflow refuses a param that already holds another value, so when two writers race for the same
+number exactly one seal lands; the other writer's events stay unsealed (nobody reads them) and it
+starts over from the new state. No append that returned is ever lost or overwritten.
+
+The client talks to the inner store, and the live store skips `okr/*` experiments, so ledger
+writes never trigger OKR hooks.
 """
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterator
-from typing import Any
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
-from mlflow.entities import Run, RunTag, ViewType
+from mlflow.entities import Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from pydantic import ValidationError
 
 from mlflow_okr import state
-from mlflow_okr.errors import InputError, OkrError
-from mlflow_okr.ledger.events import EVENT_TAG_PREFIX, event_tag, event_text, seal
+from mlflow_okr.errors import ConcurrentChange, InputError, OkrError
+from mlflow_okr.ledger.events import SEAL_PARAM_PREFIX, event_tag, event_text, seal, seal_param
 from mlflow_okr.ledger.models import Event, Hypothesis, apply_event, replay
 
 TAG_METRIC = "okr.ledger.metric"
@@ -81,9 +92,22 @@ def find_run(client: MlflowClient, hypothesis_id: str) -> Run | None:
     return matches[0] if matches else None
 
 
-def event_tags(run: Run) -> list[tuple[str, str]]:
-    """The run's event tags, in event-number order."""
-    return sorted((key, value) for key, value in run.data.tags.items() if key.startswith(EVENT_TAG_PREFIX))
+def sealed_events(run: Run) -> list[tuple[str, str | None]]:
+    """(tag key, event JSON or None when the tag is gone) of every sealed event, in number order."""
+    found = []
+    params, tags = run.data.params, run.data.tags
+    while (hash_ := params.get(seal_param(len(found) + 1))) is not None:
+        key = event_tag(len(found) + 1, hash_)
+        found.append((key, tags.get(key)))
+    return found
+
+
+def stray_seals(run: Run, sealed: int) -> list[str]:
+    """Seal params past the first `sealed` numbers: a gap in the numbering."""
+    return sorted(
+        key for key in run.data.params
+        if key.startswith(SEAL_PARAM_PREFIX) and key not in {seal_param(n) for n in range(1, sealed + 1)}
+    )
 
 
 def parse_event(text: str) -> Event:
@@ -97,7 +121,10 @@ def parse_event(text: str) -> Event:
 def run_events(run: Run) -> list[Event]:
     """The events stored on a hypothesis run; OkrError when one is unreadable (see `verify`)."""
     events = []
-    for key, value in event_tags(run):
+    for number, (key, value) in enumerate(sealed_events(run), start=1):
+        if value is None:
+            raise OkrError(f"ledger run {run.info.run_id}: event {number} is sealed but its tag {key} is "
+                           "gone; run `mlflow-okr ledger verify`")
         try:
             events.append(parse_event(value))
         except ValueError as exc:
@@ -221,10 +248,65 @@ def _check_fits(event: Event) -> str:
     return text
 
 
+def _changed(hypothesis_id: str) -> ConcurrentChange:
+    return ConcurrentChange(
+        f"hypothesis {hypothesis_id!r} changed while this command ran (another ledger command wrote "
+        "to it at the same moment); nothing of this command was recorded, run it again"
+    )
+
+
 def _write(client: MlflowClient, run_id: str, hypothesis: Hypothesis, new_events: list[Event]) -> None:
-    tags = {event_tag(event.seq): _check_fits(event) for event in new_events}
-    tags.update(state_tags(hypothesis))
-    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()], synchronous=True)
+    """Store `new_events`, seal them, then write the state tags; ConcurrentChange when beaten to a seal."""
+    texts = {event_tag(event.seq, event.hash): _check_fits(event) for event in new_events}
+    client.log_batch(run_id, tags=[RunTag(key, text) for key, text in texts.items()], synchronous=True)
+    seals = [Param(seal_param(event.seq), event.hash) for event in new_events]
+    try:
+        client.log_batch(run_id, params=seals, synchronous=True)
+    except MlflowException:
+        stored = client.get_run(run_id).data.params
+        if any(stored.get(p.key) not in (None, p.value) for p in seals):
+            for key in texts:  # unsealed and never read; tidy them away
+                client.delete_tag(run_id, key)
+            raise _changed(hypothesis.id) from None
+        if not all(stored.get(p.key) == p.value for p in seals):
+            raise
+    _write_state(client, run_id, hypothesis)
+
+
+def _write_state(client: MlflowClient, run_id: str, hypothesis: Hypothesis) -> None:
+    """Write the state tags; if a later append sealed meanwhile, write its state instead."""
+    while True:
+        tags = [RunTag(key, value) for key, value in state_tags(hypothesis).items()]
+        client.log_batch(run_id, tags=tags, synchronous=True)
+        run = client.get_run(run_id)
+        if len(sealed_events(run)) == len(hypothesis.events):
+            return
+        # Our state tags may have landed after the later writer's: replay every sealed event.
+        hypothesis = hypothesis_from_run(run)
+
+
+T = TypeVar("T")
+ATTEMPTS = 5
+
+
+def retrying(function: Callable[..., T]) -> Callable[..., T]:
+    """Decorate a read-check-append command: start it over when a concurrent append got there first.
+
+    Starting over re-reads the hypothesis and re-checks the command against it, so the outcome is
+    the one of running after the other writer (linking a run it linked is a no-op, resolving what
+    it resolved is refused).
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        for attempt in range(1, ATTEMPTS):
+            try:
+                return function(*args, **kwargs)
+            except ConcurrentChange:
+                time.sleep(random.uniform(0.05, 0.25) * attempt)
+        return function(*args, **kwargs)
+
+    return wrapper
 
 
 def create(
@@ -277,10 +359,8 @@ def append_events(
     """Record several events in one write (e.g. a long list of linked runs split in parts)."""
     assert hypothesis.run_id is not None
     stored = client.get_run(hypothesis.run_id)
-    if len(event_tags(stored)) != len(hypothesis.events):
-        raise OkrError(
-            f"hypothesis {hypothesis.id!r} changed while this command ran; run the command again"
-        )
+    if len(sealed_events(stored)) != len(hypothesis.events):
+        raise _changed(hypothesis.id)
     new_events = []
     head = hypothesis.head
     for action, change in changes:

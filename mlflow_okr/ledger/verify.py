@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from mlflow_okr import state
 from mlflow_okr.ledger import store
-from mlflow_okr.ledger.events import EVENT_TAG_PREFIX, chain_problem
+from mlflow_okr.ledger.events import EVENT_TAG_PREFIX, chain_problem, seal_param
 from mlflow_okr.ledger.models import Event, replay
 
 
@@ -35,13 +35,16 @@ def run_problems(run: Run) -> tuple[list[str], int]:
     tags = run.data.tags
     hypothesis_id = tags.get(state.TAG_LEDGER_ID) or run.info.run_name or run.info.run_id
     events: list[Event] = []
-    for number, (key, text) in enumerate(store.event_tags(run), start=1):
+    sealed = store.sealed_events(run)
+    for number, (key, text) in enumerate(sealed, start=1):
         where = f"hypothesis {hypothesis_id!r} event {number}"
+        if text is None:
+            return [f"{where}: missing; it is sealed but its tag {key} was deleted"], number - 1
         try:
             event = store.parse_event(text)
         except ValueError as exc:
             return [f"{where} (tag {key}): not a readable event, it was edited: {exc}"], number
-        if key != f"{EVENT_TAG_PREFIX}{event.seq:06d}":
+        if event.seq != number:
             return [f"{where}: tag {key} holds event number {event.seq} (events were moved)"], number
         events.append(event)
     if not events:
@@ -49,6 +52,18 @@ def run_problems(run: Run) -> tuple[list[str], int]:
     problem = chain_problem(events, hypothesis_id)
     if problem:
         return [problem], len(events)
+    for number, event in enumerate(events, start=1):
+        if run.data.params[seal_param(number)] != event.hash:
+            return [
+                f"hypothesis {hypothesis_id!r} event {number} ({event.action}): differs from the event "
+                "sealed when it was written (history was rewritten)"
+            ], len(events)
+    stray = store.stray_seals(run, len(events))
+    if stray:
+        return [
+            f"hypothesis {hypothesis_id!r} event {len(events) + 1}: missing; the run has seal "
+            f"{stray[0]} past event {len(events)} (an event was deleted)"
+        ], len(events)
     recorded = tags.get(store.TAG_EVENT_COUNT)
     if recorded != str(len(events)):
         return [
