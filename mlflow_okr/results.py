@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
+from typing import Any, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
@@ -87,6 +87,11 @@ def spec_target(kr: KeyResult) -> float | None:
     return kr.target if isinstance(kr.target, (int, float)) else None
 
 
+def kr_identity(kr: KeyResult) -> dict[str, Any]:
+    """The fields of a KeyResultStatus that come from the KR's definition."""
+    return {"id": kr.id, "title": kr.title, "kind": kr.kind, "metric": kr.metric, "unit": kr.unit}
+
+
 def kr_status(
     kr: KeyResult,
     scored: Scored,
@@ -96,11 +101,7 @@ def kr_status(
     guardrail_breaches: int = 0,
 ) -> KeyResultStatus:
     return KeyResultStatus(
-        id=kr.id,
-        title=kr.title,
-        kind=kr.kind,
-        metric=kr.metric,
-        unit=kr.unit,
+        **kr_identity(kr),
         baseline=_round(scored.baseline),
         target=_round(scored.target),
         direction=scored.direction,

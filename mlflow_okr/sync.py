@@ -26,7 +26,7 @@ from mlflow_okr.engine import (
     score_counter_kr,
     score_metric_kr,
 )
-from mlflow_okr.results import CycleStatus, KeyResultStatus, cycle_status, kr_status
+from mlflow_okr.results import CycleStatus, KeyResultStatus, cycle_status, kr_identity, kr_status
 from mlflow_okr.spec import KeyResult, OkrSpec, as_utc
 
 MAX_DRIFT_SAMPLES = 200
@@ -556,11 +556,7 @@ def stored_kr_status(run: Run, kr: KeyResult) -> KeyResultStatus:
         return int(stored[name] or 0)
 
     return KeyResultStatus(
-        id=kr.id,
-        title=kr.title,
-        kind=kr.kind,
-        metric=kr.metric,
-        unit=kr.unit,
+        **kr_identity(kr),
         baseline=number("baseline"),
         target=number("target"),
         direction=stored["direction"] or None,
