@@ -10,6 +10,7 @@ import threading
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 
 from mlflow_okr import state
 from mlflow_okr.api import sync
@@ -27,8 +28,9 @@ from mlflow_okr.ledger import (
     store,
     verify_ledger,
 )
-from mlflow_okr.ledger.events import event_hash, event_tag, seal, seal_param
-from mlflow_okr.ledger.models import SUMMARY_COLUMNS
+from mlflow_okr.ledger import api as ledger_api
+from mlflow_okr.ledger.events import event_hash, event_tag, event_text, legacy_event_tag, seal, seal_param
+from mlflow_okr.ledger.models import SUMMARY_COLUMNS, replay
 from tests.conftest import NOW, invoke, make_run
 
 
@@ -265,6 +267,40 @@ def test_a_stale_append_loses_the_race_and_overwrites_nothing(client) -> None:
     assert verify_ledger().ok
 
 
+def test_a_ledger_written_before_seals_reads_and_is_sealed_on_its_next_change(client) -> None:
+    # The layout of mlflow-okr 0.1.0: events in okr.ledger.event.NNNNNN tags, no seal params.
+    experiment = client.create_experiment("reco-ab")
+    events = [seal("pools", 1, "alice", 1, "add", {"statement": "Pools", "metric": "ctr"}, "")]
+    ledger = store.ledger_experiment_id(client, create=True)
+    run_id = client.create_run(ledger, start_time=1, tags={state.TAG_LEDGER_ID: "pools"}).info.run_id
+    legacy_tags = {legacy_event_tag(1): event_text(events[0]), **store.state_tags(replay(events))}
+    for key, value in legacy_tags.items():
+        client.set_tag(run_id, key, value)
+    assert get_hypothesis("pools").statement == "Pools"
+    assert verify_ledger().ok
+    evidence = make_run(client, experiment, {"ctr": 0.05})
+    link_runs("pools", [evidence], arm="control")
+    run = client.get_run(run_id)
+    assert run.data.params[seal_param(1)] == events[0].hash  # sealed as it stood
+    assert run.data.tags[legacy_event_tag(1)] == event_text(events[0])
+    assert [e.action for e in get_hypothesis("pools").events] == ["add", "link"]
+    assert verify_ledger().ok
+
+
+def test_appends_past_mlflows_batch_limit_are_sealed_in_parts(client, monkeypatch) -> None:
+    # One event per linked run: 101 new events, past MLflow's 100 params per request.
+    monkeypatch.setattr(ledger_api, "LINKS_PER_EVENT", 1)
+    experiment = client.create_experiment("reco-ab")
+    add_hypothesis("Pools", hypothesis_id="pools", metric="ctr")
+    run_ids = [client.create_run(experiment).info.run_id for _ in range(MAX_PARAMS_TAGS_PER_BATCH + 1)]
+    hypothesis = link_runs("pools", run_ids, arm="treatment")
+    assert len(hypothesis.events) == 1 + len(run_ids)
+    params = client.get_run(hypothesis.run_id).data.params
+    assert [params[seal_param(n)] for n in range(1, len(run_ids) + 2)] == [e.hash for e in hypothesis.events]
+    assert sorted(item.run_id for item in get_hypothesis("pools").evidence) == sorted(run_ids)
+    assert verify_ledger().ok
+
+
 def test_concurrent_links_all_land(client) -> None:
     experiment = client.create_experiment("reco-ab")
     add_hypothesis("Pools", hypothesis_id="pools", metric="ctr")
@@ -290,6 +326,16 @@ def test_concurrent_links_all_land(client) -> None:
     assert len(hypothesis.events) == 1 + len(run_ids)
     assert client.get_run(hypothesis.run_id).data.tags["okr.ledger.runs.treatment"] == str(len(run_ids))
     assert verify_ledger().ok
+
+
+def test_verify_reports_a_second_run_for_one_hypothesis(client) -> None:
+    run_id = _three_events(client)
+    ledger = client.get_run(run_id).info.experiment_id
+    later = state.now_ms() + 1000
+    forged = client.create_run(ledger, start_time=later, tags={state.TAG_LEDGER_ID: "pools"}).info.run_id
+    assert verify_ledger().problems[0] == (
+        f"hypothesis 'pools' has a second run {forged} besides {run_id}; commands read only one of them"
+    )
 
 
 def test_verify_reports_a_deleted_hypothesis(client) -> None:

@@ -31,7 +31,15 @@ from pydantic import ValidationError
 
 from mlflow_okr import state
 from mlflow_okr.errors import ConcurrentChange, InputError, OkrError
-from mlflow_okr.ledger.events import SEAL_PARAM_PREFIX, event_tag, event_text, seal, seal_param
+from mlflow_okr.ledger.events import (
+    LEGACY_EVENT_TAG,
+    SEAL_PARAM_PREFIX,
+    event_tag,
+    event_text,
+    legacy_event_tag,
+    seal,
+    seal_param,
+)
 from mlflow_okr.ledger.models import Event, Hypothesis, apply_event, replay
 
 TAG_METRIC = "okr.ledger.metric"
@@ -46,6 +54,9 @@ TAG_EVENT_COUNT = "okr.ledger.events"
 TAG_HEAD = "okr.ledger.head"
 LEDGER_TAG_PREFIX = "okr.ledger."
 MAX_TAG_VALUE = 8000  # MLflow's limit on a tag value, the run description included
+# MLflow's limit on the params of one request. The client splits a longer log_batch into several
+# requests; seals go in parts of this size so that each part is sealed, or refused, as a whole.
+MAX_PER_BATCH = 100
 RESERVED_TAG_PREFIXES = ("okr.", "mlflow.")
 
 
@@ -93,12 +104,20 @@ def find_run(client: MlflowClient, hypothesis_id: str) -> Run | None:
 
 
 def sealed_events(run: Run) -> list[tuple[str, str | None]]:
-    """(tag key, event JSON or None when the tag is gone) of every sealed event, in number order."""
-    found = []
+    """(tag key, event JSON or None when the tag is gone) of every event, in number order.
+
+    Events are the sealed ones. A run whose events predate seals (mlflow-okr 0.1.0 wrote them as
+    `okr.ledger.event.NNNNNN`, unsealed) is read as it is; its next change seals them.
+    """
+    found: list[tuple[str, str | None]] = []
     params, tags = run.data.params, run.data.tags
     while (hash_ := params.get(seal_param(len(found) + 1))) is not None:
         key = event_tag(len(found) + 1, hash_)
+        if key not in tags and legacy_event_tag(len(found) + 1) in tags:
+            key = legacy_event_tag(len(found) + 1)
         found.append((key, tags.get(key)))
+    if not found:
+        found = sorted((key, text) for key, text in tags.items() if LEGACY_EVENT_TAG.fullmatch(key))
     return found
 
 
@@ -255,29 +274,54 @@ def _changed(hypothesis_id: str) -> ConcurrentChange:
     )
 
 
+def _batches(items: list[Any]) -> list[list[Any]]:
+    return [items[i:i + MAX_PER_BATCH] for i in range(0, len(items), MAX_PER_BATCH)]
+
+
+def _log_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()], synchronous=True)
+
+
+def _seal(client: MlflowClient, run_id: str, seals: list[Param]) -> bool:
+    """Log these seals; False when another writer holds one of their numbers with another hash."""
+    try:
+        client.log_batch(run_id, params=seals, synchronous=True)
+        return True
+    except MlflowException:
+        stored = client.get_run(run_id).data.params
+        if all(stored.get(p.key) == p.value for p in seals):
+            return True  # a racer logged the same seals, or an earlier attempt of this request did
+        if any(stored.get(p.key) not in (None, p.value) for p in seals):
+            return False
+        raise
+
+
 def _write(client: MlflowClient, run_id: str, hypothesis: Hypothesis, new_events: list[Event]) -> None:
     """Store `new_events`, seal them, then write the state tags; ConcurrentChange when beaten to a seal."""
     texts = {event_tag(event.seq, event.hash): _check_fits(event) for event in new_events}
-    client.log_batch(run_id, tags=[RunTag(key, text) for key, text in texts.items()], synchronous=True)
-    seals = [Param(seal_param(event.seq), event.hash) for event in new_events]
-    try:
-        client.log_batch(run_id, params=seals, synchronous=True)
-    except MlflowException:
-        stored = client.get_run(run_id).data.params
-        if any(stored.get(p.key) not in (None, p.value) for p in seals):
-            for key in texts:  # unsealed and never read; tidy them away
-                client.delete_tag(run_id, key)
-            raise _changed(hypothesis.id) from None
-        if not all(stored.get(p.key) == p.value for p in seals):
-            raise
+    _log_tags(client, run_id, texts)
+    stored = client.get_run(run_id).data.params
+    older = hypothesis.events[: len(hypothesis.events) - len(new_events)]
+    unsealed = [Param(seal_param(e.seq), e.hash) for e in older if seal_param(e.seq) not in stored]
+    # Events written before events were sealed: seal them as they stand (racers agree on these).
+    for part in _batches(unsealed):
+        if not _seal(client, run_id, part):
+            raise _changed(hypothesis.id)
+    for number, part in enumerate(_batches([Param(seal_param(e.seq), e.hash) for e in new_events])):
+        if _seal(client, run_id, part):
+            continue
+        for event in new_events[number * MAX_PER_BATCH:]:  # unsealed and never read
+            client.delete_tag(run_id, event_tag(event.seq, event.hash))
+        if number:  # the parts sealed before stand: their state is written from them
+            _write_state(client, run_id, hypothesis_from_run(client.get_run(run_id)))
+        raise _changed(hypothesis.id)
     _write_state(client, run_id, hypothesis)
 
 
 def _write_state(client: MlflowClient, run_id: str, hypothesis: Hypothesis) -> None:
     """Write the state tags; if a later append sealed meanwhile, write its state instead."""
     while True:
-        tags = [RunTag(key, value) for key, value in state_tags(hypothesis).items()]
-        client.log_batch(run_id, tags=tags, synchronous=True)
+        _log_tags(client, run_id, state_tags(hypothesis))
         run = client.get_run(run_id)
         if len(sealed_events(run)) == len(hypothesis.events):
             return

@@ -53,7 +53,7 @@ def run_problems(run: Run) -> tuple[list[str], int]:
     if problem:
         return [problem], len(events)
     for number, event in enumerate(events, start=1):
-        if run.data.params[seal_param(number)] != event.hash:
+        if run.data.params.get(seal_param(number), event.hash) != event.hash:
             return [
                 f"hypothesis {hypothesis_id!r} event {number} ({event.action}): differs from the event "
                 "sealed when it was written (history was rewritten)"
@@ -97,8 +97,16 @@ def verify(client: MlflowClient) -> VerifyResult:
         state.iter_runs(client, [experiment_id], view=ViewType.ALL),
         key=lambda run: (run.info.start_time or 0, run.info.run_id),
     )
+    first_run: dict[str, str] = {}
     for run in runs:
         hypotheses += 1
+        hypothesis_id = run.data.tags.get(state.TAG_LEDGER_ID)
+        if hypothesis_id and hypothesis_id in first_run:
+            problems.append(
+                f"hypothesis {hypothesis_id!r} has a second run {run.info.run_id} besides "
+                f"{first_run[hypothesis_id]}; commands read only one of them"
+            )
+        first_run.setdefault(hypothesis_id or "", run.info.run_id)
         if run.info.lifecycle_stage == "deleted":
             name = run.data.tags.get(state.TAG_LEDGER_ID) or run.info.run_name
             problems.append(
