@@ -17,6 +17,7 @@ from mlflow_okr.api import sync
 from mlflow_okr.errors import ConcurrentChange, InputError
 from mlflow_okr.ledger import (
     add_hypothesis,
+    evaluate_hypothesis,
     export_ledger,
     get_hypothesis,
     hypotheses_frame,
@@ -301,6 +302,53 @@ def test_appends_past_mlflows_batch_limit_are_sealed_in_parts(client, monkeypatc
     assert verify_ledger().ok
 
 
+def test_a_partly_sealed_old_ledger_reads_whole(client) -> None:
+    # Sealing an old run's events goes in parts: a reader between two parts sees every event.
+    events = [seal("pools", 1, "alice", 1, "add", {"statement": "Pools"}, "")]
+    for number in (2, 3):
+        events.append(seal("pools", number, "al", number, "evaluate", {"n": number}, events[-1].hash))
+    ledger = store.ledger_experiment_id(client, create=True)
+    run_id = client.create_run(ledger, start_time=1).info.run_id
+    tags = {legacy_event_tag(e.seq): event_text(e) for e in events}
+    for key, value in {**tags, **store.state_tags(replay(events))}.items():
+        client.set_tag(run_id, key, value)
+    client.log_param(run_id, seal_param(1), events[0].hash)  # the first part landed, not the rest
+    assert [e.seq for e in get_hypothesis("pools").events] == [1, 2, 3]
+    assert verify_ledger().ok
+
+
+def test_a_loser_sharing_the_winners_first_event_deletes_none_of_its_tags(client) -> None:
+    add_hypothesis("Pools", hypothesis_id="pools", metric="ctr")
+    before = get_hypothesis("pools")
+
+    def events(last_note: str) -> list:
+        shared = seal("pools", 2, "bot", 5, "evaluate", {"note": "same"}, before.head)
+        return [shared, seal("pools", 3, "bot", 5, "evaluate", {"note": last_note}, shared.hash)]
+
+    store.append_sealed(client, before, events("winner"))
+    with pytest.raises(ConcurrentChange, match="nothing of it was recorded"):
+        store.append_sealed(client, before, events("loser"))
+    assert [e.changes.get("note") for e in get_hypothesis("pools").events] == [None, "same", "winner"]
+    assert verify_ledger().ok
+
+
+def test_an_evaluation_that_lost_its_p_value_drops_the_tag(client) -> None:
+    experiment = client.create_experiment("reco-ab")
+    add_hypothesis("Pools", hypothesis_id="pools", metric="ctr")
+    control = [make_run(client, experiment, {"ctr": v}) for v in (0.10, 0.11, 0.12)]
+    treatment = [make_run(client, experiment, {"ctr": v}) for v in (0.13, 0.14, 0.16)]
+    link_runs("pools", control, arm="control")
+    link_runs("pools", treatment, arm="treatment")
+    evaluate_hypothesis("pools")
+    run_id = get_hypothesis("pools").run_id
+    assert "okr.ledger.p_value" in client.get_run(run_id).data.tags
+    for evidence in control + treatment:
+        client.delete_run(evidence)  # no evidence left: the next evaluation has no p-value
+    assert evaluate_hypothesis("pools").p_value is None
+    assert "okr.ledger.p_value" not in client.get_run(run_id).data.tags
+    assert verify_ledger().ok
+
+
 def test_concurrent_links_all_land(client) -> None:
     experiment = client.create_experiment("reco-ab")
     add_hypothesis("Pools", hypothesis_id="pools", metric="ctr")
@@ -311,7 +359,7 @@ def test_concurrent_links_all_land(client) -> None:
     def link(run_id: str) -> None:
         barrier.wait()
         try:
-            link_runs("pools", [run_id], arm="treatment")
+            link_runs("pools", (r for r in [run_id]), arm="treatment")  # any iterable, read once
         except BaseException as error:  # noqa: BLE001 - collected and asserted on below
             errors.append(error)
 

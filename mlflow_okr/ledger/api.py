@@ -149,7 +149,6 @@ def _link(
     return store.append_events(client, hypothesis, changes, who, when)
 
 
-@store.retrying
 def link_runs(
     hypothesis_id: str,
     run_ids: Iterable[str],
@@ -161,10 +160,21 @@ def link_runs(
     """Link evidence runs to a hypothesis as `control` or `treatment`; its status becomes `testing`."""
     if arm not in ARMS:
         raise InputError(f"unknown arm {arm!r}: use control or treatment")
-    run_ids = list(dict.fromkeys(run_ids))
+    run_ids = list(dict.fromkeys(run_ids))  # once: a command that starts over reads them again
     if not run_ids:
         raise InputError("give at least one run id to link")
-    client = state.make_client(tracking_uri)
+    return _link_runs(hypothesis_id, run_ids, arm, state.make_client(tracking_uri), who, when)
+
+
+@store.retrying
+def _link_runs(
+    hypothesis_id: str,
+    run_ids: list[str],
+    arm: str,
+    client: MlflowClient,
+    who: str | None,
+    when: dt.datetime | None,
+) -> Hypothesis:
     hypothesis = store.load(client, hypothesis_id)
     if not hypothesis.is_open:
         raise InputError(
@@ -402,7 +412,6 @@ def export_ledger(path: str | Path | None = None, tracking_uri: str | None = Non
     return text
 
 
-@store.retrying
 def import_ledger(path: str | Path, tracking_uri: str | None = None) -> io.ImportResult:
     """Import a JSONL export: new hypotheses are created, newer events appended, the rest left alone."""
     client = state.make_client(tracking_uri)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from typing import Any
 
 from mlflow_okr.ledger.models import Event
@@ -30,9 +29,6 @@ def event_tag(seq: int, hash_: str) -> str:
     never overwrites the other's event; the seal says which of them holds the number.
     """
     return f"{EVENT_TAG_PREFIX}{seq:0{EVENT_NUMBER_DIGITS}d}.{hash_[:EVENT_KEY_HASH_CHARS]}"
-
-
-LEGACY_EVENT_TAG = re.compile(r"okr\.ledger\.event\.\d{6}")
 
 
 def legacy_event_tag(seq: int) -> str:

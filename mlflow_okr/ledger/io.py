@@ -11,10 +11,10 @@ from collections.abc import Iterable
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
-from mlflow_okr.errors import CheckFailed, InputError
+from mlflow_okr.errors import CheckFailed, ConcurrentChange, InputError
 from mlflow_okr.ledger import store
 from mlflow_okr.ledger.events import chain_problem, event_text
-from mlflow_okr.ledger.models import Event
+from mlflow_okr.ledger.models import Event, Hypothesis
 
 
 class ImportResult(BaseModel):
@@ -74,15 +74,33 @@ def import_events(client: MlflowClient, by_hypothesis: dict[str, list[Event]], s
         plan.append((hypothesis_id, events, existing))
     result = ImportResult()
     for hypothesis_id, events, existing in plan:
-        if existing is None:
-            store.create_from_events(client, events)
-            result.created.append(hypothesis_id)
-            result.events_written += len(events)
-        elif len(events) > len(existing.events):
-            newer = events[len(existing.events):]
-            store.append_sealed(client, existing, newer)
-            result.updated.append(hypothesis_id)
-            result.events_written += len(newer)
-        else:
-            result.unchanged.append(hypothesis_id)
+        try:
+            _import_one(client, hypothesis_id, events, existing, result)
+        except ConcurrentChange:
+            done = ", ".join(result.created + result.updated) or "none"
+            raise ConcurrentChange(
+                f"{source}: hypothesis {hypothesis_id!r} changed while it was imported (another ledger "
+                f"command wrote to it at the same moment); imported before it: {done}. Import the file "
+                "again: what is already there is skipped"
+            ) from None
     return result
+
+
+def _import_one(
+    client: MlflowClient,
+    hypothesis_id: str,
+    events: list[Event],
+    existing: Hypothesis | None,
+    result: ImportResult,
+) -> None:
+    if existing is None:
+        store.create_from_events(client, events)
+        result.created.append(hypothesis_id)
+        result.events_written += len(events)
+    elif len(events) > len(existing.events):
+        newer = events[len(existing.events):]
+        store.append_sealed(client, existing, newer)
+        result.updated.append(hypothesis_id)
+        result.events_written += len(newer)
+    else:
+        result.unchanged.append(hypothesis_id)

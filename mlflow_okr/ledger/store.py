@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from mlflow_okr import state
 from mlflow_okr.errors import ConcurrentChange, InputError, OkrError
 from mlflow_okr.ledger.events import (
-    LEGACY_EVENT_TAG,
+    EVENT_TAG_PREFIX,
     SEAL_PARAM_PREFIX,
     event_tag,
     event_text,
@@ -116,8 +116,9 @@ def sealed_events(run: Run) -> list[tuple[str, str | None]]:
         if key not in tags and legacy_event_tag(len(found) + 1) in tags:
             key = legacy_event_tag(len(found) + 1)
         found.append((key, tags.get(key)))
-    if not found:
-        found = sorted((key, text) for key, text in tags.items() if LEGACY_EVENT_TAG.fullmatch(key))
+    # Unsealed events of a run from before seals follow its sealed ones (sealing goes in parts).
+    while (key := legacy_event_tag(len(found) + 1)) in tags:
+        found.append((key, tags[key]))
     return found
 
 
@@ -213,6 +214,14 @@ def state_tags(hypothesis: Hypothesis) -> dict[str, str]:
     return tags
 
 
+def unbacked_state_tags(tags: dict[str, str], expected: dict[str, str]) -> list[str]:
+    """The run's okr.ledger.* state tags that its events no longer back."""
+    return sorted(
+        key for key in tags
+        if key.startswith(LEDGER_TAG_PREFIX) and not key.startswith(EVENT_TAG_PREFIX) and key not in expected
+    )
+
+
 def run_link(experiment_id: str, run_id: str) -> str:
     """A markdown link to a run in the MLflow UI (relative, so it works on any server)."""
     return f"[{run_id}](#/experiments/{experiment_id}/runs/{run_id})"
@@ -267,10 +276,11 @@ def _check_fits(event: Event) -> str:
     return text
 
 
-def _changed(hypothesis_id: str) -> ConcurrentChange:
+def _changed(hypothesis_id: str, partly: bool = False) -> ConcurrentChange:
+    recorded = "part of this command's events were recorded" if partly else "nothing of it was recorded"
     return ConcurrentChange(
         f"hypothesis {hypothesis_id!r} changed while this command ran (another ledger command wrote "
-        "to it at the same moment); nothing of this command was recorded, run it again"
+        f"to it at the same moment); {recorded}, run it again"
     )
 
 
@@ -310,20 +320,25 @@ def _write(client: MlflowClient, run_id: str, hypothesis: Hypothesis, new_events
     for number, part in enumerate(_batches([Param(seal_param(e.seq), e.hash) for e in new_events])):
         if _seal(client, run_id, part):
             continue
-        for event in new_events[number * MAX_PER_BATCH:]:  # unsealed and never read
-            client.delete_tag(run_id, event_tag(event.seq, event.hash))
+        stored = client.get_run(run_id).data.params
+        for event in new_events[number * MAX_PER_BATCH:]:
+            if stored.get(seal_param(event.seq)) != event.hash:  # unsealed and never read
+                client.delete_tag(run_id, event_tag(event.seq, event.hash))
         if number:  # the parts sealed before stand: their state is written from them
             _write_state(client, run_id, hypothesis_from_run(client.get_run(run_id)))
-        raise _changed(hypothesis.id)
+        raise _changed(hypothesis.id, partly=bool(number))
     _write_state(client, run_id, hypothesis)
 
 
 def _write_state(client: MlflowClient, run_id: str, hypothesis: Hypothesis) -> None:
     """Write the state tags; if a later append sealed meanwhile, write its state instead."""
     while True:
-        _log_tags(client, run_id, state_tags(hypothesis))
+        expected = state_tags(hypothesis)
+        _log_tags(client, run_id, expected)
         run = client.get_run(run_id)
         if len(sealed_events(run)) == len(hypothesis.events):
+            for key in unbacked_state_tags(run.data.tags, expected):
+                client.delete_tag(run_id, key)  # e.g. a p-value the latest evaluation no longer has
             return
         # Our state tags may have landed after the later writer's: replay every sealed event.
         hypothesis = hypothesis_from_run(run)
@@ -373,12 +388,9 @@ def create_from_events(client: MlflowClient, events: list[Event]) -> Hypothesis:
     experiment_id = ledger_experiment_id(client, create=True)
     assert experiment_id is not None
     first = events[0]
-    run = client.create_run(
-        experiment_id,
-        start_time=first.when,
-        run_name=first.hypothesis,
-        tags={state.TAG_LEDGER_ID: first.hypothesis},
-    )
+    # The id tag comes with the state tags, once the events are stored: until then no command
+    # lists the run, so a reader never meets a hypothesis without its history.
+    run = client.create_run(experiment_id, start_time=first.when, run_name=first.hypothesis)
     hypothesis = replay(events)
     hypothesis.run_id, hypothesis.experiment_id = run.info.run_id, experiment_id
     _write(client, run.info.run_id, hypothesis, events)

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from mlflow_okr import state
 from mlflow_okr.ledger import store
-from mlflow_okr.ledger.events import EVENT_TAG_PREFIX, chain_problem, seal_param
+from mlflow_okr.ledger.events import chain_problem, seal_param
 from mlflow_okr.ledger.models import Event, replay
 
 
@@ -48,7 +48,10 @@ def run_problems(run: Run) -> tuple[list[str], int]:
             return [f"{where}: tag {key} holds event number {event.seq} (events were moved)"], number
         events.append(event)
     if not events:
-        return [f"hypothesis {hypothesis_id!r} (run {run.info.run_id}): has no events"], 0
+        return [
+            f"hypothesis {hypothesis_id!r} (run {run.info.run_id}): has no events (a command stopped "
+            f"before storing them); delete it with `mlflow runs delete --run-id {run.info.run_id}`"
+        ], 0
     problem = chain_problem(events, hypothesis_id)
     if problem:
         return [problem], len(events)
@@ -65,6 +68,17 @@ def run_problems(run: Run) -> tuple[list[str], int]:
             f"{stray[0]} past event {len(events)} (an event was deleted)"
         ], len(events)
     recorded = tags.get(store.TAG_EVENT_COUNT)
+    if recorded is None or (recorded.isdigit() and int(recorded) < len(events)):
+        if state.TAG_LEDGER_ID not in tags:
+            remedy = (f"no command sees it; delete it with `mlflow runs delete --run-id {run.info.run_id}` "
+                      "and run the command again")
+        else:
+            remedy = "the next change to the hypothesis rewrites them"
+        return [
+            f"hypothesis {hypothesis_id!r} (run {run.info.run_id}): its state tags describe "
+            f"{recorded or 'no'} events but {len(events)} are stored (a command stopped after storing its "
+            f"events); {remedy}"
+        ], len(events)
     if recorded != str(len(events)):
         return [
             f"hypothesis {hypothesis_id!r} event {len(events) + 1}: missing; the run records "
@@ -79,10 +93,8 @@ def run_problems(run: Run) -> tuple[list[str], int]:
                 f"hypothesis {hypothesis_id!r}: tag {key} is {_show(tags.get(key))} but its events say "
                 f"{_show(value)} ({after})"
             )
-    for key in sorted(tags):
-        is_state_tag = key.startswith(store.LEDGER_TAG_PREFIX) and not key.startswith(EVENT_TAG_PREFIX)
-        if is_state_tag and key not in expected:
-            problems.append(f"hypothesis {hypothesis_id!r}: tag {key} is not backed by any event ({after})")
+    for key in store.unbacked_state_tags(tags, expected):
+        problems.append(f"hypothesis {hypothesis_id!r}: tag {key} is not backed by any event ({after})")
     return problems, len(events)
 
 

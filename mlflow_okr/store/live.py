@@ -109,6 +109,7 @@ class LiveKrs:
         self._watched: WatchedKrs | None = None
         self._lock = threading.Lock()  # guards the marks
         self._flush_lock = threading.RLock()  # one recompute at a time in this process
+        self._refresh_lock = threading.Lock()  # one reload of the definitions at a time
         self._marks = Marks()
         self._verify = Marks(verify=True)
         self._wake = threading.Event()
@@ -126,6 +127,7 @@ class LiveKrs:
         # released there: start clean; the parent keeps its own marks.
         self._lock = threading.Lock()
         self._flush_lock = threading.RLock()
+        self._refresh_lock = threading.Lock()
         self._marks = Marks()
         self._verify = Marks(verify=True)
         self._wake = threading.Event()
@@ -145,7 +147,7 @@ class LiveKrs:
         """The KR definitions; loaded on first use, then refreshed by the background thread."""
         watched = self._watched
         if watched is None:
-            with self._flush_lock:
+            with self._refresh_lock:
                 if self._watched is None:
                     self._watched = load_watched_krs(self.client)
                     self._next_refresh = time.monotonic() + REFRESH_INTERVAL
@@ -158,8 +160,12 @@ class LiveKrs:
         return watched
 
     def refresh(self) -> bool:
-        """Reload the definitions if a spec was applied since; True when they changed."""
-        with self._flush_lock:
+        """Reload the definitions if a spec was applied since; True when they changed.
+
+        It holds no recompute lock: a reload waiting on an unreachable backend never keeps the
+        process-exit settling waiting.
+        """
+        with self._refresh_lock:
             signature = published_signature(self.client)
             if self._watched is not None and signature == self._watched.signature:
                 return False
