@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import shutil
 import textwrap
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import mlflow
@@ -24,6 +25,16 @@ os.environ.setdefault("MLFLOW_OKR_RUN_END_BUDGET", "300")
 # A fixed moment inside 2026-Q4, so statuses and elapsed fractions are reproducible.
 NOW = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
 IN_CYCLE_MS = int(dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+
+def okr_store_registered(scheme: str = "okr+sqlite") -> bool:
+    """Whether the okr+ tracking-store plugin is installed (its entry points are registered)."""
+    return any(ep.name == scheme for ep in entry_points(group="mlflow.tracking_store"))
+
+
+requires_okr_store = pytest.mark.skipif(
+    not okr_store_registered(), reason="the okr+ tracking-store plugin is not registered"
+)
 
 
 @pytest.fixture(scope="session")

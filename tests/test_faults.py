@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr.cli import cli
-from tests.conftest import IN_CYCLE_MS
-from tests.test_stress import Journal, missing_writes, publish, requires_okr_store, writer_process
+from tests.conftest import IN_CYCLE_MS, requires_okr_store
+from tests.test_stress import Journal, missing_writes, publish, writer_process
 
 KILL_AFTER_SECONDS = 3.0
 

@@ -10,7 +10,6 @@ import copy
 import json
 import math
 from collections import Counter
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_TAG_VAL_LENGTH
 
 from mlflow_okr.cli import cli
 from mlflow_okr.store import flush
-from tests.conftest import IN_CYCLE_MS, make_run
+from tests.conftest import IN_CYCLE_MS, make_run, okr_store_registered
 
 CASES: Counter[str] = Counter()
 FUZZ = settings(
@@ -97,10 +96,6 @@ def assert_clean_exit(result, allowed: tuple[int, ...] = (0, 2)) -> None:
     if result.exit_code == 2:
         assert result.output.strip(), "exit 2 without a message"
         assert "Traceback" not in result.output
-
-
-def okr_store_registered() -> bool:
-    return any(ep.name == "okr+sqlite" for ep in entry_points(group="mlflow.tracking_store"))
 
 
 @pytest.fixture(scope="module", autouse=True)

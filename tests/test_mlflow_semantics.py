@@ -8,12 +8,10 @@ nature, artifact locations (different directories), and the `okr.*` tags the plu
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 import mlflow
-import pytest
 from mlflow.entities import (
     Dataset,
     DatasetInput,
@@ -30,12 +28,9 @@ from mlflow.tracking._tracking_service.utils import _get_store
 
 from mlflow_okr.api import apply_spec
 from mlflow_okr.spec import parse_spec
-from tests.conftest import IN_CYCLE_MS
+from tests.conftest import IN_CYCLE_MS, requires_okr_store
 
-pytestmark = pytest.mark.skipif(
-    not any(ep.name == "okr+sqlite" for ep in entry_points(group="mlflow.tracking_store")),
-    reason="the okr+ tracking-store plugin is not registered (entry point okr+sqlite)",
-)
+pytestmark = requires_okr_store
 
 SPEC = """
 version: 1

@@ -6,16 +6,18 @@ The same scenario also runs on SQLite; both backends must give the same status, 
 from __future__ import annotations
 
 import json
-from importlib.metadata import entry_points
 
 import mlflow
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import IN_CYCLE_MS, invoke, make_run
+from tests.conftest import IN_CYCLE_MS, invoke, make_run, okr_store_registered
 
 pytestmark = pytest.mark.postgres
+requires_okr_postgres = pytest.mark.skipif(
+    not okr_store_registered("okr+postgresql"), reason="the okr+ tracking-store plugin is not registered"
+)
 
 SPEC = """
 version: 1
@@ -50,11 +52,6 @@ objectives:
         target: 1
 """
 AS_OF = ("--as-of", "2026-11-15")
-
-
-def okr_store_registered() -> bool:
-    """Whether the okr+ tracking-store plugin is installed (its entry points are registered)."""
-    return any(ep.name == "okr+postgresql" for ep in entry_points(group="mlflow.tracking_store"))
 
 
 def seed_runs(client: MlflowClient) -> dict[str, str]:
@@ -165,7 +162,7 @@ def test_stale_tags_are_repaired_on_postgres(postgres_uri, runner, write_spec):
     assert "okr.kr.loss" not in client.get_run(runs["unfiltered"]).data.tags
 
 
-@pytest.mark.skipif(not okr_store_registered(), reason="the okr+ tracking-store plugin is not registered")
+@requires_okr_postgres
 def test_live_store_on_postgres(postgres_uri, runner, write_spec):
     assert invoke(runner, "apply", str(write_spec(SPEC)), "--tracking-uri", postgres_uri).exit_code == 0
     live = MlflowClient("okr+" + postgres_uri)
@@ -185,7 +182,7 @@ def test_live_store_on_postgres(postgres_uri, runner, write_spec):
 
 
 @pytest.mark.server
-@pytest.mark.skipif(not okr_store_registered(), reason="the okr+ tracking-store plugin is not registered")
+@requires_okr_postgres
 def test_server_on_okr_postgres(postgres_uri, runner, write_spec, tmp_path):
     servers = pytest.importorskip("tests.servers", reason="tests/servers.py (the server helper) is missing")
     assert invoke(runner, "apply", str(write_spec(SPEC)), "--tracking-uri", postgres_uri).exit_code == 0

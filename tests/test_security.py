@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import json
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 import mlflow_okr
 from mlflow_okr.cli import cli
-from tests.conftest import make_run
+from tests.conftest import make_run, okr_store_registered
 
 PACKAGE_DIR = Path(mlflow_okr.__file__).parent
 ADMIN, ADMIN_PASSWORD = "admin", "admin-password-1234"
@@ -54,10 +53,6 @@ SECRET_RUN_NAME = "zz-secret-run-name"
 SECRET_TAG_VALUE = "zz-secret-tag-value"
 SECRET_OTHER_METRIC = 0.777123  # a metric no KR uses
 SECRET_RUNNER_UP = 0.612345  # a KR metric value that is not the aggregate
-
-
-def okr_store_registered() -> bool:
-    return any(ep.name == "okr+sqlite" for ep in entry_points(group="mlflow.tracking_store"))
 
 
 def as_user(username: str, password: str, url: str) -> dict[str, str]:

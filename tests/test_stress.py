@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr.cli import cli
-from tests.conftest import IN_CYCLE_MS
+from tests.conftest import IN_CYCLE_MS, requires_okr_store
 
 PROCESSES = 8
 THREADS = 4
@@ -69,15 +68,6 @@ def server_env() -> dict[str, str]:
     the pool an operator would size for this many clients.
     """
     return {"MLFLOW_SQLALCHEMYSTORE_MAX_OVERFLOW": str(2 * PROCESSES * THREADS)}
-
-
-def okr_store_registered() -> bool:
-    return any(ep.name == "okr+sqlite" for ep in entry_points(group="mlflow.tracking_store"))
-
-
-requires_okr_store = pytest.mark.skipif(
-    not okr_store_registered(), reason="the okr+ tracking-store plugin is not registered"
-)
 
 
 # ---------------------------------------------------------------------------------------------

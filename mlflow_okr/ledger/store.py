@@ -124,10 +124,8 @@ def sealed_events(run: Run) -> list[tuple[str, str | None]]:
 
 def stray_seals(run: Run, sealed: int) -> list[str]:
     """Seal params past the first `sealed` numbers: a gap in the numbering."""
-    return sorted(
-        key for key in run.data.params
-        if key.startswith(SEAL_PARAM_PREFIX) and key not in {seal_param(n) for n in range(1, sealed + 1)}
-    )
+    expected = {seal_param(number) for number in range(1, sealed + 1)}
+    return sorted(key for key in run.data.params if key.startswith(SEAL_PARAM_PREFIX) and key not in expected)
 
 
 def parse_event(text: str) -> Event:
