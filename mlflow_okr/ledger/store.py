@@ -308,8 +308,8 @@ def _write(client: MlflowClient, run_id: str, hypothesis: Hypothesis, new_events
     """Store `new_events`, seal them, then write the state tags; ConcurrentChange when beaten to a seal."""
     texts = {event_tag(event.seq, event.hash): _check_fits(event) for event in new_events}
     _log_tags(client, run_id, texts)
-    stored = client.get_run(run_id).data.params
     older = hypothesis.events[: len(hypothesis.events) - len(new_events)]
+    stored = client.get_run(run_id).data.params if older else {}  # a new run has no seals yet
     unsealed = [Param(seal_param(e.seq), e.hash) for e in older if seal_param(e.seq) not in stored]
     # Events written before events were sealed: seal them as they stand (racers agree on these).
     for part in _batches(unsealed):
