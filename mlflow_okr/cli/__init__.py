@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mlflow_okr import __version__
+from mlflow_okr.cli import board as board_command
 from mlflow_okr.cli import core, demo
 from mlflow_okr.cli import ledger as ledger_commands
 from mlflow_okr.cli import report as report_commands
@@ -19,6 +20,7 @@ def cli() -> None:
 for command in core.COMMANDS:
     cli.add_command(command)
 cli.add_command(demo.demo)
+cli.add_command(board_command.board)
 for command in report_commands.COMMANDS:
     cli.add_command(command)
 for command in ledger_commands.COMMANDS:

@@ -1,0 +1,94 @@
+"""The board inside `mlflow server`: the `okr` and `okr-auth` server apps (entry point group mlflow.app).
+
+`mlflow server --app-name okr` serves MLflow's UI and API as usual and the board at `/okr/`, read
+from the server's own backend store. `--app-name okr-auth` is MLflow's basic-auth app plus the
+board; there the board reads through the server's REST API with each viewer's own credentials, so
+MLflow's permissions decide what every viewer sees, exactly as for `mlflow-okr status`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask, request
+
+from mlflow_okr.board.app import board_blueprint
+from mlflow_okr.board.credentials import forwarding
+
+BOARD_PREFIX = "/okr"
+BOARD_ROUTES = ("/", "/api/status", "/api/board")
+# Where the board calls the server's REST API in okr-auth; default: the URL the viewer used.
+SERVER_URL_ENV = "MLFLOW_OKR_BOARD_SERVER_URL"
+
+
+def _static_prefix() -> str:
+    from mlflow.server.handlers import STATIC_PREFIX_ENV_VAR
+
+    return os.environ.get(STATIC_PREFIX_ENV_VAR, "").rstrip("/")
+
+
+def _backend_store_uri() -> str | None:
+    from mlflow.server.constants import BACKEND_STORE_URI_ENV_VAR
+
+    return os.environ.get(BACKEND_STORE_URI_ENV_VAR)
+
+
+def _ui_url() -> str:
+    # The MLflow UI is this server: root-relative links work behind any host name or proxy.
+    return _static_prefix() + "/"
+
+
+def _served(app: Flask) -> Any:
+    """What `mlflow server` runs: the Flask app, wrapped in MLflow's FastAPI app under uvicorn."""
+    from mlflow.environment_variables import _MLFLOW_SGI_NAME  # checked on MLflow 3.17.2
+
+    if _MLFLOW_SGI_NAME.get() == "uvicorn":
+        from mlflow.server.fastapi_app import create_fastapi_app
+
+        return create_fastapi_app(app)
+    return app
+
+
+def create_app() -> Any:
+    """`mlflow server --app-name okr`: MLflow's server with the board at /okr/ (no auth)."""
+    from mlflow.server import app
+
+    blueprint = board_blueprint(_backend_store_uri, _ui_url)
+    app.register_blueprint(blueprint, url_prefix=_static_prefix() + BOARD_PREFIX)
+    return _served(app)
+
+
+def _own_rest_url() -> str:
+    return os.environ.get(SERVER_URL_ENV) or request.host_url.rstrip("/") + _static_prefix()
+
+
+def _allow_authenticated_viewers(paths: list[str]) -> None:
+    """Let any logged-in user reach the board's routes; its reads are then checked one by one.
+
+    MLflow's basic-auth app fails closed on routes it has no validator for (checked on MLflow
+    3.17.2). The board's pages hold nothing by themselves: every read behind them is a REST call
+    made with the viewer's credentials, which MLflow authorizes per experiment and run.
+    """
+    from mlflow.server.auth import BEFORE_REQUEST_VALIDATORS
+
+    for path in paths:
+        BEFORE_REQUEST_VALIDATORS[(path, "GET")] = lambda: True
+
+
+def create_auth_app() -> Any:
+    """`mlflow server --app-name okr-auth`: MLflow's basic-auth app plus the board at /okr/."""
+    from mlflow.server import app
+    from mlflow.server.auth import create_app as create_basic_auth_app
+
+    blueprint = board_blueprint(
+        _own_rest_url,
+        _ui_url,
+        name="okr_board_auth",
+        reading=lambda: forwarding(request.headers.get("Authorization")),
+    )
+
+    prefix = _static_prefix() + BOARD_PREFIX
+    app.register_blueprint(blueprint, url_prefix=prefix)
+    _allow_authenticated_viewers([prefix + route for route in BOARD_ROUTES])
+    return create_basic_auth_app(app)
