@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from mlflow.entities import Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
-from mlflow_okr import state
+from mlflow_okr import mlflow_ui, state
 from mlflow_okr.errors import InputError
 from mlflow_okr.spec import KeyResult, Objective, OkrSpec
+from mlflow_okr.sync import stored_cycle_status
 
 Action = Literal["create", "update", "retire", "restore", "unchanged"]
+RUNS_VIEW_TAGS = {mlflow_ui.EXPERIMENT_KIND_TAG: mlflow_ui.RUNS_VIEW_KIND}
 
 
 class PlanStep(BaseModel):
     action: Action
-    kind: Literal["cycle", "objective", "kr"]
+    kind: Literal["cycle", "ledger", "objective", "kr"]
     id: str
     detail: str = ""
 
@@ -57,7 +59,6 @@ def _kr_tags(kr: KeyResult, objective: Objective, parent_run_id: str) -> dict[st
         state.TAG_OBJECTIVE_ID: objective.id,
         "okr.kr.kind": kr.kind,
         state.MLFLOW_PARENT_RUN_ID: parent_run_id,
-        state.MLFLOW_RUN_NOTE: state.note_for(kr, objective),
     }
     if kr.metric:
         tags["okr.kr.metric"] = kr.metric
@@ -117,10 +118,14 @@ class _Publisher:
         kr_runs: dict[str, Run] = {}
         if experiment is None:
             if self.step("create", "cycle", self.spec.cycle.name, f"experiment {name}"):
-                self.experiment_id = self.client.create_experiment(name)
+                self.experiment_id = self.client.create_experiment(name, tags=RUNS_VIEW_TAGS)
         else:
             self.experiment_id = experiment.experiment_id
             objective_runs, kr_runs = _existing_runs(self.client, experiment.experiment_id)
+            self._runs_view(experiment, "cycle", self.spec.cycle.name)
+        ledger = self.client.get_experiment_by_name(state.LEDGER_EXPERIMENT)
+        if ledger is not None and ledger.lifecycle_stage == "active":
+            self._runs_view(ledger, "ledger", state.LEDGER_EXPERIMENT)
         self._objectives(objective_runs, kr_runs)
         self._retire(objective_runs, kr_runs)
         spec_tags = state.spec_tags(self.spec)
@@ -133,7 +138,25 @@ class _Publisher:
             spec_tags[state.TAG_APPLIED_AT] = str(state.now_ms())
             for key, value in spec_tags.items():
                 self.client.set_experiment_tag(self.experiment_id, key, value)
+        if self.experiment_id is not None and not self.dry_run and spec_changed:
+            # Definitions moved; state writes keep the descriptions current from here on.
+            self._refresh_notes()
         return ApplyPlan(cycle=self.spec.cycle.name, experiment=name, dry_run=self.dry_run, steps=self.steps)
+
+    def _runs_view(self, experiment: Any, kind: str, item_id: str) -> None:
+        """Experiments made before the tag existed get it at the next apply."""
+        if experiment.tags.get(mlflow_ui.EXPERIMENT_KIND_TAG) == mlflow_ui.RUNS_VIEW_KIND:
+            return
+        detail = f"{mlflow_ui.EXPERIMENT_KIND_TAG}: open in MLflow's runs view"
+        if self.step("update", kind, item_id, detail):
+            for key, value in RUNS_VIEW_TAGS.items():
+                self.client.set_experiment_tag(experiment.experiment_id, key, value)
+
+    def _refresh_notes(self) -> None:
+        """The experiment and KR run descriptions for the state stored now (the spec may have changed)."""
+        published = state.load_published(self.client, self.spec.cycle.name)
+        status = stored_cycle_status(self.client, self.spec.cycle.name)
+        mlflow_ui.refresh_ui_notes(self.client, published, status)
 
     def _objectives(self, objective_runs: dict[str, Run], kr_runs: dict[str, Run]) -> None:
         for objective in self.spec.objectives:
@@ -158,7 +181,10 @@ class _Publisher:
         wanted = _kr_tags(kr, objective, parent_id)
         if existing is None:
             if self.step("create", "kr", kr.id, kr.label):
-                self.create_run(kr.id, {**wanted, state.TAG_STATUS: "not-started"})
+                # The description starts as the definition; refresh_ui_notes keeps it current after.
+                note = mlflow_ui.kr_definition_markdown(kr, objective)
+                initial = {state.TAG_STATUS: "not-started", state.MLFLOW_RUN_NOTE: note}
+                self.create_run(kr.id, {**wanted, **initial})
             return
         changed = _changed(existing, wanted)
         if existing.data.tags.get(state.TAG_RETIRED) == "true":

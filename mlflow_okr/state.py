@@ -406,29 +406,25 @@ def log_kr_state(
     tags: dict[str, str],
     cycle: Cycle,
     timestamp_ms: int | None = None,
+    stored: Run | None = None,
 ) -> None:
-    """Write KR metrics and tags in one batch; the step is seconds since the cycle started."""
+    """Write KR metrics and tags in one batch; the step is the day of the cycle.
+
+    Day 1 is the cycle's first day (UTC) and 0 is before it starts, so MLflow's charts read
+    "day 1 .. 92" for a quarter. Writes on the same day share a step and each stays in the history,
+    ordered by timestamp; MLflow's latest value is the one with the highest (step, timestamp). With
+    `stored` (the run as last read) the step never drops below one already stored, so a history
+    logged with another scheme (0.1 logged seconds) keeps its latest value correct.
+    """
     timestamp_ms = timestamp_ms or now_ms()
-    step = max(0, (timestamp_ms - cycle.start_ms) // 1000)
+    day_ms = 86_400_000
+    step = 0 if timestamp_ms < cycle.start_ms else (timestamp_ms - cycle.start_ms) // day_ms + 1
+    if stored is not None:
+        stored_steps = [m.step for m in stored.data.to_proto().metrics if m.key in metrics]
+        step = max([step, *stored_steps])
     client.log_batch(
         run_id,
         metrics=[Metric(key, value, timestamp_ms, step) for key, value in metrics.items()],
         tags=[RunTag(key, value) for key, value in tags.items()],
         synchronous=True,
     )
-
-
-def note_for(kr: KeyResult, objective: Objective) -> str:
-    """The run description shown in the MLflow UI for a KR run."""
-    lines = [f"**{kr.label}**", "", f"Objective: {objective.title}", f"Kind: {kr.kind}"]
-    if kr.metric:
-        lines.append(f"Metric: `{kr.metric}`")
-    if kr.maintain is not None:
-        lines.append(f"Maintain: {kr.maintain.bound(kr.metric or '').describe()}")
-    elif kr.target is not None:
-        baseline = kr.baseline if not hasattr(kr.baseline, "model_dump") else "from MLflow"
-        lines.append(f"Baseline: {baseline} -> target: {kr.target}")
-    for guardrail in kr.guardrails:
-        lines.append(f"Guardrail: `{guardrail.metric}` {guardrail.bound(guardrail.metric).describe()}")
-    return "\n".join(lines)
-

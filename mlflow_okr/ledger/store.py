@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from pydantic import ValidationError
 
-from mlflow_okr import state
+from mlflow_okr import mlflow_ui, state
 from mlflow_okr.errors import ConcurrentChange, InputError, OkrError
 from mlflow_okr.ledger.events import (
     EVENT_TAG_PREFIX,
@@ -74,7 +74,11 @@ def ledger_experiment_id(client: MlflowClient, create: bool = False) -> str | No
         return None
     try:
         return client.create_experiment(
-            state.LEDGER_EXPERIMENT, tags={"mlflow.note.content": "Hypotheses recorded by mlflow-okr ledger."}
+            state.LEDGER_EXPERIMENT,
+            tags={
+                "mlflow.note.content": "Hypotheses recorded by mlflow-okr ledger.",
+                mlflow_ui.EXPERIMENT_KIND_TAG: mlflow_ui.RUNS_VIEW_KIND,  # MLflow's runs view, not GenAI
+            },
         )
     except MlflowException:
         # Another writer created it first.
