@@ -136,9 +136,15 @@ def test_list_show_search(runner, arms) -> None:
     table = invoke(runner, "ledger", "list")
     assert table.exit_code == 0
     lines = table.output.splitlines()
-    assert lines[0].split() == ["ID", "STATUS", "KR", "METRIC", "C/T", "STATEMENT"]
-    assert lines[1].split()[:5] == ["pools", "testing", "-", "ctr", "3/0"]
+    assert lines[0].split() == ["ID", "STATUS", "KR", "METRIC", "C/T", "Q", "STATEMENT"]
+    assert lines[1].split()[:6] == ["pools", "testing", "-", "ctr", "3/0", "-"]
     assert lines[2].split()[:2] == ["cache", "invalidated"]
+    assert lines[3:] == [
+        "",
+        "Track record (whole ledger): 2 tried, 0 validated, 1 invalidated, 0 inconclusive, 1 open",
+        "  win rate by objective: (none) 0/1 (0%)",
+        "  win rate by owner:     reco 0/0 (n/a); (none) 0/1 (0%)",
+    ]
 
     listed = invoke(runner, "ledger", "list", "--status", "invalidated", "--format", "json")
     as_json = json.loads(listed.output)

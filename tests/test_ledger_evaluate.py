@@ -129,7 +129,7 @@ def test_expectations_parse() -> None:
 
 
 def test_evaluate_reads_runs_from_mlflow_and_records_the_result(client, tracking_uri, monkeypatch) -> None:
-    monkeypatch.setattr("mlflow_okr.ledger.api.RUN_IDS_PER_SEARCH", 2)  # several searches per arm
+    monkeypatch.setattr("mlflow_okr.ledger.evidence.RUN_IDS_PER_SEARCH", 2)  # several searches per arm
     experiment = client.create_experiment("reco-ab")
     control = [make_run(client, experiment, {"ctr": v}) for v in CONTROL]
     treatment = [make_run(client, experiment, {"ctr": v}) for v in TREATMENT]

@@ -51,13 +51,20 @@ def ledger_group() -> None:
 @click.option("--expect", default=None, help='Expected effect: relative ("+2%") or absolute (0.02).')
 @click.option("--owner", default=None, help="Who owns the hypothesis.")
 @click.option("--tag", "tags", multiple=True, help="KEY=VALUE tag on the hypothesis run (repeatable).")
+@click.option("--pair-by", default=None,
+              help="Pair control and treatment runs with the same param or tag (params.seed, tags.split).")
+@click.option("--guardrail", "guardrails", multiple=True,
+              help='Counter-metric the treatment must not worsen beyond a margin: "p99_ms<=+5%", '
+                   '"accuracy>=-1%" (repeatable).')
 @tracking_uri_option
 @handle_errors
-def add(statement, hypothesis_id, kr, objective, metric, expect, owner, tags, tracking_uri) -> None:
+def add(statement, hypothesis_id, kr, objective, metric, expect, owner, tags, pair_by, guardrails,
+        tracking_uri) -> None:
     """Record a new hypothesis STATEMENT (status proposed) and print its id."""
     hypothesis = ledger.add_hypothesis(
         statement, hypothesis_id=hypothesis_id, kr=kr, objective=objective, metric=metric,
-        expect=expect, owner=owner, tags=_tags(tags), tracking_uri=tracking_uri,
+        expect=expect, owner=owner, tags=_tags(tags), tracking_uri=tracking_uri, pair_by=pair_by,
+        guardrails=guardrails,
     )
     click.echo(hypothesis.id)
 
@@ -95,16 +102,63 @@ def evaluate(hypothesis_id: str, output_format: str, tracking_uri: str | None) -
         click.echo(result.model_dump_json(indent=2))
         return
     control = "KR baseline" if result.comparison == "one-sample" else "control"
-    click.echo(f"Hypothesis {result.hypothesis}: metric {result.metric or 'n/a'} ({result.comparison})")
+    comparison = result.comparison
+    if result.comparison == "paired":
+        comparison = f"paired by {result.pair_by}: {result.pairs} pairs"
+    click.echo(f"Hypothesis {result.hypothesis}: metric {result.metric or 'n/a'} ({comparison})")
     click.echo(f"  {control:<11} n={result.control.n:<4} mean={_number(result.control.mean)}")
     click.echo(f"  {'treatment':<11} n={result.treatment.n:<4} mean={_number(result.treatment.mean)}")
+    if result.unpaired_runs:
+        click.echo(f"  unpaired    {len(result.unpaired_runs)} run(s) without a partner: "
+                   + ", ".join(result.unpaired_runs))
     if result.effect is not None:
         relative = f" ({result.relative_effect:+.2%})" if result.relative_effect is not None else ""
         click.echo(f"  effect      {result.effect:+.6g}{relative}")
     if result.ci_low is not None:
         click.echo(f"  {result.confidence:.0%} CI      [{result.ci_low:.6g}, {result.ci_high:.6g}]")
         click.echo(f"  p-value     {result.p_value:.4g}")
+    if result.sequential_p_value is not None:
+        if result.sequential_ci_low is None:
+            sequence = "not bounded yet"
+        else:
+            sequence = f"[{result.sequential_ci_low:.6g}, {result.sequential_ci_high:.6g}]"
+        used = "  (used: evaluated on new runs before)" if result.verdict_basis == "sequential" else ""
+        click.echo(f"  anytime-valid {result.confidence:.0%} CS {sequence}, p-value "
+                   f"{result.sequential_p_value:.4g}, look {result.looks}{used}")
+    for check in result.guardrails:
+        click.echo(f"  guardrail   {check.guardrail}: {check.verdict} ({check.reason})")
     click.echo(f"Suggested verdict: {result.suggested_verdict} ({result.reason})")
+
+
+@ledger_group.command()
+@click.argument("hypothesis_id")
+@click.option("--power", type=float, default=0.8, show_default=True, help="Chance to detect the effect.")
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level.")
+@click.option("--expect", default=None, help="Plan for this effect instead of the hypothesis's --expect.")
+@format_option("table", "json")
+@tracking_uri_option
+@handle_errors
+def plan(hypothesis_id: str, power: float, alpha: float, expect: str | None, output_format: str,
+         tracking_uri: str | None) -> None:
+    """How many runs per arm HYPOTHESIS_ID needs to detect its expected effect (t-test power)."""
+    from mlflow_okr import ledger
+
+    result = ledger.plan_hypothesis(hypothesis_id, power=power, alpha=alpha, expect=expect,
+                                    tracking_uri=tracking_uri)
+    if output_format == "json":
+        click.echo(result.model_dump_json(indent=2))
+        return
+    unit = "pairs" if result.comparison == "paired" else "runs per arm"
+    click.echo(f"Hypothesis {result.hypothesis}: metric {result.metric} ({result.comparison})")
+    click.echo(f"  effect      {result.effect:+.6g}")
+    click.echo(f"  sd          {result.sd:.6g} (from {result.sd_source})")
+    click.echo(f"  needed      {result.runs_per_arm} {unit} for power {result.power:g} "
+               f"at alpha {result.alpha:g}")
+    have = f"{result.have_control} control, {result.have_treatment} treatment"
+    if result.have_pairs is not None:
+        have += f", {result.have_pairs} pairs"
+    click.echo(f"  have        {have}")
+    click.echo(f"Note: {result.note}.")
 
 
 @ledger_group.command()
@@ -134,25 +188,68 @@ def _print_hypotheses(hypotheses: list[Hypothesis], output_format: str) -> None:
         click.echo("No hypotheses.")
         return
     width = max(28, *(len(h.id) for h in hypotheses))
-    click.echo(f"{'ID':<{width}} {'STATUS':<12} {'KR':<14} {'METRIC':<16} {'C/T':>7}  STATEMENT")
+    click.echo(f"{'ID':<{width}} {'STATUS':<12} {'KR':<14} {'METRIC':<16} {'C/T':>7} {'Q':>6}  STATEMENT")
     for h in hypotheses:
         arms = f"{len(h.arm_runs('control'))}/{len(h.arm_runs('treatment'))}"
         statement = h.statement if len(h.statement) <= 60 else h.statement[:57] + "..."
         kr, metric = h.kr or "-", h.metric or "-"
-        click.echo(f"{h.id:<{width}} {h.status:<12} {kr:<14} {metric:<16} {arms:>7}  {statement}")
+        q_value = "-" if h.q_value is None else f"{h.q_value:.3f}"
+        click.echo(
+            f"{h.id:<{width}} {h.status:<12} {kr:<14} {metric:<16} {arms:>7} {q_value:>6}  {statement}"
+        )
+
+
+def _rate(rate) -> str:
+    shown = "n/a" if rate.win_rate is None else f"{rate.win_rate:.0%}"
+    return f"{rate.name or '(none)'} {rate.validated}/{rate.resolved} ({shown})"
+
+
+def _print_track_record(record) -> None:
+    click.echo(
+        f"Track record {record.cycle or '(whole ledger)'}: {record.tried} tried, {record.validated} "
+        f"validated, {record.invalidated} invalidated, {record.inconclusive} inconclusive, {record.open} open"
+    )
+    if record.by_objective:
+        click.echo("  win rate by objective: " + "; ".join(_rate(r) for r in record.by_objective))
+    if record.by_owner:
+        click.echo("  win rate by owner:     " + "; ".join(_rate(r) for r in record.by_owner))
+    for metric, effect in record.validated_effect.items():
+        click.echo(f"  validated effect on {metric}: {effect:+.6g}")
+    if record.validated_above_alpha:
+        click.echo(f"  validated but q-value above {record.alpha:g} (may be false discoveries): "
+                   + ", ".join(record.validated_above_alpha))
 
 
 @ledger_group.command("list")
 @click.option("--status", type=click.Choice(STATUSES), default=None, help="Only this status.")
 @click.option("--kr", default=None, help="Only hypotheses linked to this KR.")
 @click.option("--metric", default=None, help="Only hypotheses on this metric.")
+@click.option("--cycle", default=None,
+              help="Only this published cycle's hypotheses (default: all; q-values across the current one).")
+@click.option("--summary", is_flag=True, help="Print the cycle's track record instead of the hypotheses.")
 @format_option("table", "json", "csv")
 @tracking_uri_option
 @handle_errors
-def list_command(status, kr, metric, output_format: str, tracking_uri: str | None) -> None:
-    """List hypotheses with their status and evidence counts (control/treatment)."""
-    hypotheses = ledger.list_hypotheses(status=status, kr=kr, metric=metric, tracking_uri=tracking_uri)
+def list_command(status, kr, metric, cycle, summary: bool, output_format: str,
+                 tracking_uri: str | None) -> None:
+    """List hypotheses: status, evidence counts (control/treatment), q-values; and the track record."""
+    from mlflow_okr import ledger
+
+    if summary:
+        if output_format == "csv":
+            raise CommandError("--summary prints a table or JSON; use --format table or json")
+        record = ledger.ledger_summary(cycle=cycle, tracking_uri=tracking_uri)
+        if output_format == "json":
+            click.echo(record.model_dump_json(indent=2))
+        else:
+            _print_track_record(record)
+        return
+    hypotheses = ledger.list_hypotheses(status=status, kr=kr, metric=metric, tracking_uri=tracking_uri,
+                                        cycle=cycle)
     _print_hypotheses(hypotheses, output_format)
+    if output_format == "table" and hypotheses and not (status or kr or metric):
+        click.echo()
+        _print_track_record(ledger.ledger_summary(cycle=cycle, tracking_uri=tracking_uri))
 
 
 @ledger_group.command()

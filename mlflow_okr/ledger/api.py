@@ -5,18 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
-from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr import state
 from mlflow_okr.errors import InputError, NotPublishedError
-from mlflow_okr.ledger import io, store
-from mlflow_okr.ledger.evaluate import compare
+from mlflow_okr.ledger import evidence, io, store
+from mlflow_okr.ledger.evaluate import GuardrailData, compare
+from mlflow_okr.ledger.guardrails import parse_guardrail
 from mlflow_okr.ledger.models import (
     ARMS,
     STATUSES,
@@ -27,13 +27,16 @@ from mlflow_okr.ledger.models import (
     Hypothesis,
     parse_expectation,
 )
+from mlflow_okr.ledger.plan import Plan, check_levels, runs_needed, sample_sd
+from mlflow_okr.ledger.record import TrackRecord, track_record, with_q_values
+from mlflow_okr.ledger.sequential import Look
 from mlflow_okr.ledger.verify import VerifyResult, verify
 from mlflow_okr.spec import SLUG_PATTERN, KeyResult
 
 LINKS_PER_EVENT = 50  # keeps one link event well under MLflow's 8000-character tag limit
 AUTO_LINKER = "mlflow-okr (okr.hypothesis tag)"
 MAX_STATEMENT = 2000
-RUN_IDS_PER_SEARCH = 100
+MAX_UNPAIRED_LISTED = 50  # keeps an evaluate event well under MLflow's tag limit
 
 
 def _when_ms(when: dt.datetime | None) -> int:
@@ -75,8 +78,15 @@ def add_hypothesis(
     tracking_uri: str | None = None,
     who: str | None = None,
     when: dt.datetime | None = None,
+    pair_by: str | None = None,
+    guardrails: Iterable[str] = (),
 ) -> Hypothesis:
-    """Record a new hypothesis (status `proposed`); its id is `hypothesis_id` or a slug of the statement."""
+    """Record a new hypothesis (status `proposed`); its id is `hypothesis_id` or a slug of the statement.
+
+    `pair_by` ("params.seed", "tags.split") pairs control and treatment runs with the same value for
+    a paired comparison; each guardrail ("p99_ms<=+5%") is a counter-metric the treatment must not
+    worsen by more than its margin.
+    """
     statement = statement.strip()
     if not statement:
         raise InputError("the hypothesis statement is empty; say what you expect and why")
@@ -85,6 +95,9 @@ def add_hypothesis(
     if hypothesis_id is not None and not re.match(SLUG_PATTERN, hypothesis_id):
         raise InputError(f"--id {hypothesis_id!r} is not a valid id: use lowercase letters, digits and '-'")
     expectation = parse_expectation(expect)
+    if pair_by is not None and (not evidence.PAIR_BY.match(pair_by.strip()) or not pair_by.strip()):
+        raise InputError(f"bad --pair-by {pair_by!r}: name a param or tag, e.g. params.seed or tags.split")
+    guardrail_texts = [parse_guardrail(text).text for text in guardrails]
     for key in tags or {}:
         if not key or key.startswith(store.RESERVED_TAG_PREFIXES):
             raise InputError(f"--tag {key!r}: tag keys must be non-empty and not start with okr. or mlflow.")
@@ -97,6 +110,8 @@ def add_hypothesis(
         "metric": metric,
         "expect": expectation.text if expectation else None,
         "owner": owner,
+        "pair_by": pair_by.strip() if pair_by else None,
+        "guardrails": guardrail_texts,
         "tags": dict(sorted((tags or {}).items())),
     }
     changes = {key: value for key, value in changes.items() if value}
@@ -235,25 +250,61 @@ def get_hypothesis(hypothesis_id: str, tracking_uri: str | None = None) -> Hypot
     return _auto_link(client, [store.load(client, hypothesis_id)], hypothesis_id)[0]
 
 
+def _cycle_scope(client: MlflowClient, cycle: str | None) -> tuple[str | None, Callable[[int], bool]]:
+    """The published cycle (named, else the current or latest) and its test for a hypothesis's moment.
+
+    Without a published cycle the whole ledger is one family.
+    """
+    try:
+        published = state.load_published(client, cycle)
+    except NotPublishedError:
+        if cycle is not None:
+            raise
+        return None, lambda moment: True
+    return published.cycle.name, published.cycle.contains
+
+
 @store.retrying
 def list_hypotheses(
     status: str | None = None,
     kr: str | None = None,
     metric: str | None = None,
     tracking_uri: str | None = None,
+    cycle: str | None = None,
 ) -> list[Hypothesis]:
-    """Hypotheses, oldest first, optionally only those with this status, KR or metric."""
+    """Hypotheses, oldest first, optionally only those with this status, KR or metric.
+
+    Each hypothesis of the cycle (`cycle`, default the current published one) with an evaluation
+    gets its Benjamini-Hochberg `q_value` across that cycle's evaluated hypotheses. With `cycle`
+    given, only that cycle's hypotheses are listed.
+    """
     if status is not None and status not in STATUSES:
         raise InputError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
     client = state.make_client(tracking_uri)
-    hypotheses = _auto_link(client, store.load_all(client))
+    _, contains = _cycle_scope(client, cycle)
+    hypotheses = with_q_values(_auto_link(client, store.load_all(client)), contains)
     return [
         h
         for h in hypotheses
         if (status is None or h.status == status)
         and (kr is None or h.kr == kr)
         and (metric is None or h.metric == metric)
+        and (cycle is None or contains(h.cycle_moment))
     ]
+
+
+@store.retrying
+def ledger_summary(cycle: str | None = None, tracking_uri: str | None = None) -> TrackRecord:
+    """The track record of a cycle (default: the current published one; the whole ledger if none).
+
+    Hypotheses tried, validated, invalidated, inconclusive and open; win rate per objective and
+    owner; the summed effect of the validated hypotheses per metric; validated ones whose q-value
+    is above alpha.
+    """
+    client = state.make_client(tracking_uri)
+    name, contains = _cycle_scope(client, cycle)
+    hypotheses = with_q_values(_auto_link(client, store.load_all(client)), contains)
+    return track_record([h for h in hypotheses if contains(h.cycle_moment)], name)
 
 
 def hypotheses_frame(hypotheses: list[Hypothesis]) -> pd.DataFrame:
@@ -292,40 +343,41 @@ def _linked_kr(client: MlflowClient, hypothesis: Hypothesis) -> KeyResult | None
     return published.spec.find_key_result(hypothesis.kr)
 
 
-def _evidence_runs(client: MlflowClient, hypothesis: Hypothesis) -> dict[str, Run]:
-    """The active evidence runs by id, fetched a page of ids at a time rather than one by one."""
-    by_experiment: dict[str, list[str]] = {}
-    for item in hypothesis.evidence:
-        by_experiment.setdefault(item.experiment_id, []).append(item.run_id)
-    runs: dict[str, Run] = {}
-    for experiment_id, run_ids in by_experiment.items():
-        for start in range(0, len(run_ids), RUN_IDS_PER_SEARCH):
-            quoted = ", ".join(f"'{run_id}'" for run_id in run_ids[start:start + RUN_IDS_PER_SEARCH])
-            # Active runs only: a deleted run, or one removed from the backend, is no evidence.
-            for run in state.iter_runs(client, [experiment_id], f"attributes.run_id IN ({quoted})"):
-                runs[run.info.run_id] = run
-    return runs
+def _tested_looks(evaluation: dict) -> int:
+    """How many looks with a test the recorded evaluation had counted."""
+    looks = evaluation.get("looks", 1 if evaluation.get("p_value") is not None else 0)
+    return looks if isinstance(looks, int) and looks >= 0 else 0
 
 
-def _arm_values(client: MlflowClient, hypothesis: Hypothesis, metric: str) -> dict[str, list[float]]:
-    """Each arm's values of `metric`: latest value per run; deleted, failed and killed runs left out."""
-    runs = _evidence_runs(client, hypothesis)
-    values: dict[str, list[float]] = {arm: [] for arm in ARMS}
-    for item in hypothesis.evidence:
-        run = runs.get(item.run_id)
-        if run is None or run.info.status in ("FAILED", "KILLED"):
-            continue
-        value = run.data.metrics.get(metric)
-        if value is not None and math.isfinite(value):
-            values[item.arm].append(float(value))
-    return values
+def _previous_look(last: dict, current: Evaluation) -> Look | None:
+    """The recorded running sequential result, when it is about the same comparison."""
+    same = all(last.get(key) == getattr(current, key) for key in ("metric", "comparison", "pair_by"))
+    p_value = last.get("sequential_p_value")
+    if not same or not isinstance(p_value, (int, float)):
+        return None
+    return Look(p_value=float(p_value), ci_low=last.get("sequential_ci_low"),
+                ci_high=last.get("sequential_ci_high"))
+
+
+def _same_evidence(last: dict, current: Evaluation) -> bool:
+    """Whether `current` looks at the data the recorded evaluation looked at (no new look)."""
+    dumped = current.model_dump(mode="json")
+    return last.get("p_value") is not None and all(
+        last.get(key) == dumped[key]
+        for key in ("metric", "comparison", "pair_by", "pairs", "control", "treatment")
+    )
 
 
 @store.retrying
 def evaluate_hypothesis(
     hypothesis_id: str, tracking_uri: str | None = None, record: bool = True
 ) -> Evaluation:
-    """Compare the arms on the hypothesis's metric; with `record`, note a changed result in its history."""
+    """Compare the arms on the hypothesis's metric; with `record`, note a changed result in its history.
+
+    The first look is a fixed-sample test; every later look on new evidence is judged on the
+    anytime-valid confidence sequence (see `ledger.sequential`), so evaluating after every run does
+    not inflate false positives.
+    """
     client = state.make_client(tracking_uri)
     hypothesis = _auto_link(client, [store.load(client, hypothesis_id)], hypothesis_id)[0]
     kr = _linked_kr(client, hypothesis)
@@ -336,20 +388,111 @@ def evaluate_hypothesis(
         direction = kr.resolve(baseline)[1]
         if kr.maintain is not None:
             baseline = None
-    values = _arm_values(client, hypothesis, metric) if metric else {"control": [], "treatment": []}
-    evaluation = compare(
-        hypothesis.id,
-        metric,
-        values["control"],
-        values["treatment"],
-        baseline=baseline,
-        expectation=parse_expectation(hypothesis.expect),
-        direction=direction,
-    )
+    usable = evidence.usable_runs(client, hypothesis) if metric else []
+    specs = [parse_guardrail(text) for text in hypothesis.guardrails]
+    pairs, unpaired = None, []
+    values = {"control": [], "treatment": []}
+    if metric and hypothesis.pair_by:
+        pairs, unpaired = evidence.pairs(usable, metric, hypothesis.pair_by)
+        guardrails = [
+            GuardrailData(spec, [], [], evidence.pairs(usable, spec.metric, hypothesis.pair_by)[0])
+            for spec in specs
+        ]
+    else:
+        values = evidence.arm_values(usable, metric) if metric else values
+        guardrails = []
+        for spec in specs:
+            arms = evidence.arm_values(usable, spec.metric)
+            guardrails.append(GuardrailData(spec, arms["control"], arms["treatment"]))
+
+    def run(looks: int, previous: Look | None) -> Evaluation:
+        result = compare(
+            hypothesis.id, metric, values["control"], values["treatment"], baseline=baseline,
+            expectation=parse_expectation(hypothesis.expect), direction=direction, pairs=pairs,
+            guardrails=guardrails, looks=looks, previous=previous,
+        )
+        update = {"pair_by": hypothesis.pair_by, "unpaired_runs": unpaired[:MAX_UNPAIRED_LISTED]}
+        if result.p_value is None:
+            update["looks"] = looks - 1  # a look without a test is no look
+        return result.model_copy(update=update)
+
+    last = hypothesis.evaluation or {}
+    prior = _tested_looks(last)
+    evaluation = run(prior + 1, None)
+    if evaluation.p_value is not None:
+        looks = prior if prior and _same_evidence(last, evaluation) else prior + 1
+        evaluation = run(looks, _previous_look(last, evaluation))
     summary = evaluation.model_dump(mode="json")
     if record and hypothesis.is_open and summary != hypothesis.evaluation:
         store.append(client, hypothesis, "evaluate", summary, state.current_user(), state.now_ms())
     return evaluation
+
+
+@store.retrying
+def plan_hypothesis(
+    hypothesis_id: str,
+    power: float = 0.8,
+    alpha: float = 0.05,
+    expect: str | float | None = None,
+    tracking_uri: str | None = None,
+) -> Plan:
+    """The runs per arm (pairs, when paired) needed to detect the expected effect with `power`.
+
+    The spread comes from the linked control runs, or from the linked KR's counted runs when there
+    are fewer than two control runs; `expect` overrides the hypothesis's expected effect.
+    """
+    check_levels(power, alpha)
+    client = state.make_client(tracking_uri)
+    hypothesis = _auto_link(client, [store.load(client, hypothesis_id)], hypothesis_id)[0]
+    kr = _linked_kr(client, hypothesis)
+    metric = hypothesis.metric or (kr.metric if kr else None)
+    if metric is None:
+        raise InputError(f"hypothesis {hypothesis.id!r} has no metric: it needs --metric or a metric KR")
+    expectation = parse_expectation(expect if expect is not None else hypothesis.expect)
+    if expectation is None:
+        raise InputError(f"hypothesis {hypothesis.id!r} has no expected effect; give one, e.g. --expect +2%")
+    usable = evidence.usable_runs(client, hypothesis)
+    values = evidence.arm_values(usable, metric)
+    control = values["control"]
+    kr_values = evidence.counted_values(client, kr) if kr is not None and kr.metric == metric else []
+    sd, source, reference = sample_sd(control), f"{len(control)} control runs", None
+    if control:
+        reference = math.fsum(control) / len(control)
+    if not sd:
+        sd, source = sample_sd(kr_values), f"{len(kr_values)} runs counted for KR {hypothesis.kr}"
+        if reference is None and kr_values:
+            reference = math.fsum(kr_values) / len(kr_values)
+    if not sd:
+        kr_part = f", and KR {hypothesis.kr} has {len(kr_values)}" if kr is not None else ""
+        raise InputError(
+            f"no spread of {metric} to plan from: hypothesis {hypothesis.id!r} has {len(control)} control "
+            f"run(s) with it{kr_part}; link at least 2 varied control runs"
+        )
+    if reference is None and kr is not None and kr.metric == metric:
+        reference = state.resolve_baseline(client, kr)[0]
+    effect = expectation.absolute(reference)
+    if effect is None:
+        raise InputError(f"the expected effect {expectation.text} is relative to a zero or unknown mean; "
+                         "give an absolute --expect in metric units")
+    have_pairs = None
+    if hypothesis.pair_by:
+        pairs, _ = evidence.pairs(usable, metric, hypothesis.pair_by)
+        have_pairs = len(pairs)
+        pair_sd = sample_sd([t - c for c, t in pairs])
+        if pair_sd:
+            sd, source = pair_sd, f"the differences of {len(pairs)} pairs"
+        else:
+            sd = sd * math.sqrt(2)
+            source = f"{source} x sqrt(2): pairs taken as uncorrelated until 2 pairs vary"
+    runs = runs_needed(effect, sd, power, alpha, paired=bool(hypothesis.pair_by))
+    unit = "pairs" if hypothesis.pair_by else "runs per arm"
+    return Plan(
+        hypothesis=hypothesis.id, metric=metric, comparison="paired" if hypothesis.pair_by else "two-sample",
+        runs_per_arm=runs, power=power, alpha=alpha, effect=effect, sd=sd, sd_source=source,
+        have_control=len(control), have_treatment=len(values["treatment"]), have_pairs=have_pairs,
+        note=(f"{runs} {unit} give a fixed-sample t-test power {power:g} at alpha {alpha:g}; evaluations "
+              "after the first are judged on the anytime-valid confidence sequence, which needs more"),
+    )
 
 
 @store.retrying

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlflow_okr.errors import InputError
+from mlflow_okr.ledger.guardrails import GuardrailResult
+from mlflow_okr.multiplicity import cycle_moment
 
 Status = Literal["proposed", "testing", "validated", "invalidated", "inconclusive"]
 Verdict = Literal["validated", "invalidated", "inconclusive"]
@@ -21,7 +23,7 @@ OPEN_STATUSES = ("proposed", "testing")
 
 SUMMARY_COLUMNS = (
     "id", "status", "statement", "kr", "objective", "metric", "expect", "owner", "control_runs",
-    "treatment_runs", "suggested_verdict", "resolved_at", "learning", "events",
+    "treatment_runs", "suggested_verdict", "p_value", "q_value", "resolved_at", "learning", "events",
 )
 RELATIVE_EXPECTATION = re.compile(r"^\s*([+-])\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
@@ -64,7 +66,7 @@ class Evaluation(BaseModel):
 
     hypothesis: str
     metric: str | None
-    comparison: Literal["welch", "one-sample", "none"]
+    comparison: Literal["welch", "one-sample", "paired", "none"]
     control: ArmSummary
     treatment: ArmSummary
     effect: float | None = None
@@ -74,8 +76,23 @@ class Evaluation(BaseModel):
     confidence: float = 0.95
     p_value: float | None = None
     expected_effect: float | None = None
+    pair_by: str | None = None
+    pairs: int | None = None
+    unpaired_runs: list[str] = []
+    looks: int = 1
+    sequential_method: str | None = None
+    sequential_p_value: float | None = None
+    sequential_ci_low: float | None = None
+    sequential_ci_high: float | None = None
+    verdict_basis: Literal["fixed", "sequential"] = "fixed"
+    guardrails: list[GuardrailResult] = []
     suggested_verdict: Verdict
     reason: str
+
+    @property
+    def verdict_p_value(self) -> float | None:
+        """The p-value the suggested verdict rests on: the sequential one from the second look on."""
+        return self.sequential_p_value if self.verdict_basis == "sequential" else self.p_value
 
 
 class Expectation(BaseModel):
@@ -130,17 +147,35 @@ class Hypothesis(BaseModel):
     objective: str | None = None
     metric: str | None = None
     expect: str | None = None
+    pair_by: str | None = None
+    guardrails: list[str] = []
     tags: dict[str, str] = {}
     created_at: int
     created_by: str
     evidence: list[Evidence] = []
     evaluation: dict[str, Any] | None = None
+    evaluated_at: int | None = None
     resolved_at: int | None = None
     resolved_by: str | None = None
     learning: str | None = None
     events: list[Event] = []
     run_id: str | None = None
     experiment_id: str | None = None
+    # Not from the events: the Benjamini-Hochberg q-value across its cycle, when listed with one.
+    q_value: float | None = None
+
+    @property
+    def verdict_p_value(self) -> float | None:
+        """The p-value the last recorded evaluation's suggested verdict rests on."""
+        evaluation = self.evaluation or {}
+        key = "sequential_p_value" if evaluation.get("verdict_basis") == "sequential" else "p_value"
+        value = evaluation.get(key)
+        return float(value) if isinstance(value, (int, float)) else None
+
+    @property
+    def cycle_moment(self) -> int:
+        """When it counts for a cycle (see `multiplicity.cycle_moment`)."""
+        return cycle_moment(self.resolved_at, self.evaluated_at, self.created_at)
 
     @property
     def is_open(self) -> bool:
@@ -167,6 +202,8 @@ class Hypothesis(BaseModel):
             "control_runs": len(self.arm_runs("control")),
             "treatment_runs": len(self.arm_runs("treatment")),
             "suggested_verdict": (self.evaluation or {}).get("suggested_verdict"),
+            "p_value": self.verdict_p_value,
+            "q_value": self.q_value,
             "resolved_at": self.resolved_at,
             "learning": self.learning,
             "events": len(self.events),
@@ -185,6 +222,8 @@ def replay(events: list[Event]) -> Hypothesis:
         objective=added.get("objective"),
         metric=added.get("metric"),
         expect=added.get("expect"),
+        pair_by=added.get("pair_by"),
+        guardrails=list(added.get("guardrails") or []),
         tags=dict(added.get("tags") or {}),
         created_at=first.when,
         created_by=first.who,
@@ -208,6 +247,7 @@ def apply_event(hypothesis: Hypothesis, event: Event) -> None:
             hypothesis.status = "testing"
     elif event.action == "evaluate":
         hypothesis.evaluation = dict(changes)
+        hypothesis.evaluated_at = event.when
     elif event.action == "resolve":
         hypothesis.status = changes["status"]
         hypothesis.resolved_at = int(changes.get("resolved_at", event.when))

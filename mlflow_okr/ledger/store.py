@@ -29,7 +29,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from pydantic import ValidationError
 
-from mlflow_okr import mlflow_ui, state
+from mlflow_okr import mlflow_ui, multiplicity, state
 from mlflow_okr.errors import ConcurrentChange, InputError, OkrError
 from mlflow_okr.ledger.events import (
     EVENT_TAG_PREFIX,
@@ -50,6 +50,8 @@ TAG_TREATMENT_RUNS = "okr.ledger.runs.treatment"
 TAG_SUGGESTED_VERDICT = "okr.ledger.suggested_verdict"
 TAG_P_VALUE = "okr.ledger.p_value"
 TAG_EFFECT = "okr.ledger.effect"
+TAG_PAIR_BY = "okr.ledger.pair_by"
+TAG_GUARDRAILS = "okr.ledger.guardrails"
 TAG_EVENT_COUNT = "okr.ledger.events"
 TAG_HEAD = "okr.ledger.head"
 LEDGER_TAG_PREFIX = "okr.ledger."
@@ -204,12 +206,18 @@ def state_tags(hypothesis: Hypothesis) -> dict[str, str]:
         TAG_METRIC: hypothesis.metric,
         TAG_EXPECT: hypothesis.expect,
         TAG_OWNER: hypothesis.owner,
+        TAG_PAIR_BY: hypothesis.pair_by,
+        TAG_GUARDRAILS: "; ".join(hypothesis.guardrails) or None,
     }
     if hypothesis.evaluation:
         optional[TAG_SUGGESTED_VERDICT] = hypothesis.evaluation.get("suggested_verdict")
         for tag, key in ((TAG_P_VALUE, "p_value"), (TAG_EFFECT, "effect")):
             value = hypothesis.evaluation.get(key)
             optional[tag] = None if value is None else repr(float(value))
+        p_value = hypothesis.verdict_p_value
+        optional[multiplicity.TAG_VERDICT_P_VALUE] = None if p_value is None else repr(p_value)
+        if hypothesis.evaluated_at:
+            optional[multiplicity.TAG_EVALUATED_AT] = str(hypothesis.evaluated_at)
     tags.update({key: value for key, value in optional.items() if value})
     tags.update(hypothesis.tags)
     tags[MLFLOW_RUN_NOTE] = description(hypothesis)
@@ -238,6 +246,8 @@ def description(hypothesis: Hypothesis) -> str:
         ("Objective", hypothesis.objective),
         ("Metric", f"`{hypothesis.metric}`" if hypothesis.metric else None),
         ("Expected effect", hypothesis.expect),
+        ("Paired by", f"`{hypothesis.pair_by}`" if hypothesis.pair_by else None),
+        ("Guardrails", ", ".join(f"`{g}`" for g in hypothesis.guardrails) or None),
         ("Owner", hypothesis.owner),
     ):
         if value:
