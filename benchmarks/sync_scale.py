@@ -196,11 +196,17 @@ def peak_memory(work: Callable[[], Any]) -> int:
         tracemalloc.stop()
 
 
-def prepare(directory: Path, runs: int, experiments: int) -> tuple[str, list[str], float]:
-    """A store with `runs` runs and the spec applied (not yet synced); return uri, ids, build time."""
+def prepare(
+    directory: Path, runs: int, experiments: int, tracking_uri: str | None = None
+) -> tuple[str, list[str], float]:
+    """A store with `runs` runs and the spec applied (not yet synced); return uri, ids, build time.
+
+    The store is `directory/mlflow.db` on SQLite unless `tracking_uri` names another database
+    (an empty one, or one with MLflow's schema and no experiments yet).
+    """
     import mlflow_okr
 
-    tracking_uri = f"sqlite:///{directory / 'mlflow.db'}"
+    tracking_uri = tracking_uri or f"sqlite:///{directory / 'mlflow.db'}"
     started = time.perf_counter()
     experiment_ids = create_runs(tracking_uri, runs, experiments)
     built = time.perf_counter() - started
