@@ -6,12 +6,14 @@ the facts and the time, so they all share one semantics.
 
 from __future__ import annotations
 
+import enum
 import math
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal
 
 Direction = Literal["maximize", "minimize"]
 Status = Literal[
@@ -21,9 +23,31 @@ TERMINAL_RUN_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
 NOT_COUNTED_RUN_STATUSES = frozenset({"FAILED", "KILLED"})
 SUCCESS_GRADE = 0.7
 
-COUNTED = "counted"
-PENDING = "pending"
 EXCLUDED_PREFIX = "excluded: "
+
+
+class ReasonKind(enum.Enum):
+    """Why a run stands as it does for a KR; readers ask this, never the reason's wording."""
+
+    NONE = "none"  # counted
+    WAITING = "waiting"  # pending: a guardrail metric not logged yet
+    RUN_NOT_COUNTED = "run-not-counted"  # the run FAILED or was KILLED
+    NOT_A_NUMBER = "not-a-number"  # the KR metric is NaN or infinite
+    GUARDRAIL_BREACH = "guardrail-breach"  # a guardrail metric is out of bounds
+    GUARDRAIL_MISSING = "guardrail-missing"  # the run ended without a guardrail metric
+    UNKNOWN = "unknown"  # a tag this version did not write
+
+
+# The wording of each reason, and the pattern that reads it back from a run's okr.kr.<id> tag:
+# both live here, so rewording one rewords the other.
+_REASON_PATTERNS = (
+    (ReasonKind.WAITING, re.compile(r"^waiting for ")),
+    (ReasonKind.RUN_NOT_COUNTED, re.compile(r"^run (FAILED|KILLED)$")),
+    (ReasonKind.GUARDRAIL_MISSING, re.compile(r"^guardrail .* never logged$")),
+    (ReasonKind.GUARDRAIL_BREACH, re.compile(r"^guardrail .* breaks ")),
+    (ReasonKind.NOT_A_NUMBER, re.compile(r" is \S+, not a finite number$")),
+)
+GUARDRAIL_TAG_PREFIX = EXCLUDED_PREFIX + "guardrail "  # narrows a search to breach candidates
 
 
 @dataclass(frozen=True)
@@ -83,6 +107,7 @@ class Verdict:
     state: Literal["counted", "pending", "excluded"]
     reason: str = ""
     value: float | None = None
+    reason_kind: ReasonKind = ReasonKind.NONE
 
     @property
     def tag_value(self) -> str:
@@ -91,9 +116,22 @@ class Verdict:
 
     @property
     def is_guardrail_breach(self) -> bool:
-        return self.state == "excluded" and self.reason.startswith("guardrail ") and (
-            "never logged" not in self.reason
-        )
+        return self.reason_kind is ReasonKind.GUARDRAIL_BREACH
+
+
+def verdict_from_tag(tag_value: str | None) -> Verdict | None:
+    """The verdict a run's `okr.kr.<id>` tag records (without the value), or None when untagged."""
+    if not tag_value:
+        return None
+    if tag_value == "counted":
+        return Verdict("counted")
+    if tag_value.startswith("pending"):
+        return Verdict("pending", "", None, ReasonKind.WAITING)
+    if tag_value.startswith(EXCLUDED_PREFIX):
+        reason = tag_value[len(EXCLUDED_PREFIX):]
+        kind = next((k for k, pattern in _REASON_PATTERNS if pattern.search(reason)), ReasonKind.UNKNOWN)
+        return Verdict("excluded", reason, None, kind)
+    return Verdict("excluded", tag_value, None, ReasonKind.UNKNOWN)
 
 
 def _is_number(value: float) -> bool:
@@ -110,9 +148,11 @@ def classify_run(rule: RunRule, run: RunFacts) -> Verdict | None:
         return None
     value = run.metrics[rule.metric]
     if run.status in NOT_COUNTED_RUN_STATUSES:
-        return Verdict("excluded", f"run {run.status}", value)
+        return Verdict("excluded", f"run {run.status}", value, ReasonKind.RUN_NOT_COUNTED)
     if not _is_number(value):
-        return Verdict("excluded", f"{rule.metric} is {value}, not a finite number", value)
+        return Verdict(
+            "excluded", f"{rule.metric} is {value}, not a finite number", value, ReasonKind.NOT_A_NUMBER
+        )
     finished = run.status in TERMINAL_RUN_STATUSES
     missing = []
     for guardrail in rule.guardrails:
@@ -125,50 +165,202 @@ def classify_run(rule: RunRule, run: RunFacts) -> Verdict | None:
                 "excluded",
                 f"guardrail {guardrail.metric} = {guard_value:g} breaks {guardrail.describe()}",
                 value,
+                ReasonKind.GUARDRAIL_BREACH,
             )
     if missing:
+        names = ", ".join(missing)
         if finished:
-            return Verdict("excluded", f"guardrail {', '.join(missing)} never logged", value)
-        return Verdict("pending", f"waiting for {', '.join(missing)}", value)
+            return Verdict("excluded", f"guardrail {names} never logged", value, ReasonKind.GUARDRAIL_MISSING)
+        return Verdict("pending", f"waiting for {names}", value, ReasonKind.WAITING)
     return Verdict("counted", "", value)
 
 
 @dataclass
 class Tally:
-    """Running aggregate of the counted runs of one KR; order of `add` calls does not matter."""
+    """Running aggregate of one KR's runs; the order of `note` calls does not matter.
+
+    Counted runs feed the aggregate; pending and excluded runs are counted by kind. A tally can be
+    saved with `summary()` and revised run by run (`forget` the run's old verdict, `note` its new
+    one), so a write to one run need not re-read every other run.
+    """
 
     rule: RunRule
     direction: Direction | None = None
     count: int = 0
-    exact_sum: Fraction = Fraction(0)
-    best: tuple[float, str] | None = None
+    # Only sums and means need the exact sum; the other aggregates skip the rational arithmetic.
+    exact_sum: Fraction | None = None
     lowest: tuple[float, str] | None = None
     highest: tuple[float, str] | None = None
     latest: tuple[int, str, float] | None = None
     worst_margin: tuple[float, str, float] | None = None
+    pending: int = 0
+    excluded: int = 0
+    guardrail_breaches: int = 0
+
+    def __post_init__(self) -> None:
+        if self.exact_sum is None and self.needs_sum:
+            self.exact_sum = Fraction(0)
+        # Only the extremes the aggregate reads are kept: a run holding one that is not read must
+        # not force a recount when its value moves.
+        best = "lowest" if self.direction == "minimize" else "highest"
+        if self.rule.maintain is not None:
+            tracked = {"worst_margin"}
+        else:
+            tracked = {"min": {"lowest"}, "max": {"highest"}, "latest": {"latest"}}.get(
+                self.rule.aggregate, {best}
+            )
+        self._lowest = "lowest" in tracked
+        self._highest = "highest" in tracked
+        self._latest = "latest" in tracked
+
+    @property
+    def needs_sum(self) -> bool:
+        return self.rule.maintain is None and self.rule.aggregate in ("sum", "mean")
+
+    def note(self, run_id: str, verdict: Verdict, start_time: int | None) -> None:
+        """Count one run's verdict."""
+        if verdict.state == "counted":
+            assert verdict.value is not None
+            self.add(run_id, verdict.value, start_time)
+        elif verdict.state == "pending":
+            self.pending += 1
+        else:
+            self.excluded += 1
+            if verdict.is_guardrail_breach:
+                self.guardrail_breaches += 1
+
+    def forget(self, run_id: str, verdict: Verdict) -> bool:
+        """Take back a run noted with `verdict`; False when what remains cannot be known this way.
+
+        That is when the run holds an extreme (the runner-up is not kept), when a sum or mean would
+        need the run's old value and the verdict lacks it, or when the counts say the run was never
+        noted. The caller then recomputes the KR from all of its runs.
+        """
+        if verdict.state == "pending":
+            if self.pending <= 0:
+                return False
+            self.pending -= 1
+            return True
+        if verdict.state == "excluded":
+            if self.excluded <= 0 or (verdict.is_guardrail_breach and self.guardrail_breaches <= 0):
+                return False
+            self.excluded -= 1
+            if verdict.is_guardrail_breach:
+                self.guardrail_breaches -= 1
+            return True
+        holders = [self.lowest, self.highest, self.latest, self.worst_margin]
+        if self.count <= 0 or any(holder is not None and holder[1] == run_id for holder in holders):
+            return False
+        if self.needs_sum:
+            if verdict.value is None or self.exact_sum is None:
+                return False
+            self.exact_sum -= Fraction(verdict.value)
+        self.count -= 1
+        return True
 
     def add(self, run_id: str, value: float, start_time: int | None) -> None:
         self.count += 1
-        # Floats are exact binary fractions: their exact sum does not depend on the order of
-        # additions (the live hook and `sync` see runs in different orders and must agree) and
-        # cannot overflow before the final rounding.
-        self.exact_sum += Fraction(value)
-        # Ties break on run id so that every order of additions gives the same run.
-        if self.lowest is None or (value, run_id) < self.lowest:
+        if self.exact_sum is not None:
+            # Floats are exact binary fractions: their exact sum does not depend on the order of
+            # additions (the live hook and `sync` see runs in different orders and must agree) and
+            # cannot overflow before the final rounding.
+            self.exact_sum += Fraction(value)
+        self._consider(run_id, value, start_time)
+
+    def update(self, run_id: str, value: float, start_time: int | None) -> bool:
+        """A counted run stays counted with a new `value`; False when what remains cannot be known.
+
+        A run that holds an extreme keeps it while its value moves further out; when it moves in,
+        the runner-up (not kept) may take over, so the caller recounts.
+        """
+        if self.needs_sum:
+            return False  # the run's old value, needed to take it out of the sum, is not kept
+        if self.lowest is not None and self.lowest[1] == run_id:
+            if value > self.lowest[0]:
+                return False
             self.lowest = (value, run_id)
-        if self.highest is None or (-value, run_id) < (-self.highest[0], self.highest[1]):
+        if self.highest is not None and self.highest[1] == run_id:
+            if value < self.highest[0]:
+                return False
             self.highest = (value, run_id)
-        started = start_time or 0
-        if self.latest is None or (started, run_id) > (self.latest[0], self.latest[1]):
-            self.latest = (started, run_id, value)
+        if self.latest is not None and self.latest[1] == run_id:
+            self.latest = (self.latest[0], run_id, value)
+        if self.worst_margin is not None and self.worst_margin[1] == run_id:
+            assert self.rule.maintain is not None
+            margin = self.rule.maintain.margin(value)
+            if margin > self.worst_margin[0]:
+                return False
+            self.worst_margin = (margin, run_id, value)
+        self._consider(run_id, value, start_time)
+        return True
+
+    def _consider(self, run_id: str, value: float, start_time: int | None) -> None:
+        """Let a counted run's value take whichever extremes it beats."""
+        # Ties break on run id so that every order of additions gives the same run.
+        if self._lowest and (self.lowest is None or (value, run_id) < self.lowest):
+            self.lowest = (value, run_id)
+        if self._highest and (
+            self.highest is None or (-value, run_id) < (-self.highest[0], self.highest[1])
+        ):
+            self.highest = (value, run_id)
+        if self._latest:
+            started = start_time or 0
+            if self.latest is None or (started, run_id) > (self.latest[0], self.latest[1]):
+                self.latest = (started, run_id, value)
         if self.rule.maintain is not None:
             margin = self.rule.maintain.margin(value)
             if self.worst_margin is None or (margin, run_id) < self.worst_margin[:2]:
                 self.worst_margin = (margin, run_id, value)
 
+    def summary(self) -> dict[str, Any]:
+        """The tally as JSON-ready data, for `from_summary`."""
+        exact_sum = None
+        if self.exact_sum is not None:
+            exact_sum = [str(self.exact_sum.numerator), str(self.exact_sum.denominator)]
+        return {
+            "count": self.count,
+            "sum": exact_sum,
+            "lowest": self.lowest,
+            "highest": self.highest,
+            "latest": self.latest,
+            "worst_margin": self.worst_margin,
+            "pending": self.pending,
+            "excluded": self.excluded,
+            "guardrail_breaches": self.guardrail_breaches,
+        }
+
+    @classmethod
+    def from_summary(cls, rule: RunRule, direction: Direction | None, data: Mapping[str, Any]) -> Tally:
+        """The tally that `summary()` saved; raises ValueError (or KeyError) on a malformed one."""
+        exact_sum = None
+        if data["sum"] is not None:
+            numerator, denominator = data["sum"]
+            exact_sum = Fraction(int(numerator), int(denominator))
+
+        def pair(value: Any) -> Any:
+            return None if value is None else tuple(value)
+
+        tally = cls(
+            rule,
+            direction,
+            count=int(data["count"]),
+            exact_sum=exact_sum,
+            lowest=pair(data["lowest"]),
+            highest=pair(data["highest"]),
+            latest=pair(data["latest"]),
+            worst_margin=pair(data["worst_margin"]),
+            pending=int(data["pending"]),
+            excluded=int(data["excluded"]),
+            guardrail_breaches=int(data["guardrail_breaches"]),
+        )
+        if tally.needs_sum and exact_sum is None:
+            raise ValueError("the summary has no sum")
+        return tally
+
     @property
     def total(self) -> float:
         """The sum of the counted values, correctly rounded whatever the order of additions."""
+        assert self.exact_sum is not None
         return _to_float(self.exact_sum)
 
     def current(self) -> tuple[float | None, str | None]:
@@ -178,19 +370,22 @@ class Tally:
         if self.rule.maintain is not None:
             assert self.worst_margin is not None
             return self.worst_margin[2], self.worst_margin[1]
-        best = self.highest if self.direction != "minimize" else self.lowest
-        assert best is not None and self.lowest is not None and self.highest is not None
         aggregate = self.rule.aggregate
-        if aggregate == "best":
-            return best
         if aggregate == "latest":
             assert self.latest is not None
             return self.latest[2], self.latest[1]
         if aggregate == "min":
+            assert self.lowest is not None
             return self.lowest
         if aggregate == "max":
+            assert self.highest is not None
             return self.highest
+        best = self.highest if self.direction != "minimize" else self.lowest
+        assert best is not None
+        if aggregate == "best":
+            return best
         if aggregate == "mean":
+            assert self.exact_sum is not None
             return _to_float(self.exact_sum / self.count), best[1]
         if aggregate == "sum":
             return self.total, best[1]

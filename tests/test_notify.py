@@ -20,7 +20,9 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_okr import notify, state
 from mlflow_okr.api import apply_spec
-from mlflow_okr.sync import compute_key_results, computed_statuses, state_writes, sync, write_kr_status
+from mlflow_okr.compute import compute_key_results, computed_statuses
+from mlflow_okr.kr_state import state_writes, write_kr_status
+from mlflow_okr.sync import sync
 from tests.conftest import NOW, invoke, make_run
 
 EARLY = dt.datetime(2026, 10, 20, tzinfo=dt.timezone.utc)

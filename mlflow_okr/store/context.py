@@ -16,13 +16,14 @@ ARM_ENV = "MLFLOW_OKR_ARM"
 
 
 def _current_cycle_name() -> str | None:
-    from mlflow.tracking._tracking_service.utils import _get_store, get_tracking_uri
+    from mlflow.tracking._tracking_service.utils import get_tracking_uri
 
+    from mlflow_okr.compat import current_tracking_store
     from mlflow_okr.store.definitions import load_watched_krs
     from mlflow_okr.store.hooks import OkrHooks
 
     if get_tracking_uri().startswith(state.OKR_PLUGIN_SCHEME_PREFIX):
-        store = _get_store()
+        store = current_tracking_store()
         if isinstance(store, OkrHooks):
             current = store._okr_live.watched.current_cycle()
             return current.cycle.name if current else None

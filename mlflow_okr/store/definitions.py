@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
-from mlflow.utils.search_utils import SearchUtils
 
 from mlflow_okr import state
+from mlflow_okr.scope import RunFilter
 
 # A KR is named by the experiment id of its published cycle and its id.
 KrRef = tuple[str, str]
@@ -31,15 +30,6 @@ class WatchedKrs:
     param_krs: dict[str, frozenset[KrRef]] = field(default_factory=dict)
     okr_experiment_ids: frozenset[str] = frozenset()
     signature: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def all_krs(self) -> frozenset[KrRef]:
-        return frozenset(
-            (experiment_id, kr.id)
-            for experiment_id, published in self.cycles.items()
-            for _, kr in published.spec.key_results()
-            if kr.metric is not None
-        )
 
     def current_cycle(self, now: dt.datetime | None = None) -> state.PublishedCycle | None:
         """The published cycle whose dates contain `now`."""
@@ -63,11 +53,6 @@ def _add(index: dict[str, set[KrRef]], key: str, ref: KrRef) -> None:
         index.setdefault(key, set()).add(ref)
 
 
-def _filter_keys(filter_string: str | None) -> Iterable[tuple[str, str]]:
-    for clause in SearchUtils.parse_search_filter(filter_string or ""):
-        yield clause["type"], clause["key"]
-
-
 def load_watched_krs(client: MlflowClient) -> WatchedKrs:
     """Read every published cycle and index its metric KRs by the keys that can change them."""
     signature = published_signature(client)
@@ -87,9 +72,10 @@ def load_watched_krs(client: MlflowClient) -> WatchedKrs:
             _add(metric_krs, kr.metric, ref)
             for guardrail in kr.guardrails:
                 _add(metric_krs, guardrail.metric, ref)
-            for kind, key in _filter_keys(kr.filter):
-                index = {"metric": metric_krs, "tag": tag_krs, "parameter": param_krs}.get(kind)
-                if index is not None:
+            keys = RunFilter(kr.filter).keys()
+            indexed = ((metric_krs, keys.metrics), (tag_krs, keys.tags), (param_krs, keys.params))
+            for index, filter_keys in indexed:
+                for key in filter_keys:
                     _add(index, key, ref)
     okr_experiments = client.search_experiments(
         view_type=ViewType.ALL, filter_string=f"name LIKE '{state.OKR_PREFIX}%'"

@@ -13,9 +13,8 @@ import threading
 from typing import Any
 
 from mlflow.entities import RunStatus
-from mlflow.utils.async_logging.async_logging_queue import AsyncLoggingQueue
 
-from mlflow_okr import state
+from mlflow_okr import compat, state
 from mlflow_okr.store.live import LiveKrs, fail_open
 
 _hooked_classes: dict[type, type] = {}
@@ -23,10 +22,10 @@ _hooked_classes_lock = threading.Lock()
 
 
 def inner_uri_of(store_uri: str) -> str:
-    """`okr+sqlite:///x.db` -> `sqlite:///x.db`."""
-    if not store_uri.startswith(state.OKR_PLUGIN_SCHEME_PREFIX):
-        raise ValueError(f"not an mlflow-okr store URI (expected okr+<scheme>://...): {store_uri}")
-    return store_uri[len(state.OKR_PLUGIN_SCHEME_PREFIX):]
+    """`okr+sqlite:///x.db` -> `sqlite:///x.db`; other inner schemes raise UnsupportedStoreUri."""
+    from mlflow_okr.store.uris import inner_uri_of as checked_inner_uri
+
+    return checked_inner_uri(store_uri)
 
 
 def _is_terminal(run_status: Any) -> bool:
@@ -71,19 +70,9 @@ class OkrHooks:
         self._okr_live.written(run_id, tag_keys=(key,))
         return result
 
-    # The *_async variants queue the write; the queue calls this class's `log_batch` once the
-    # write is stored (see `_use_hooked_async_queue`), so KRs are noted after the data lands.
-    def log_metric_async(self, run_id, metric):
-        return super().log_metric_async(run_id, metric)
-
-    def log_param_async(self, run_id, param):
-        return super().log_param_async(run_id, param)
-
-    def set_tag_async(self, run_id, tag):
-        return super().set_tag_async(run_id, tag)
-
-    def log_batch_async(self, run_id, metrics, params, tags):
-        return super().log_batch_async(run_id, metrics, params, tags)
+    # The *_async variants are not overridden: they queue the write, and the queue calls this
+    # class's `log_batch` once the write is stored (see `wrap_store`), so KRs are noted after the
+    # data lands.
 
     def create_run(self, experiment_id, user_id, start_time, tags, run_name):
         # A new run has no metrics yet, so no KR can count it; its tags are noted for filters.
@@ -94,19 +83,29 @@ class OkrHooks:
 
     def update_run_info(self, run_id, run_status, end_time, run_name):
         result = super().update_run_info(run_id, run_status, end_time, run_name)
-        # Run end is the post-run hook: pending runs become excluded, settled before returning.
-        self._okr_live.run_changed(run_id, flush=_is_terminal(run_status))
+        # Run end is the post-run hook: pending runs become excluded, a failed best run gives way.
+        if _is_terminal(run_status):
+            self._okr_live.run_changed(run_id)
         return result
 
     def delete_run(self, run_id):
+        # Noted first: the writer must not tag a run on its way to deletion (`mlflow gc`).
+        self._okr_live.deleting(run_id)
         result = super().delete_run(run_id)
-        self._okr_live.run_changed(run_id, flush=True)
+        self._okr_live.run_changed(run_id)
         return result
 
     def restore_run(self, run_id):
         result = super().restore_run(run_id)
-        self._okr_live.run_changed(run_id, flush=True)
+        self._okr_live.deleting(run_id, False)
+        self._okr_live.run_changed(run_id)
         return result
+
+    def _hard_delete_run(self, run_id):
+        # `mlflow gc` calls this private method of SqlAlchemyStore (checked on MLflow 3.12-3.18):
+        # no okr.* tag may be written for the run while its rows are being removed.
+        self._okr_live.deleting(run_id)
+        return super()._hard_delete_run(run_id)
 
     def flush_okr(self) -> None:
         """Settle every pending KR update now (queued async writes first)."""
@@ -125,18 +124,13 @@ def hooked_class(store_class: type) -> type:
         return _hooked_classes[store_class]
 
 
-def _use_hooked_async_queue(store: Any) -> None:
-    # The inner store built its async queue around its own `log_batch`; rebuild it around the
-    # hooked one so async writes (`synchronous=False`, autologging) update KRs too.
-    if hasattr(store, "_async_logging_queue"):
-        store._async_logging_queue = AsyncLoggingQueue(logging_func=store.log_batch)
-
-
 def wrap_store(store: Any, inner_uri: str) -> Any:
     """Turn a freshly built inner store into its hooked subclass, in place."""
-    store.__class__ = hooked_class(type(store))
+    compat.swap_class(store, hooked_class(type(store)))
     store._okr_live = LiveKrs(inner_uri)
-    _use_hooked_async_queue(store)
+    # The inner store built its async queue around its own `log_batch`; rebuild it around the
+    # hooked one so async writes (`synchronous=False`, autologging) update KRs too.
+    compat.rebuild_async_queue(store)
     atexit.register(_flush_at_exit, store)
     return store
 
@@ -151,19 +145,15 @@ def _flush_at_exit(store: Any) -> None:
 
 def build_tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:
     """The tracking store for `okr+<scheme>://rest`: the store for `<scheme>://rest`, hooked."""
-    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
-
     inner_uri = inner_uri_of(store_uri)
-    builder = _tracking_store_registry.get_store_builder(inner_uri)
+    builder = compat.tracking_store_builder(inner_uri)
     return wrap_store(builder(store_uri=inner_uri, artifact_uri=artifact_uri), inner_uri)
 
 
 def build_registry_store(store_uri: str, tracking_uri: str | None = None) -> Any:
     """The model registry store for `okr+<scheme>://rest`: MLflow's own for `<scheme>://rest`."""
-    from mlflow.tracking._model_registry.utils import _get_store_registry
-
     inner_uri = inner_uri_of(store_uri)
-    builder = _get_store_registry().get_store_builder(inner_uri)
+    builder = compat.registry_store_builder(inner_uri)
     # As MLflow's registry does: not every registry store takes a tracking URI.
     if "tracking_uri" in inspect.signature(builder).parameters:
         return builder(store_uri=inner_uri, tracking_uri=state.strip_plugin_scheme(tracking_uri))
@@ -173,8 +163,6 @@ def build_registry_store(store_uri: str, tracking_uri: str | None = None) -> Any
 def flush(store: Any | None = None) -> None:
     """Settle pending live KR updates of `store` (default: the current tracking store)."""
     if store is None:
-        from mlflow.tracking._tracking_service.utils import _get_store
-
-        store = _get_store()
+        store = compat.current_tracking_store()
     if isinstance(store, OkrHooks):
         store.flush_okr()

@@ -1,57 +1,69 @@
-"""Live KR updates: the hooks mark what a write touched; a writer recomputes it from the database.
+"""Live KR updates: the hooks mark what a write touched; a writer revises it from the database.
 
 The user's thread only looks keys up in a dictionary and records the run and KRs to revisit.
-A background thread coalesces those marks and, at most once per `FLUSH_INTERVAL`, recomputes
-the touched KRs with the shared compute path (`compute_key_results`), so every process and
-server worker writes what the database says, never its own partial view. Run ends, deletions
-and restores flush synchronously, and so does process exit.
+A background thread coalesces those marks and, at most once per `FLUSH_INTERVAL`, reads the
+marked runs' facts (one lean query inside a SQL store), gives them verdicts, and revises the
+touched KRs' saved tallies run by run (`compute.revise_tally`): the cost of an update does not
+grow with the store. A KR whose tally cannot be revised that way (its best run got worse, a sum
+or mean changed, no tally saved yet) is recounted from all of its runs with the same compute path
+as `sync`. Every revised KR is also recounted once its writes pause (and at least every
+`RECOUNT_INTERVAL` while they go on), which repairs what two processes revising the same tally at
+the same moment may have missed. Run ends settle in the background too; `flush()` settles
+everything now, and process exit waits for it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from mlflow.entities import Run
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr import state
-from mlflow_okr.results import cycle_status
-from mlflow_okr.store.definitions import KrRef, WatchedKrs, load_watched_krs, published_signature
-from mlflow_okr.sync import (
-    CycleScan,
+from mlflow_okr.compute import (
+    KrComputation,
+    VerdictChange,
     compute_key_results,
     computed_statuses,
-    kr_drift,
-    plan_run_tags,
-    stored_kr_status,
-    write_kr_status,
-    write_objective_scores,
-    write_run_tags,
+    revise_tally,
+    tally_texts,
 )
+from mlflow_okr.engine import Verdict, verdict_from_tag
+from mlflow_okr.facts import reader_for
+from mlflow_okr.kr_state import read_kr_runs, settle_key_results, stored_tally
+from mlflow_okr.scope import CycleScan, plan_run_tags, write_run_tags
+from mlflow_okr.spec import OkrSpec
+from mlflow_okr.store.definitions import KrRef, WatchedKrs, load_watched_krs, published_signature
 
 logger = logging.getLogger("mlflow_okr")
 
-FLUSH_INTERVAL = 3.0  # seconds between two background recomputes of the same KRs
-# A recompute reads every run in the KRs' scope, so its cost grows with the store. A run end
-# settles in the caller's thread only while the last recompute cost less than this; past it the
-# run end is settled by the background writer, so a large store never stalls a training loop.
-RUN_END_BUDGET = 0.5  # seconds; MLFLOW_OKR_RUN_END_BUDGET overrides it
-# The background writer rests this many times as long as its last recompute took, so it uses a
-# bounded share of the process (at most 1 / (1 + BACKGROUND_SHARE_FACTOR)) however large the store.
+FLUSH_INTERVAL = 0.5  # seconds between two background revisions (marks coalesce meanwhile)
+# A KR revised run by run is recounted from all its runs this long after its writes pause, and
+# at least every RECOUNT_INTERVAL while they go on; never more often than BACKGROUND_SHARE_FACTOR
+# times its last recount's duration, so recounts take a bounded share of the process however
+# large the store.
+RECOUNT_PAUSE = 2.0
+RECOUNT_INTERVAL = 30.0
 BACKGROUND_SHARE_FACTOR = 4.0
+# Run ends settle in the background by default, so they never stall the caller. With
+# MLFLOW_OKR_RUN_END_BUDGET=<seconds>, a run end settles in the caller's thread while the last
+# settling took less than that (for scripts and tests that read KR state right after a run ends).
+RUN_END_BUDGET = 0.0
 EXIT_FLUSH_TIMEOUT = 15.0  # seconds a process exit waits for the last settling
 REFRESH_INTERVAL = 2.0  # seconds between two checks for a newly applied spec
+SETTLE_ATTEMPTS = 3  # tries to settle the same marks before they are left to `mlflow-okr sync`
+IDLE_EXIT = 60.0  # seconds without work after which the writer thread ends (a new mark restarts it)
 ALL_KRS = None  # a mark that concerns every KR of the run's cycle (run ended, deleted, restored)
 
 _warned = False
-_warned_lock = threading.Lock()
+_warned_lock = threading.Lock()  # guards _warned
 
 
 def run_end_budget() -> float:
@@ -78,12 +90,20 @@ def fail_open(error: BaseException) -> None:
     logger.debug("mlflow-okr live update failure", exc_info=error)
 
 
+def _database_gone(inner_uri: str) -> bool:
+    """True when the store is a SQLite file that no longer exists (a test's tmp dir, removed)."""
+    if not inner_uri.startswith("sqlite:///"):
+        return False
+    path = inner_uri[len("sqlite:///"):].split("?", 1)[0]
+    return bool(path) and path != ":memory:" and not os.path.exists(path)
+
+
 @dataclass
 class Marks:
     """Runs to revisit and, per run, the KRs a write may have changed (ALL_KRS: every KR)."""
 
     runs: dict[str, set[KrRef] | None] = field(default_factory=dict)
-    verify: bool = False
+    failures: int = 0  # settlings of these marks that failed (a locked database, a timeout)
 
     def add(self, run_id: str, krs: Iterable[KrRef] | None) -> None:
         """Mark `run_id` for these KRs (ALL_KRS: all of them)."""
@@ -95,9 +115,40 @@ class Marks:
             self.runs[run_id].update(krs)  # type: ignore[union-attr]
 
     def merge(self, other: Marks) -> None:
-        """Add every mark of `other`."""
         for run_id, krs in other.runs.items():
             self.add(run_id, krs)
+
+
+@dataclass
+class Recounts:
+    """KRs due for a recount from all their runs: when, and how long the last one took."""
+
+    due: dict[KrRef, float] = field(default_factory=dict)
+    first_revised: dict[KrRef, float] = field(default_factory=dict)
+    earliest_next: dict[KrRef, float] = field(default_factory=dict)
+
+    def revised(self, ref: KrRef, now: float) -> None:
+        """`ref` was revised run by run at `now`: recount it after a pause, or by the interval."""
+        first = self.first_revised.setdefault(ref, now)
+        self.due[ref] = max(
+            min(now + RECOUNT_PAUSE, first + RECOUNT_INTERVAL), self.earliest_next.get(ref, 0.0)
+        )
+
+    def recounted(self, ref: KrRef, started: float, seconds: float) -> None:
+        self.due.pop(ref, None)
+        self.first_revised.pop(ref, None)
+        self.earliest_next[ref] = started + BACKGROUND_SHARE_FACTOR * seconds
+
+    def take(self, now: float | None) -> set[KrRef]:
+        """The KRs due at `now` (None: every one scheduled), removed from the schedule."""
+        refs = {ref for ref, due in self.due.items() if now is None or due <= now}
+        for ref in refs:
+            self.due.pop(ref)
+            self.first_revised.pop(ref, None)
+        return refs
+
+    def next_due(self) -> float | None:
+        return min(self.due.values()) if self.due else None
 
 
 class LiveKrs:
@@ -107,18 +158,21 @@ class LiveKrs:
         self.inner_uri = inner_uri
         self._client: MlflowClient | None = None
         self._watched: WatchedKrs | None = None
-        self._lock = threading.Lock()  # guards the marks
-        self._flush_lock = threading.RLock()  # one recompute at a time in this process
+        self._lock = threading.Lock()  # guards _marks, _recounts, _deleting and _thread
+        self._flush_lock = threading.RLock()  # one settling at a time in this process
         self._refresh_lock = threading.Lock()  # one reload of the definitions at a time
         self._marks = Marks()
-        self._verify = Marks(verify=True)
+        self._recounts = Recounts()
+        self._deleting: set[str] = set()  # runs being deleted: never tag them
+        self._restored: set[str] = set()  # runs restored since their deletion was settled
         self._wake = threading.Event()
+        self._stop = threading.Event()  # set when the store is closed: the writer ends
+        self._refresh_due = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_refresh = 0.0
-        self._refresh_due = False
-        self._next_flush = 0.0
-        self._last_settle_seconds = 0.0
-        self._experiment_names: dict[str, str] = {}
+        self._next_flush = 0.0  # read and written by the writer thread only
+        self._last_settle_seconds = 0.0  # written under _flush_lock; a float read is atomic
+        self._experiment_names: dict[str, str] = {}  # experiment id -> name; only ever grows
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
 
@@ -129,7 +183,7 @@ class LiveKrs:
         self._flush_lock = threading.RLock()
         self._refresh_lock = threading.Lock()
         self._marks = Marks()
-        self._verify = Marks(verify=True)
+        self._recounts = Recounts()
         self._wake = threading.Event()
         self._thread = None
 
@@ -154,7 +208,7 @@ class LiveKrs:
                 watched = self._watched
         if time.monotonic() >= self._next_refresh:
             self._next_refresh = time.monotonic() + REFRESH_INTERVAL
-            self._refresh_due = True
+            self._refresh_due.set()
             self._ensure_thread()
             self._wake.set()
         return watched
@@ -162,7 +216,7 @@ class LiveKrs:
     def refresh(self) -> bool:
         """Reload the definitions if a spec was applied since; True when they changed.
 
-        It holds no recompute lock: a reload waiting on an unreachable backend never keeps the
+        It holds no settling lock: a reload waiting on an unreachable backend never keeps the
         process-exit settling waiting.
         """
         with self._refresh_lock:
@@ -199,20 +253,30 @@ class LiveKrs:
         except Exception as error:  # noqa: BLE001 - fail-open: never fail the user's write
             fail_open(error)
 
-    def run_changed(self, run_id: str, flush: bool) -> None:
-        """Note a change to the run itself (end, deletion, restore); with `flush`, settle it now.
+    def run_changed(self, run_id: str) -> None:
+        """Note a change to the run itself (end, deletion, restore): the writer settles it soon.
 
-        Settling now costs one recompute; when the last one took longer than RUN_END_BUDGET the
-        background writer settles it instead (within a few recompute times; `flush()` waits).
+        With MLFLOW_OKR_RUN_END_BUDGET set, it settles now while settling is that cheap.
         """
         try:
             if not self.watched.cycles:
                 return
             self._mark(run_id, ALL_KRS)
-            if flush and self._last_settle_seconds <= run_end_budget():
+            budget = run_end_budget()
+            if budget > 0 and self._last_settle_seconds <= budget:
                 self.flush()
         except Exception as error:  # noqa: BLE001 - fail-open
             fail_open(error)
+
+    def deleting(self, run_id: str, deleting: bool = True) -> None:
+        """Note that `run_id` is being deleted (or was restored): the writer must not tag it."""
+        with self._lock:
+            if deleting:
+                self._deleting.add(run_id)
+                self._restored.discard(run_id)
+            else:
+                self._deleting.discard(run_id)
+                self._restored.add(run_id)
 
     def _mark(self, run_id: str, krs: set[KrRef] | None) -> None:
         with self._lock:
@@ -223,40 +287,67 @@ class LiveKrs:
     # -- the background writer --------------------------------------------------------------
 
     def _ensure_thread(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._stop.is_set() or (self._thread is not None and self._thread.is_alive()):
             return
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="mlflow-okr-live", daemon=True)
                 self._thread.start()
 
+    def _has_work(self) -> bool:
+        with self._lock:
+            return bool(self._marks.runs or self._recounts.due)
+
     def _run(self) -> None:
-        while True:
-            self._wake.wait()
+        while not self._stop.is_set():
+            timeout = IDLE_EXIT
+            with self._lock:
+                next_due = self._recounts.next_due()
+            if next_due is not None:
+                timeout = max(0.0, next_due - time.monotonic())
+            woken = self._wake.wait(timeout)
+            if self._stop.is_set():
+                return
+            if not woken and not self._has_work() and not self._refresh_due.is_set():
+                return  # idle: the next mark starts a new writer
             delay = self._next_flush - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
+            if delay > 0 and self._stop.wait(delay):
+                return
             self._wake.clear()
             try:
-                if self._refresh_due:
-                    self._refresh_due = False
+                if self._refresh_due.is_set():
+                    self._refresh_due.clear()
                     self.refresh()
-                self.flush()
+                self._settle_marks()
+                self._recount(time.monotonic())
             except Exception as error:  # noqa: BLE001 - fail-open
                 fail_open(error)
+                if _database_gone(self.inner_uri):
+                    self.close()  # the database is gone: nothing this writer does can land
+                    return
             rest = max(FLUSH_INTERVAL, BACKGROUND_SHARE_FACTOR * self._last_settle_seconds)
             self._next_flush = time.monotonic() + rest
             with self._lock:
-                if self._marks.runs or self._verify.runs:
+                if self._marks.runs:
                     self._wake.set()
 
+    def close(self) -> None:
+        """Stop the writer and drop what it had left; `mlflow-okr sync` repairs the rest."""
+        self._stop.set()
+        self._wake.set()
+        with self._lock:
+            self._marks = Marks()
+            self._recounts = Recounts()
+
     def flush_at_exit(self) -> None:
-        """Settle everything still marked, then verify it once: the process is ending.
+        """Settle everything still marked and recount what was revised: the process is ending.
 
         Waits at most EXIT_FLUSH_TIMEOUT: a backend that went away (a stopped server, with
         MLflow's HTTP retries) must never hold the user's process open.
         """
-        worker = threading.Thread(target=self._flush_twice, name="mlflow-okr-exit", daemon=True)
+        if self._stop.is_set():
+            return
+        worker = threading.Thread(target=self._flush_fail_open, name="mlflow-okr-exit", daemon=True)
         worker.start()
         worker.join(EXIT_FLUSH_TIMEOUT)
         if worker.is_alive():
@@ -267,132 +358,194 @@ class LiveKrs:
                 EXIT_FLUSH_TIMEOUT,
             )
 
-    def _flush_twice(self) -> None:
+    def _flush_fail_open(self) -> None:
         try:
             self.flush()
-            self.flush()  # the verification pass of what the first one wrote
+            self._recount(None)  # the verification of what the first recount wrote
         except Exception as error:  # noqa: BLE001 - fail-open
             fail_open(error)
 
-    # -- recompute --------------------------------------------------------------------------
+    # -- settling ---------------------------------------------------------------------------
 
     def flush(self) -> None:
-        """Recompute every marked KR from the database and write what changed."""
+        """Settle every marked run and recount every revised KR now: afterwards the stored KR
+        state equals a recompute of what this process wrote."""
+        with self._flush_lock:
+            self._settle_marks()
+            self._recount(None)
+
+    def _settle_marks(self) -> None:
         with self._flush_lock:
             with self._lock:
                 marks, self._marks = self._marks, Marks()
-                verify, self._verify = self._verify, Marks(verify=True)
-            if not marks.runs and not verify.runs:
+            if not marks.runs:
                 return
-            marks.verify = not marks.runs  # only a verification pass: it schedules no other
-            marks.merge(verify)
             started = time.monotonic()
-            wrote = self._settle(marks)
-            self._last_settle_seconds = time.monotonic() - started
-            if wrote and not marks.verify:
-                # Another process may have computed from older data and written after us:
-                # look once more, a flush later, so the last write always reflects the database.
+            try:
+                self._settle(marks)
+            except Exception:
+                # A mark dropped here would leave its run's tags stale until the next sync: keep it
+                # for the next settling, a few times, then give up (fail-open reports it). Tags may
+                # have been written without their tallies: recount the cycles too.
+                now = time.monotonic()
                 with self._lock:
-                    self._verify.merge(marks)
+                    if marks.failures + 1 < SETTLE_ATTEMPTS:
+                        marks.failures += 1
+                        marks.merge(self._marks)
+                        self._marks = marks
+                    for experiment_id, published in (self._watched.cycles if self._watched else {}).items():
+                        for _, kr in published.spec.key_results():
+                            self._recounts.revised((experiment_id, kr.id), now)
+                raise
+            self._last_settle_seconds = time.monotonic() - started
 
-    def _settle(self, marks: Marks) -> bool:
-        """Reconcile the marked runs' tags and recompute their KRs; True when anything was written."""
+    def _recount(self, now: float | None) -> None:
+        """Recount the cycles of the KRs due at `now` (None: all scheduled) from all their runs."""
+        with self._flush_lock:
+            with self._lock:
+                refs = self._recounts.take(now)
+            watched = self.watched
+            for experiment_id in sorted({experiment_id for experiment_id, _ in refs}):
+                published = watched.cycles.get(experiment_id)
+                if published is not None:
+                    self._recount_cycle(published)
+
+    def _recount_cycle(self, published: state.PublishedCycle) -> None:
+        """Count the cycle's KRs from all their runs, as `sync` does, and write what moved.
+
+        Every run in scope gets its okr.* tags reconciled on the way, so the tags (the verdicts
+        the next revision starts from) match the tallies written, and a tag another process wrote
+        from older facts is repaired too.
+        """
+        started = time.monotonic()
+        reconcile = functools.partial(self._reconcile_run_tags, published.spec)
+        computations, _ = compute_key_results(self.client, published.spec, on_run=reconcile)
+        written = self._write(published, computations)
+        seconds = time.monotonic() - started
+        with self._lock:
+            for kr_id in computations:
+                ref = (published.experiment_id, kr_id)
+                self._recounts.recounted(ref, started, seconds)
+                if kr_id in written:
+                    # Another process may have written between our read and our write: look
+                    # once more, until a recount finds nothing to write.
+                    self._recounts.revised(ref, time.monotonic())
+
+    def _reconcile_run_tags(self, spec: OkrSpec, run: Any, verdicts: dict[str, Verdict]) -> None:
+        if not self._is_deleting(run.info.run_id):
+            write_run_tags(self.client, run, plan_run_tags(spec, run, verdicts))
+
+    def _is_deleting(self, run_id: str) -> bool:
+        with self._lock:
+            return run_id in self._deleting
+
+    def _settle(self, marks: Marks) -> None:
+        """Tag the marked runs, revise the KRs their verdicts changed, and write what moved."""
         watched = self.watched
         scans = {
             experiment_id: CycleScan.build(self.client, published.spec)
             for experiment_id, published in watched.cycles.items()
         }
-        recompute: dict[str, set[str]] = {}
-        wrote = False
-        for run_id, krs in marks.runs.items():
-            for experiment_id, kr_ids, tags_written in self._reconcile_run(run_id, krs, watched, scans):
-                recompute.setdefault(experiment_id, set()).update(kr_ids)
-                wrote = wrote or tags_written
-        for experiment_id, kr_ids in recompute.items():
-            wrote = bool(self._recompute(watched.cycles[experiment_id], kr_ids)) or wrote
-        return wrote
+        keys = None
+        for scan in scans.values():
+            keys = scan.fact_keys() if keys is None else keys.merge(scan.fact_keys())
+        if keys is None:
+            return
+        runs = reader_for(self.client, keys).get_runs(marks.runs, keys)
+        changes: dict[str, dict[str, list[VerdictChange]]] = {}  # cycle -> KR -> changes
+        recount: set[str] = set()  # cycles to count afresh
+        for run_id, run in runs.items():
+            if self._is_okr_run(run, watched):
+                continue
+            with self._lock:
+                # A deleted run keeps its okr.* tags (MLflow writes no tags to a deleted run), so
+                # they cannot say whether a tally still counts it; a restored run's tags are
+                # older than its deletion. Either way its cycles are counted afresh.
+                moved = run.info.lifecycle_stage != "active" or run_id in self._restored
+                self._restored.discard(run_id)
+                if run.info.lifecycle_stage != "active":
+                    self._deleting.discard(run_id)  # read as deleted: it gets no tag from here on
+            for experiment_id, scan in scans.items():
+                if not scan.spec.cycle.contains(run.info.start_time):
+                    continue
+                if moved:
+                    recount.add(experiment_id)
+                    continue
+                for kr_id, change in self._run_changes(run, marks.runs[run_id], experiment_id, scan):
+                    changes.setdefault(experiment_id, {}).setdefault(kr_id, []).append(change)
+        for experiment_id in recount:
+            self._recount_cycle(watched.cycles[experiment_id])
+        for experiment_id, kr_changes in changes.items():
+            if experiment_id not in recount:
+                self._revise(watched.cycles[experiment_id], kr_changes)
 
-    def _is_okr_run(self, run: Run, watched: WatchedKrs) -> bool:
+    def _run_changes(
+        self, run: Any, krs: set[KrRef] | None, experiment_id: str, scan: CycleScan
+    ) -> list[tuple[str, VerdictChange]]:
+        """Bring an active run's okr.* tags for this cycle up to date; return its verdict changes."""
+        spec = scan.spec
+        info = run.info
+        verdicts = scan.verdicts(run)
+        plan = plan_run_tags(spec, run, verdicts)
+        if not self._is_deleting(info.run_id):
+            write_run_tags(self.client, run, plan)
+        marked = set(scan.scopes) if krs is ALL_KRS else {k for e, k in krs if e == experiment_id}
+        found = []
+        for kr_id in marked & set(scan.scopes):
+            old = verdict_from_tag(plan.current.get(state.source_tag(kr_id)))
+            new = verdicts.get(kr_id)
+            if old is None and new is None:
+                continue
+            unchanged = old is not None and new is not None and old.tag_value == new.tag_value
+            if unchanged and new.state != "counted":
+                continue  # still pending or excluded for the same reason: the tally is unchanged
+            found.append((kr_id, VerdictChange(info.run_id, info.start_time, old, new)))
+        return found
+
+    def _revise(self, published: state.PublishedCycle, kr_changes: dict[str, list[VerdictChange]]) -> None:
+        """Revise the saved tallies of these KRs; recount the ones that cannot be revised."""
+        if any(kr_id not in published.kr_runs for kr_id in kr_changes):
+            self.refresh()  # the spec was applied after we read it: pick up the new KR runs
+            published = self.watched.cycles.get(published.experiment_id, published)
+        kr_runs = read_kr_runs(self.client, published)
+        computations: dict[str, KrComputation] = {}
+        for kr_id, kr_changes_of_kr in kr_changes.items():
+            kr = published.spec.find_key_result(kr_id)
+            run = kr_runs.get(kr_id)
+            if kr is None or run is None:
+                continue
+            baseline, _ = state.resolve_baseline(self.client, kr)
+            tally = stored_tally(run, kr, baseline)
+            if tally is None or not revise_tally(tally, kr_changes_of_kr):
+                self._recount_cycle(published)  # counts every KR of the cycle afresh
+                return
+            computations[kr_id] = KrComputation(kr, tally, baseline)
+        self._write(published, computations, kr_runs)
+        now = time.monotonic()
+        with self._lock:
+            for kr_id in computations:
+                self._recounts.revised((published.experiment_id, kr_id), now)
+
+    def _write(
+        self,
+        published: state.PublishedCycle,
+        computations: dict[str, KrComputation],
+        kr_runs: dict | None = None,
+    ) -> set[str]:
+        """Settle these computations; the ids of the KRs whose state was written."""
+        if not computations:
+            return set()
+        now = dt.datetime.now(dt.timezone.utc)
+        statuses = computed_statuses(self.client, published, computations, now)
+        settled = settle_key_results(
+            self.client, published, statuses, tally_texts(computations), now, kr_runs=kr_runs
+        )
+        return settled.written
+
+    def _is_okr_run(self, run: Any, watched: WatchedKrs) -> bool:
         experiment_id = run.info.experiment_id
         if experiment_id in watched.okr_experiment_ids:
             return True
         if experiment_id not in self._experiment_names:
             self._experiment_names[experiment_id] = self.client.get_experiment(experiment_id).name
         return state.is_okr_experiment_name(self._experiment_names[experiment_id])
-
-    def _reconcile_run(
-        self,
-        run_id: str,
-        krs: set[KrRef] | None,
-        watched: WatchedKrs,
-        scans: dict[str, CycleScan],
-    ) -> list[tuple[str, set[str], bool]]:
-        """Bring the run's okr.* tags up to date; return the KRs (per cycle) to recompute."""
-        try:
-            run = self.client.get_run(run_id)
-        except MlflowException:
-            return []
-        if self._is_okr_run(run, watched):
-            return []
-        found = []
-        for experiment_id, published in watched.cycles.items():
-            spec = published.spec
-            if not spec.cycle.contains(run.info.start_time):
-                continue
-            scan = scans[experiment_id]
-            verdicts = scan.verdicts(run)
-            plan = plan_run_tags(spec, run, verdicts)
-            current = plan.current
-            tags_written = False
-            if run.info.lifecycle_stage == "active":
-                tags_written = write_run_tags(self.client, run, plan)
-            marked = set(scan.scopes) if krs is ALL_KRS else {k for e, k in krs if e == experiment_id}
-            concerned = {
-                kr_id
-                for kr_id, scope in scan.scopes.items()
-                if run.info.experiment_id in scope.experiment_ids
-                and spec.find_key_result(kr_id).metric in run.data.metrics  # type: ignore[union-attr]
-            }
-            had = {key[len(state.SOURCE_TAG_PREFIX):] for key in current if key != state.TAG_KRS}
-            kr_ids = marked & (concerned | had | set(verdicts))
-            if kr_ids:
-                found.append((experiment_id, kr_ids, tags_written))
-        return found
-
-    def _recompute(self, published: state.PublishedCycle, kr_ids: set[str]) -> set[str]:
-        """Recompute KRs with the shared path; write the ones whose stored state differs."""
-        client = self.client
-        now = dt.datetime.now(dt.timezone.utc)
-        if any(kr_id not in published.kr_runs for kr_id in kr_ids):
-            self.refresh()  # the spec was applied after we read it: pick up the new KR runs
-            published = self.watched.cycles.get(published.experiment_id, published)
-        computations, _ = compute_key_results(client, published.spec, kr_ids=kr_ids)
-        statuses = computed_statuses(client, published, computations, now)
-        kr_runs = self._kr_runs(published)  # one query for every KR run, not one per KR
-        changed = set()
-        for kr_id, status in statuses.items():
-            run = kr_runs.get(kr_id)
-            if run is None:
-                continue
-            stale = kr_drift(run, status, computations[kr_id].kr)
-            if stale or run.data.tags.get(state.TAG_STATUS) != status.status:
-                write_kr_status(client, published, status)
-                changed.add(kr_id)
-        if changed:
-            # Objective scores need every KR: the fresh ones, and the stored state of the rest.
-            merged = {
-                kr.id: statuses[kr.id] if kr.id in statuses else stored_kr_status(kr_runs[kr.id], kr)
-                for _, kr in published.spec.key_results()
-                if kr.id in statuses or kr.id in kr_runs
-            }
-            write_objective_scores(client, published, cycle_status(published.spec, merged, now))
-        return changed
-
-    def _kr_runs(self, published: state.PublishedCycle) -> dict[str, Run]:
-        live_ids = {run_id: kr_id for kr_id, run_id in published.kr_runs.items()}
-        filter_string = f"tags.`{state.TAG_ROLE}` = 'kr'"
-        return {
-            live_ids[run.info.run_id]: run
-            for run in state.iter_runs(self.client, [published.experiment_id], filter_string)
-            if run.info.run_id in live_ids
-        }

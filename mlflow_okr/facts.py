@@ -1,0 +1,209 @@
+"""Reading the run facts KRs need: lean SQL inside a SQL store, `search_runs` everywhere else.
+
+Scoring needs, per run, a handful of attributes, the latest values of a few metrics and a few
+tags or params. `MlflowClient.search_runs` loads whole runs (every metric, param and tag), which
+costs about a millisecond a run. Inside a SQL store (`okr+sqlite`, `okr+postgresql`, ... in a
+client or behind `mlflow server`), `SqlFacts` reads only those columns with SQLAlchemy
+expressions over MLflow's own models, bound parameters only. Through REST (`okr+http(s)`),
+`SearchFacts` uses `search_runs`, so the server's auth decides what is read. Both yield objects
+with the `info` / `data` shape of MLflow's `Run`, limited to the keys asked for, so the filter,
+verdict and run-tag code is the same for both.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from mlflow_okr import compat
+
+CHUNK = 1000  # runs per query: bounded memory, and under every database's bound-parameter limit
+
+
+@dataclass(frozen=True)
+class FactKeys:
+    """The metric, tag and param keys a reader must return; `lean` is False when they do not suffice."""
+
+    metrics: frozenset[str] = frozenset()
+    tags: frozenset[str] = frozenset()
+    params: frozenset[str] = frozenset()
+    lean: bool = True  # a filter on datasets needs whole runs
+
+    def merge(self, other: FactKeys) -> FactKeys:
+        return FactKeys(
+            self.metrics | other.metrics,
+            self.tags | other.tags,
+            self.params | other.params,
+            self.lean and other.lean,
+        )
+
+
+class RunInfoView:
+    """The attributes of `mlflow.entities.RunInfo` that filters and scoring read."""
+
+    __slots__ = (
+        "run_id", "run_name", "experiment_id", "status", "start_time", "end_time",
+        "lifecycle_stage", "user_id", "artifact_uri",
+    )
+
+    def __init__(self, row: Any):
+        (self.run_id, self.run_name, experiment_id, self.status, self.start_time, self.end_time,
+         self.lifecycle_stage, self.user_id, self.artifact_uri) = row
+        self.experiment_id = str(experiment_id)
+
+    @property
+    def run_uuid(self) -> str:
+        return self.run_id
+
+
+class RunDataView:
+    """The metrics (latest values), params and tags of a run, limited to the keys asked for."""
+
+    __slots__ = ("metrics", "params", "tags")
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+        self.params: dict[str, str] = {}
+        self.tags: dict[str, str] = {}
+
+
+class RunView:
+    """A run as `Run` shows it (`info`, `data`), read with only the keys asked for."""
+
+    __slots__ = ("info", "data")
+
+    def __init__(self, row: Any):
+        self.info = RunInfoView(row)
+        self.data = RunDataView()
+
+
+class SqlFacts:
+    """Run facts read with SQLAlchemy over MLflow's own tables, a chunk of runs at a time."""
+
+    def __init__(self, store: Any):
+        self.store = store
+
+    def scan(
+        self, experiment_ids: Iterable[str], start_ms: int, end_ms: int, keys: FactKeys
+    ) -> Iterator[Any]:
+        """Active runs of these experiments started within [start_ms, end_ms], by run id."""
+        from mlflow.store.tracking.dbmodels.models import SqlRun
+
+        ids = sorted({int(experiment_id) for experiment_id in experiment_ids})
+        if not ids:
+            return
+        in_scope = (
+            SqlRun.experiment_id.in_(ids),
+            SqlRun.lifecycle_stage == "active",
+            SqlRun.start_time >= start_ms,
+            SqlRun.start_time <= end_ms,
+        )
+        after = ""
+        while True:
+            with compat.sql_session(self.store) as session:
+                rows = (
+                    session.query(*_run_columns())
+                    .filter(*in_scope, SqlRun.run_uuid > after)
+                    .order_by(SqlRun.run_uuid)
+                    .limit(CHUNK)
+                    .all()
+                )
+                if not rows:
+                    return
+                views = {row[0]: RunView(row) for row in rows}
+                chunk = (*in_scope, SqlRun.run_uuid > after, SqlRun.run_uuid <= rows[-1][0])
+                _fill(session, views, keys, chunk, joined=True)
+            yield from views.values()
+            if len(rows) < CHUNK:
+                return
+            after = rows[-1][0]
+
+    def get_runs(self, run_ids: Iterable[str], keys: FactKeys) -> dict[str, Any]:
+        """These runs (deleted ones too) by id; ids that name no run are left out."""
+        from mlflow.store.tracking.dbmodels.models import SqlRun
+
+        wanted = sorted(set(run_ids))
+        found: dict[str, Any] = {}
+        for start in range(0, len(wanted), CHUNK):
+            part = wanted[start:start + CHUNK]
+            with compat.sql_session(self.store) as session:
+                rows = session.query(*_run_columns()).filter(SqlRun.run_uuid.in_(part)).all()
+                views = {row[0]: RunView(row) for row in rows}
+                if views:
+                    _fill(session, views, keys, (SqlRun.run_uuid.in_(list(views)),), joined=False)
+            found.update(views)
+        return found
+
+
+def _run_columns() -> tuple[Any, ...]:
+    from mlflow.store.tracking.dbmodels.models import SqlRun
+
+    return (
+        SqlRun.run_uuid, SqlRun.name, SqlRun.experiment_id, SqlRun.status, SqlRun.start_time,
+        SqlRun.end_time, SqlRun.lifecycle_stage, SqlRun.user_id, SqlRun.artifact_uri,
+    )
+
+
+def _fill(
+    session: Any, views: dict[str, RunView], keys: FactKeys, runs: tuple[Any, ...], joined: bool
+) -> None:
+    """Add the wanted metrics, tags and params of the runs selected by the `runs` conditions."""
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
+
+    def child_rows(model: Any, *columns: Any, wanted: frozenset[str]) -> Iterable[Any]:
+        if not wanted:
+            return ()
+        query = session.query(model.run_uuid, model.key, *columns)
+        if joined:
+            # Conditions on the runs table select the chunk: bounded parameters, any chunk size.
+            query = query.join(SqlRun, SqlRun.run_uuid == model.run_uuid).filter(*runs)
+        else:
+            query = query.filter(model.run_uuid.in_(list(views)))
+        return query.filter(model.key.in_(sorted(wanted))).all()
+
+    for run_id, key, value, is_nan in child_rows(
+        SqlLatestMetric, SqlLatestMetric.value, SqlLatestMetric.is_nan, wanted=keys.metrics
+    ):
+        # As SqlLatestMetric.to_mlflow_entity: NaN is stored as a flag beside a 0 value.
+        views[run_id].data.metrics[key] = math.nan if is_nan else value
+    for run_id, key, value in child_rows(SqlTag, SqlTag.value, wanted=keys.tags):
+        views[run_id].data.tags[key] = value
+    for run_id, key, value in child_rows(SqlParam, SqlParam.value, wanted=keys.params):
+        views[run_id].data.params[key] = value
+
+
+class SearchFacts:
+    """Run facts read through `search_runs` and `get_run`: whole runs, any tracking store."""
+
+    def __init__(self, client: MlflowClient):
+        self.client = client
+
+    def scan(
+        self, experiment_ids: Iterable[str], start_ms: int, end_ms: int, keys: FactKeys
+    ) -> Iterator[Any]:
+        from mlflow_okr import state
+
+        window = f"attributes.start_time >= {start_ms} AND attributes.start_time <= {end_ms}"
+        yield from state.iter_runs(self.client, sorted(set(experiment_ids)), window)
+
+    def get_runs(self, run_ids: Iterable[str], keys: FactKeys) -> dict[str, Any]:
+        found = {}
+        for run_id in sorted(set(run_ids)):
+            try:
+                found[run_id] = self.client.get_run(run_id)
+            except MlflowException:
+                continue
+        return found
+
+
+def reader_for(client: MlflowClient, keys: FactKeys) -> SqlFacts | SearchFacts:
+    """The cheapest reader that can serve `keys` for this client's store."""
+    store = compat.store_of(client)
+    if keys.lean and compat.is_sql_store(store):
+        return SqlFacts(store)
+    return SearchFacts(client)

@@ -1,0 +1,274 @@
+"""The stored state of KR runs: what a status writes, how it reads back, drift, and the one settle.
+
+`settle_key_results` is the single place where recomputed KR statuses become stored state; `sync`
+and the live store both call it, so both write, compare and notify the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from pydantic import BaseModel
+
+from mlflow_okr import notify, state
+from mlflow_okr.engine import Tally
+from mlflow_okr.results import CycleStatus, KeyResultStatus, cycle_status, kr_identity
+from mlflow_okr.spec import KeyResult
+
+STATE_TAGS = {
+    "counted_runs": state.TAG_COUNTED,
+    "best_run_id": state.TAG_BEST_RUN,
+    "baseline": state.TAG_BASELINE,
+    "target": state.TAG_TARGET,
+    "direction": state.TAG_DIRECTION,
+    "pending_runs": "okr.pending_runs",
+    "excluded_runs": "okr.excluded_runs",
+    "guardrail_breaches": "okr.guardrail_breaches",
+}
+COMPARED_FIELDS = ("current", "progress", *STATE_TAGS)
+# Why a KR scores as it does ("baseline not resolved yet"), for `status`; follows the compared fields.
+TAG_NOTES = "okr.notes"
+NOTES_SEPARATOR = "; "
+# The KR's tally (engine.Tally.summary) and what it was counted for: a write to one run can then
+# revise it instead of re-reading every run. Compared by sync like the other fields.
+TAG_TALLY = "okr.tally"
+MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
+
+
+class KrDrift(BaseModel):
+    kr: str
+    field: str
+    stored: Any = None
+    computed: Any = None
+
+
+def _tag_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def tally_basis(kr: KeyResult, baseline: float | None) -> str:
+    """What a saved tally was counted for: the KR's definition and its resolved baseline."""
+    text = state.kr_definition(kr) + "|" + repr(baseline)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def tally_text(kr: KeyResult, baseline: float | None, tally: Tally | None) -> str:
+    """The okr.tally tag for `tally`; empty when there is none or it does not fit in a tag."""
+    if tally is None:
+        return ""
+    text = json.dumps({"basis": tally_basis(kr, baseline), **tally.summary()}, sort_keys=True)
+    return text if len(text) <= MAX_TAG_LENGTH else ""
+
+
+def stored_tally(run: Run, kr: KeyResult, baseline: float | None) -> Tally | None:
+    """The tally saved on the KR run, if it was counted for this definition and baseline."""
+    text = run.data.tags.get(TAG_TALLY)
+    if not text or kr.metric is None:
+        return None
+    try:
+        data = json.loads(text)
+        if data.get("basis") != tally_basis(kr, baseline):
+            return None
+        _, direction = kr.resolve(baseline)
+        return Tally.from_summary(kr.rule(), direction, data)
+    except (ValueError, KeyError, TypeError):
+        return None  # hand-edited or from another version: recount
+
+
+def state_writes(
+    status: KeyResultStatus, stored: Run | None = None
+) -> tuple[dict[str, float], dict[str, str]]:
+    """The metrics and tags that record `status` on its KR run.
+
+    Given the `stored` run, metrics whose latest value is already the same are left out, so the
+    KR's charts get a point only when a value moves.
+    """
+    metrics = {state.METRIC_PROGRESS: status.progress, state.METRIC_SCORE: status.progress}
+    if status.current is not None and status.counted_runs > 0:
+        metrics[state.METRIC_VALUE] = status.current
+    if stored is not None:
+        latest = stored.data.metrics
+        metrics = {key: value for key, value in metrics.items() if not _exactly(latest.get(key), value)}
+    tags = {tag: _tag_text(getattr(status, name)) for name, tag in STATE_TAGS.items()}
+    tags[state.TAG_STATUS] = status.status
+    tags[TAG_NOTES] = NOTES_SEPARATOR.join(status.notes)
+    return metrics, tags
+
+
+def _exactly(stored: float | None, value: float) -> bool:
+    return stored is not None and (stored == value or (math.isnan(stored) and math.isnan(value)))
+
+
+def stored_status(run: Run) -> dict[str, Any]:
+    """The stored values of the compared fields, as text (tags) or floats (metrics)."""
+    metrics, tags = run.data.metrics, run.data.tags
+    stored: dict[str, Any] = {
+        "current": metrics.get(state.METRIC_VALUE) if tags.get(state.TAG_COUNTED, "0") != "0" else None,
+        "progress": metrics.get(state.METRIC_PROGRESS),
+    }
+    for name, tag in STATE_TAGS.items():
+        stored[name] = tags.get(tag)
+    return stored
+
+
+def same_value(stored: Any, computed: Any) -> bool:
+    """Whether a stored field equals the recomputed one (floats to 1e-9, NaN equal to NaN)."""
+    if isinstance(computed, float) or isinstance(stored, float):
+        if stored is None or computed is None:
+            return stored is None and computed is None
+        stored, computed = float(stored), float(computed)
+        if math.isnan(stored) or math.isnan(computed):
+            # A mean or sum of huge values can overflow to NaN; NaN never equals itself.
+            return math.isnan(stored) and math.isnan(computed)
+        return math.isclose(stored, computed, rel_tol=1e-9, abs_tol=1e-12)
+    return stored == computed
+
+
+def kr_drift(run: Run | None, status: KeyResultStatus, tally: str | None = None) -> list[KrDrift]:
+    """Fields where the stored KR state differs from the recompute (status aside: it moves with time).
+
+    With `tally` (the okr.tally text of the recompute), the saved tally is compared too.
+    """
+    if run is None:
+        computed = "a KR run; run `mlflow-okr apply` to recreate it"
+        return [KrDrift(kr=status.id, field="run", stored=None, computed=computed)]
+    stored = stored_status(run)
+    drift = []
+    for name in COMPARED_FIELDS:
+        computed = getattr(status, name)
+        if name in STATE_TAGS:
+            computed = _tag_text(computed)
+        elif computed is not None:
+            computed = float(computed)
+        if not same_value(stored[name], computed):
+            drift.append(KrDrift(kr=status.id, field=name, stored=stored[name], computed=computed))
+    if tally is not None and run.data.tags.get(TAG_TALLY, "") != tally:
+        stored_text = run.data.tags.get(TAG_TALLY)
+        drift.append(KrDrift(kr=status.id, field="tally", stored=stored_text, computed=tally))
+    return drift
+
+
+def write_kr_status(
+    client: MlflowClient,
+    published: state.PublishedCycle,
+    status: KeyResultStatus,
+    stored: Run | None = None,
+    tally: str | None = None,
+) -> None:
+    """Record `status` (and its tally) on its KR run; report the transition to webhooks if configured."""
+    run_id = published.kr_runs[status.id]
+    metrics, tags = state_writes(status, stored)
+    if tally is not None:
+        tags[TAG_TALLY] = tally
+    transition = notify.pending_transition(client, published, run_id, status)
+    state.log_kr_state(client, run_id, metrics, tags, published.cycle)
+    notify.announce(client, transition)
+
+
+def write_objective_scores(
+    client: MlflowClient, published: state.PublishedCycle, status: CycleStatus, force: bool = False
+) -> None:
+    for objective in status.objectives:
+        run_id = published.objective_runs.get(objective.id)
+        if run_id is None:
+            continue
+        stored = client.get_run(run_id).data.metrics.get(state.METRIC_SCORE)
+        if force or stored is None or not same_value(stored, objective.score):
+            state.log_kr_state(client, run_id, {state.METRIC_SCORE: objective.score}, {}, published.cycle)
+
+
+def stored_kr_status(run: Run, kr: KeyResult) -> KeyResultStatus:
+    """The KR status as its run stores it."""
+    stored = stored_status(run)
+
+    def number(name: str) -> float | None:
+        text = stored[name]
+        return float(text) if text not in (None, "") else None
+
+    def count(name: str) -> int:
+        return int(stored[name] or 0)
+
+    return KeyResultStatus(
+        **kr_identity(kr),
+        baseline=number("baseline"),
+        target=number("target"),
+        direction=stored["direction"] or None,
+        current=stored["current"],
+        progress=stored["progress"] or 0.0,
+        status=run.data.tags.get(state.TAG_STATUS, "not-started"),
+        counted_runs=count("counted_runs"),
+        best_run_id=stored["best_run_id"] or None,
+        weight=kr.weight,
+        pending_runs=count("pending_runs"),
+        excluded_runs=count("excluded_runs"),
+        guardrail_breaches=count("guardrail_breaches"),
+        run_id=run.info.run_id,
+        notes=[note for note in run.data.tags.get(TAG_NOTES, "").split(NOTES_SEPARATOR) if note],
+    )
+
+
+def read_kr_runs(client: MlflowClient, published: state.PublishedCycle) -> dict[str, Run]:
+    """Every live KR run of the cycle, by KR id, in one query."""
+    live_ids = {run_id: kr_id for kr_id, run_id in published.kr_runs.items()}
+    filter_string = f"tags.`{state.TAG_ROLE}` = 'kr'"
+    return {
+        live_ids[run.info.run_id]: run
+        for run in state.iter_runs(client, [published.experiment_id], filter_string)
+        if run.info.run_id in live_ids
+    }
+
+
+@dataclass
+class Settled:
+    """What settling found and wrote."""
+
+    drift: list[KrDrift] = field(default_factory=list)
+    written: set[str] = field(default_factory=set)
+    status: CycleStatus | None = None
+
+
+def settle_key_results(
+    client: MlflowClient,
+    published: state.PublishedCycle,
+    statuses: dict[str, KeyResultStatus],
+    tallies: dict[str, str],
+    now: dt.datetime,
+    check: bool = False,
+    kr_runs: dict[str, Run] | None = None,
+) -> Settled:
+    """Compare recomputed KR statuses with the stored state and, unless `check`, write what differs.
+
+    `statuses` may cover only some KRs (the live store recomputes the ones a write touched): the
+    objective scores then combine them with the stored state of the others.
+    """
+    kr_runs = read_kr_runs(client, published) if kr_runs is None else kr_runs
+    settled = Settled()
+    for kr_id, status in statuses.items():
+        run = kr_runs.get(kr_id)
+        drift = kr_drift(run, status, tallies.get(kr_id))
+        settled.drift.extend(drift)
+        if check or run is None:
+            continue
+        if drift or run.data.tags.get(state.TAG_STATUS) != status.status:
+            write_kr_status(client, published, status, stored=run, tally=tallies.get(kr_id))
+            settled.written.add(kr_id)
+    merged = {
+        kr.id: statuses[kr.id] if kr.id in statuses else stored_kr_status(kr_runs[kr.id], kr)
+        for _, kr in published.spec.key_results()
+        if kr.id in statuses or kr.id in kr_runs
+    }
+    settled.status = cycle_status(published.spec, merged, now)
+    if not check and (settled.written or len(statuses) == len(merged)):
+        write_objective_scores(client, published, settled.status)
+    return settled

@@ -1,0 +1,190 @@
+"""Which source runs a KR looks at, how each run stands for it, and the okr.* tags that follow.
+
+A KR's scope is its experiments, its filter and the cycle's dates; within it the engine gives each
+run a verdict (counted, pending, excluded with a reason kind). `sync` and the live store both ask
+here, so a run stands the same for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlflow.entities import RunTag
+from mlflow.tracking import MlflowClient
+
+from mlflow_okr import compat, state
+from mlflow_okr.engine import RunFacts, RunRule, Verdict, classify_run
+from mlflow_okr.facts import FactKeys
+from mlflow_okr.spec import OkrSpec
+
+
+def run_facts(run: Any) -> RunFacts:
+    """The facts the engine scores, from a `Run` or a lean run view."""
+    return RunFacts(
+        run_id=run.info.run_id,
+        start_time=run.info.start_time,
+        status=run.info.status,
+        metrics=run.data.metrics,
+        deleted=run.info.lifecycle_stage == "deleted",
+    )
+
+
+class RunFilter:
+    """An MLflow search filter, parsed once, tested against runs in memory with MLflow's grammar."""
+
+    def __init__(self, filter_string: str | None):
+        from mlflow.utils.search_utils import SearchUtils
+
+        self.filter_string = filter_string or ""
+        self._clauses = SearchUtils.parse_search_filter(self.filter_string)
+
+    def matches(self, run: Any) -> bool:
+        return all(compat.run_matches_clause(run, clause) for clause in self._clauses)
+
+    def keys(self) -> FactKeys:
+        """The metric, tag and param keys the filter reads (not lean when it reads datasets)."""
+        kinds: dict[str, set[str]] = {"metric": set(), "tag": set(), "parameter": set()}
+        lean = True
+        for clause in self._clauses:
+            if clause["type"] in kinds:
+                kinds[clause["type"]].add(clause["key"])
+            elif clause["type"] == "dataset":
+                lean = False
+        return FactKeys(
+            frozenset(kinds["metric"]), frozenset(kinds["tag"]), frozenset(kinds["parameter"]), lean
+        )
+
+
+@dataclass
+class Scope:
+    """Which source runs a metric KR looks at: experiments, a parsed filter, and its run rule."""
+
+    experiment_ids: frozenset[str]
+    run_filter: RunFilter
+    rule: RunRule
+
+    def covers(self, run: Any) -> bool:
+        return run.info.experiment_id in self.experiment_ids and self.run_filter.matches(run)
+
+
+@dataclass
+class CycleScan:
+    """Everything a pass over the source runs needs to know about the cycle's metric KRs."""
+
+    spec: OkrSpec
+    scopes: dict[str, Scope] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, client: MlflowClient, spec: OkrSpec, kr_ids: Iterable[str] | None = None) -> CycleScan:
+        wanted = set(kr_ids) if kr_ids is not None else None
+        scan = cls(spec)
+        experiments_cache: dict[tuple[str, ...], frozenset[str]] = {}
+        for _, kr in spec.key_results():
+            if kr.metric is None or (wanted is not None and kr.id not in wanted):
+                continue
+            key = tuple(kr.experiments)
+            if key not in experiments_cache:
+                experiments_cache[key] = frozenset(state.source_experiment_ids(client, kr.experiments))
+            scan.scopes[kr.id] = Scope(experiments_cache[key], RunFilter(kr.filter), kr.rule())
+        return scan
+
+    @property
+    def experiment_ids(self) -> list[str]:
+        return sorted({e for scope in self.scopes.values() for e in scope.experiment_ids})
+
+    def fact_keys(self) -> FactKeys:
+        """What a reader must return for these KRs: their metrics, filter keys and okr.* tags."""
+        managed = {state.TAG_KRS, state.TAG_CYCLE}
+        managed |= {state.source_tag(kr.id) for _, kr in self.spec.key_results() if kr.metric}
+        keys = FactKeys(tags=frozenset(managed))
+        for scope in self.scopes.values():
+            rule = scope.rule
+            metrics = {rule.metric} | {guardrail.metric for guardrail in rule.guardrails}
+            keys = keys.merge(FactKeys(metrics=frozenset(metrics))).merge(scope.run_filter.keys())
+        return keys
+
+    def verdicts(self, run: Any) -> dict[str, Verdict]:
+        """The verdict of every KR that concerns `run` (KR id -> verdict)."""
+        facts = run_facts(run)
+        if not self.spec.cycle.contains(facts.start_time):
+            return {}
+        verdicts = {}
+        for kr_id, scope in self.scopes.items():
+            if not scope.covers(run):
+                continue
+            verdict = classify_run(scope.rule, facts)
+            if verdict is not None:
+                verdicts[kr_id] = verdict
+        return verdicts
+
+
+def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Any | None = None) -> dict[str, str]:
+    """The okr.* tags a source run should carry for these verdicts.
+
+    Cycles may overlap (2026-Q4 inside 2026-H2): given the `run`, okr.krs keeps the ids it lists
+    for other cycles' KRs, so that each cycle's sync leaves the other's ids alone.
+    """
+    counted = {kr_id for kr_id, verdict in verdicts.items() if verdict.state == "counted"}
+    if run is not None:
+        own = {kr.id for _, kr in spec.key_results()}
+        listed = run.data.tags.get(state.TAG_KRS, "").split(",")
+        counted |= {kr_id for kr_id in listed if kr_id and kr_id not in own}
+    tags = {state.source_tag(kr_id): verdict.tag_value for kr_id, verdict in verdicts.items()}
+    if counted:
+        tags[state.TAG_KRS] = ",".join(sorted(counted))
+    if verdicts:
+        tags[state.TAG_CYCLE] = spec.cycle.name
+    return tags
+
+
+def managed_run_tags(spec: OkrSpec, run: Any) -> dict[str, str]:
+    """The okr.* tags of this cycle's KRs that `run` carries now."""
+    kr_ids = {kr.id for _, kr in spec.key_results()}
+    return {
+        key: value
+        for key, value in run.data.tags.items()
+        if key == state.TAG_KRS
+        or (key.startswith(state.SOURCE_TAG_PREFIX) and key[len(state.SOURCE_TAG_PREFIX):] in kr_ids)
+    }
+
+
+@dataclass
+class RunTagPlan:
+    """How a source run's okr.* tags differ from what its verdicts call for."""
+
+    current: dict[str, str]
+    desired: dict[str, str]
+    changed: dict[str, str]
+    stale: list[str]
+
+    @property
+    def drifted(self) -> bool:
+        return bool(self.changed or self.stale)
+
+
+def plan_run_tags(spec: OkrSpec, run: Any, verdicts: dict[str, Verdict]) -> RunTagPlan:
+    """Compare the run's managed tags with the desired ones (okr.cycle is not compared)."""
+    current = managed_run_tags(spec, run)
+    desired = desired_run_tags(spec, verdicts, run)
+    changed = {k: v for k, v in desired.items() if k != state.TAG_CYCLE and current.get(k) != v}
+    stale = [k for k in current if k not in desired]
+    return RunTagPlan(current, desired, changed, stale)
+
+
+def write_run_tags(client: MlflowClient, run: Any, plan: RunTagPlan) -> bool:
+    """Write what `plan` found drifted; True when anything was written."""
+    if not plan.drifted:
+        return False
+    changed = dict(plan.changed)
+    # okr.cycle is not compared: a run inside two overlapping cycles keeps the one it has
+    # unless its KR tags change, so two syncs do not rewrite it back and forth.
+    cycle_tag, wanted_cycle = run.data.tags.get(state.TAG_CYCLE), plan.desired.get(state.TAG_CYCLE)
+    if wanted_cycle and cycle_tag != wanted_cycle and (changed or not cycle_tag):
+        changed[state.TAG_CYCLE] = wanted_cycle
+    if changed:
+        client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in changed.items()], synchronous=True)
+    for key in plan.stale:
+        client.delete_tag(run.info.run_id, key)
+    return True
