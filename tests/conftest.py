@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr.cli import cli
+from tests.mysql import mysql_server, mysql_uri  # noqa: F401  (fixtures)
 from tests.postgres import postgres_server, postgres_uri  # noqa: F401  (fixtures)
 
 # Tests check KR state right after a run ends; on a loaded machine even a small store's recompute
@@ -35,6 +36,17 @@ def okr_store_registered(scheme: str = "okr+sqlite") -> bool:
 requires_okr_store = pytest.mark.skipif(
     not okr_store_registered(), reason="the okr+ tracking-store plugin is not registered"
 )
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
+def sql_server_uri(request: pytest.FixtureRequest) -> str:
+    """A fresh database with MLflow's schema on a real server, once on PostgreSQL and once on MariaDB."""
+    return request.getfixturevalue(f"{request.param}_uri")
 
 
 @pytest.fixture(scope="session")

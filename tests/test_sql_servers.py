@@ -1,6 +1,7 @@
-"""apply, sync, status, checkin and `sync --check` against a real PostgreSQL backend.
+"""apply, sync, status, checkin, `sync --check`, the live store and a server on real database servers.
 
-The same scenario also runs on SQLite; both backends must give the same status, field by field.
+Every test runs on PostgreSQL and on MariaDB (MySQL); the scenario also runs on SQLite, and each
+server must give the same status as SQLite, field by field.
 """
 
 from __future__ import annotations
@@ -13,11 +14,7 @@ from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import IN_CYCLE_MS, invoke, make_run, okr_store_registered
-
-pytestmark = pytest.mark.postgres
-requires_okr_postgres = pytest.mark.skipif(
-    not okr_store_registered("okr+postgresql"), reason="the okr+ tracking-store plugin is not registered"
-)
+from tests.servers import mlflow_server
 
 SPEC = """
 version: 1
@@ -72,6 +69,15 @@ def seed_runs(client: MlflowClient) -> dict[str, str]:
     }
 
 
+@pytest.fixture
+def okr_sql_server_uri(sql_server_uri: str) -> str:
+    """`okr+` in front of sql_server_uri; skips where the plugin does not register that scheme."""
+    scheme = "okr+" + sql_server_uri.split("://", 1)[0]
+    if not okr_store_registered(scheme):
+        pytest.skip(f"the okr+ tracking-store plugin does not register {scheme}")
+    return "okr+" + sql_server_uri
+
+
 def status_json(runner: CliRunner, uri: str) -> dict:
     result = invoke(runner, "status", "--format", "json", "--tracking-uri", uri, *AS_OF)
     assert result.exit_code == 0, result.output
@@ -108,8 +114,8 @@ def key_results(status: dict) -> dict[str, dict]:
     return {kr["id"]: kr for objective in status["objectives"] for kr in objective["key_results"]}
 
 
-def test_cli_round_trip_on_postgres(postgres_uri, runner, write_spec):
-    status, runs = run_scenario(runner, postgres_uri, write_spec(SPEC))
+def test_cli_round_trip(sql_server_uri, runner, write_spec):
+    status, runs = run_scenario(runner, sql_server_uri, write_spec(SPEC))
     krs = key_results(status)
     assert krs["accuracy"]["current"] == 0.86
     assert krs["accuracy"]["counted_runs"] == 1
@@ -121,21 +127,22 @@ def test_cli_round_trip_on_postgres(postgres_uri, runner, write_spec):
     assert krs["csat"]["current"] == 4.5 and krs["csat"]["progress"] == 1.0
     assert krs["alerting"]["current"] == 1.0 and krs["alerting"]["status"] == "achieved"
 
-    tags = MlflowClient(postgres_uri).get_run(runs["slow"]).data.tags
+    client = MlflowClient(sql_server_uri)
+    tags = client.get_run(runs["slow"]).data.tags
     assert tags["okr.kr.accuracy"].startswith("excluded")
-    assert MlflowClient(postgres_uri).get_run(runs["pending"]).data.tags["okr.kr.accuracy"] == "pending"
-    found = MlflowClient(postgres_uri).search_runs(
-        [MlflowClient(postgres_uri).get_experiment_by_name("train-main").experiment_id],
+    assert client.get_run(runs["pending"]).data.tags["okr.kr.accuracy"] == "pending"
+    found = client.search_runs(
+        [client.get_experiment_by_name("train-main").experiment_id],
         filter_string="tags.`okr.kr.accuracy` = 'counted'",
     )
     assert [run.info.run_id for run in found] == [runs["best"]]
 
 
-def test_postgres_and_sqlite_give_the_same_status(postgres_uri, tmp_path, write_spec):
+def test_server_and_sqlite_give_the_same_status(sql_server_uri, tmp_path, write_spec):
     spec_path = write_spec(SPEC)
-    on_postgres, pg_runs = run_scenario(CliRunner(), postgres_uri, spec_path)
+    on_server, server_runs = run_scenario(CliRunner(), sql_server_uri, spec_path)
     on_sqlite, lite_runs = run_scenario(CliRunner(), f"sqlite:///{tmp_path / 'same.db'}", spec_path)
-    by_run_id = {pg_runs[name]: name for name in pg_runs} | {lite_runs[name]: name for name in lite_runs}
+    by_run_id = {run_id: name for runs in (server_runs, lite_runs) for name, run_id in runs.items()}
 
     def comparable(status: dict) -> dict:
         for kr in key_results(status).values():
@@ -143,29 +150,28 @@ def test_postgres_and_sqlite_give_the_same_status(postgres_uri, tmp_path, write_
             kr["best_run_id"] = by_run_id.get(kr["best_run_id"], kr["best_run_id"])
         return status
 
-    assert comparable(on_postgres) == comparable(on_sqlite)
+    assert comparable(on_server) == comparable(on_sqlite)
 
 
-def test_stale_tags_are_repaired_on_postgres(postgres_uri, runner, write_spec):
-    _, runs = run_scenario(runner, postgres_uri, write_spec(SPEC))
-    client = MlflowClient(postgres_uri)
+def test_stale_tags_are_repaired(sql_server_uri, runner, write_spec):
+    _, runs = run_scenario(runner, sql_server_uri, write_spec(SPEC))
+    client = MlflowClient(sql_server_uri)
     client.set_tag(runs["best"], "okr.kr.accuracy", "excluded: tampered")
     client.set_tag(runs["unfiltered"], "okr.kr.loss", "counted")
-    result = invoke(runner, "sync", "--check", "--tracking-uri", postgres_uri, *AS_OF)
+    result = invoke(runner, "sync", "--check", "--tracking-uri", sql_server_uri, *AS_OF)
     assert result.exit_code == 1
     assert f"run {runs['best']}: tag okr.kr.accuracy stored 'excluded: tampered', recomputed 'counted'" in (
         result.output
     )
     assert f"run {runs['unfiltered']}: tag okr.kr.loss stored 'counted', recomputed None" in result.output
-    assert invoke(runner, "sync", "--tracking-uri", postgres_uri, *AS_OF).exit_code == 0
-    assert invoke(runner, "sync", "--check", "--tracking-uri", postgres_uri, *AS_OF).exit_code == 0
+    assert invoke(runner, "sync", "--tracking-uri", sql_server_uri, *AS_OF).exit_code == 0
+    assert invoke(runner, "sync", "--check", "--tracking-uri", sql_server_uri, *AS_OF).exit_code == 0
     assert "okr.kr.loss" not in client.get_run(runs["unfiltered"]).data.tags
 
 
-@requires_okr_postgres
-def test_live_store_on_postgres(postgres_uri, runner, write_spec):
-    assert invoke(runner, "apply", str(write_spec(SPEC)), "--tracking-uri", postgres_uri).exit_code == 0
-    live = MlflowClient("okr+" + postgres_uri)
+def test_live_store(sql_server_uri, okr_sql_server_uri, runner, write_spec):
+    assert invoke(runner, "apply", str(write_spec(SPEC)), "--tracking-uri", sql_server_uri).exit_code == 0
+    live = MlflowClient(okr_sql_server_uri)
     experiment_id = live.create_experiment("train-live")
     run = live.create_run(experiment_id, start_time=IN_CYCLE_MS)
     live.log_metric(run.info.run_id, "latency_ms", 20, timestamp=IN_CYCLE_MS + 1)
@@ -173,20 +179,18 @@ def test_live_store_on_postgres(postgres_uri, runner, write_spec):
     # Ending the run settles its KRs before the call returns.
     live.set_terminated(run.info.run_id, "FINISHED", end_time=IN_CYCLE_MS + 3)
 
-    krs = key_results(status_json(runner, postgres_uri))
+    krs = key_results(status_json(runner, sql_server_uri))
     assert krs["accuracy"]["current"] == 0.88
     assert krs["accuracy"]["best_run_id"] == run.info.run_id
-    assert MlflowClient(postgres_uri).get_run(run.info.run_id).data.tags["okr.kr.accuracy"] == "counted"
-    result = invoke(runner, "sync", "--check", "--tracking-uri", postgres_uri, *AS_OF)
+    assert MlflowClient(sql_server_uri).get_run(run.info.run_id).data.tags["okr.kr.accuracy"] == "counted"
+    result = invoke(runner, "sync", "--check", "--tracking-uri", sql_server_uri, *AS_OF)
     assert result.exit_code == 0, result.output
 
 
 @pytest.mark.server
-@requires_okr_postgres
-def test_server_on_okr_postgres(postgres_uri, runner, write_spec, tmp_path):
-    servers = pytest.importorskip("tests.servers", reason="tests/servers.py (the server helper) is missing")
-    assert invoke(runner, "apply", str(write_spec(SPEC)), "--tracking-uri", postgres_uri).exit_code == 0
-    with servers.mlflow_server("okr+" + postgres_uri, tmp_path, workers=2) as server:
+def test_okr_server(sql_server_uri, okr_sql_server_uri, runner, write_spec, tmp_path):
+    assert invoke(runner, "apply", str(write_spec(SPEC)), "--tracking-uri", sql_server_uri).exit_code == 0
+    with mlflow_server(okr_sql_server_uri, tmp_path, workers=2) as server:
         url = server.url
         mlflow.set_tracking_uri(url)
         remote = MlflowClient(url)
@@ -202,7 +206,7 @@ def test_server_on_okr_postgres(postgres_uri, runner, write_spec, tmp_path):
         # Ending the run settles its KRs in the worker before the call returns.
         remote.set_terminated(run.info.run_id, "FINISHED", end_time=IN_CYCLE_MS + 5)
         mlflow.set_tracking_uri(None)
-    krs = key_results(status_json(runner, postgres_uri))
+    krs = key_results(status_json(runner, sql_server_uri))
     assert krs["accuracy"]["current"] == 0.89
     assert krs["accuracy"]["best_run_id"] == run.info.run_id
-    assert invoke(runner, "sync", "--check", "--tracking-uri", postgres_uri, *AS_OF).exit_code == 0
+    assert invoke(runner, "sync", "--check", "--tracking-uri", sql_server_uri, *AS_OF).exit_code == 0
