@@ -227,6 +227,11 @@ class KeyResult(StrictModel):
     linked_to: str | None = Field(
         None, description="Ledger KRs: count only hypotheses linked to this objective or KR id."
     )
+    count_only: Literal["significant"] | None = Field(
+        None,
+        description="Ledger KRs: `significant` counts only validated hypotheses whose Benjamini-Hochberg "
+        "q-value across the cycle's evaluated hypotheses is at most 0.05.",
+    )
 
     @field_validator("target")
     @classmethod
@@ -257,6 +262,8 @@ class KeyResult(StrictModel):
             raise _invalid("a metric KR needs `metric` (or `source: ledger|manual`)", "metric")
         if self.linked_to is not None:
             raise _invalid("linked_to only applies to `source: ledger` KRs", "linked_to")
+        if self.count_only is not None:
+            raise _invalid("count_only only applies to `source: ledger` KRs", "count_only")
         if self.maintain is not None:
             for key in ("target", "baseline", "direction"):
                 if getattr(self, key) is not None:
@@ -311,6 +318,8 @@ class KeyResult(StrictModel):
             raise _invalid(f"a `source: {self.source}` KR takes no guardrails", "guardrails")
         if self.source == "manual" and self.linked_to is not None:
             raise _invalid("linked_to only applies to `source: ledger` KRs", "linked_to")
+        if self.source == "manual" and self.count_only is not None:
+            raise _invalid("count_only only applies to `source: ledger` KRs", "count_only")
         if self.target is None:
             raise _invalid(f"a `source: {self.source}` KR needs a numeric `target`", "target")
         if isinstance(self.target, str) or self.target <= 0:

@@ -347,11 +347,33 @@ def resolve_baseline(client: MlflowClient, kr: KeyResult) -> tuple[float | None,
     return best if best is not None else (None, None)
 
 
-def ledger_validated_count(client: MlflowClient, cycle: Cycle, linked_to: str | None) -> int:
-    """How many hypotheses were resolved `validated` during the cycle (optionally for one id)."""
+def ledger_validated_count(
+    client: MlflowClient, cycle: Cycle, linked_to: str | None, count_only: str | None = None
+) -> int:
+    """How many hypotheses were resolved `validated` during the cycle (optionally for one id).
+
+    With `count_only="significant"`, only those whose Benjamini-Hochberg q-value across the cycle's
+    evaluated hypotheses is at most alpha (`multiplicity`, the rule the ledger list and report use).
+    """
+    from mlflow_okr import multiplicity  # pure; the only use of it in this module
+
     experiment = client.get_experiment_by_name(LEDGER_EXPERIMENT)
     if experiment is None or experiment.lifecycle_stage != "active":
         return 0
+    q_values: dict[str, float] = {}
+    if count_only == "significant":
+        rows = []
+        for run in iter_runs(client, [experiment.experiment_id], f"tags.`{TAG_LEDGER_ID}` != ''"):
+            tags = run.data.tags
+            resolved_at = multiplicity.number(tags.get(TAG_LEDGER_RESOLVED_AT))
+            evaluated_at = multiplicity.number(tags.get(multiplicity.TAG_EVALUATED_AT))
+            moment = multiplicity.cycle_moment(
+                int(resolved_at) if resolved_at else None, int(evaluated_at) if evaluated_at else None,
+                run.info.start_time,
+            )
+            p_value = multiplicity.number(tags.get(multiplicity.TAG_VERDICT_P_VALUE))
+            rows.append((tags[TAG_LEDGER_ID], moment, p_value))
+        q_values = multiplicity.q_values(multiplicity.family(rows, cycle.contains))
     count = 0
     for run in iter_runs(client, [experiment.experiment_id], f"tags.`{TAG_LEDGER_STATUS}` = 'validated'"):
         tags = run.data.tags
@@ -359,6 +381,9 @@ def ledger_validated_count(client: MlflowClient, cycle: Cycle, linked_to: str | 
         if not resolved_at or not cycle.contains(int(float(resolved_at))):
             continue
         if linked_to and linked_to not in (tags.get(TAG_LEDGER_KR), tags.get(TAG_LEDGER_OBJECTIVE)):
+            continue
+        q_value = q_values.get(tags.get(TAG_LEDGER_ID, ""), 1.0)
+        if count_only == "significant" and q_value > multiplicity.ALPHA:
             continue
         count += 1
     return count

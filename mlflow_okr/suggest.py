@@ -242,7 +242,7 @@ class _Drafter:
 
     def ledger_kr(self, kr: KeyResult) -> tuple[dict[str, Any], list[str]]:
         fields = _carried_fields(kr)
-        count = state.ledger_validated_count(self.client, self.cycle, kr.linked_to)
+        count = state.ledger_validated_count(self.client, self.cycle, kr.linked_to, count_only=kr.count_only)
         assert isinstance(kr.target, (int, float))
         if count == 0:
             fields["target"] = kr.target
@@ -347,7 +347,7 @@ def _plain(value: Any) -> Any:
 
 
 CARRIED = ("id", "title", "source", "metric", "unit", "experiments", "filter", "aggregate", "weight",
-           "guardrails", "linked_to")
+           "guardrails", "linked_to", "count_only")
 
 
 def _carried_fields(kr: KeyResult) -> dict[str, Any]:
