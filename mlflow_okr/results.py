@@ -1,4 +1,9 @@
-"""The status objects every command returns (DESIGN section 5), built from scored KRs."""
+"""The status objects every command returns (DESIGN section 5), built from scored KRs.
+
+Numbers here are the engine's floats, unrounded: JSON, CSV and the Python API must equal the
+scoring to the last bit (a 3e-7 error rate is not 0, a progress of 0.99996 is not 1). Only the
+renderers for people (tables, Markdown, HTML) round.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from mlflow_okr.engine import Scored, status_of, weighted_mean
-from mlflow_okr.spec import KeyResult, OkrSpec, resolve_target
+from mlflow_okr.spec import KeyResult, OkrSpec
 
 
 class CycleInfo(BaseModel):
@@ -74,19 +79,6 @@ class CycleStatus(BaseModel):
         return counts
 
 
-def _round(value: float | None, digits: int = 6) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def spec_target(kr: KeyResult) -> float | None:
-    """The absolute target when it does not depend on a baseline read from MLflow."""
-    if kr.target is None:
-        return None
-    if isinstance(kr.baseline, (int, float)):
-        return resolve_target(kr.target, kr.baseline)
-    return kr.target if isinstance(kr.target, (int, float)) else None
-
-
 def kr_identity(kr: KeyResult) -> dict[str, Any]:
     """The fields of a KeyResultStatus that come from the KR's definition."""
     return {"id": kr.id, "title": kr.title, "kind": kr.kind, "metric": kr.metric, "unit": kr.unit}
@@ -102,11 +94,11 @@ def kr_status(
 ) -> KeyResultStatus:
     return KeyResultStatus(
         **kr_identity(kr),
-        baseline=_round(scored.baseline),
-        target=_round(scored.target),
+        baseline=scored.baseline,
+        target=scored.target,
         direction=scored.direction,
-        current=_round(scored.current),
-        progress=round(scored.progress, 4),
+        current=scored.current,
+        progress=scored.progress,
         status=scored.status,
         counted_runs=scored.counted_runs,
         best_run_id=scored.best_run_id,
@@ -133,7 +125,7 @@ def cycle_status(
                 title=objective.title,
                 category=objective.category,
                 owner=objective.owner,
-                score=round(score, 4),
+                score=score,
                 key_results=krs,
             )
         )
@@ -143,9 +135,9 @@ def cycle_status(
             name=spec.cycle.name,
             start=spec.cycle.start,
             end=spec.cycle.end,
-            elapsed=round(spec.cycle.elapsed(now), 4),
+            elapsed=spec.cycle.elapsed(now),
         ),
-        score=round(cycle_score, 4),
+        score=cycle_score,
         objectives=objectives,
     )
 

@@ -72,7 +72,7 @@ def report_frame(report: Report) -> pd.DataFrame:
                 "owner": objective.owner,
                 "kr_title": kr.title,
                 "unit": kr.unit,
-                "grade": round(kr.progress, 2),
+                "grade": kr.progress,
                 "pending_runs": kr.pending_runs,
                 "excluded_runs": kr.excluded_runs,
                 "best_run_name": best.name if best else None,
