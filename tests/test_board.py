@@ -380,6 +380,10 @@ def test_okr_auth_board_shows_each_viewer_only_what_mlflow_lets_them_read(tmp_pa
         assert status == cli_status_json(server.url, env=reader_env)
         [hypothesis] = board["hypotheses"]
         assert hypothesis["id"] == "dropout"
+        # The board calls the API at the address the request arrived on, not at the Host it names.
+        spoofed = requests.get(server.url + f"/okr/api/status?as_of={AS_OF}", auth=reader, timeout=30,
+                               headers={"Host": f"localhost:{servers.free_port()}"})
+        assert (spoofed.status_code, spoofed.json()) == (200, status)
         # The admin, on the same board, sees the secret best run.
         admin = (ADMIN, ADMIN_PASSWORD)
         admin_board = requests.get(server.url + "/okr/api/board", auth=admin, timeout=30).json()

@@ -15,10 +15,11 @@ from flask import Flask, request
 
 from mlflow_okr.board.app import board_blueprint
 from mlflow_okr.board.credentials import forwarding
+from mlflow_okr.errors import OkrError
 
 BOARD_PREFIX = "/okr"
 BOARD_ROUTES = ("/", "/api/status", "/api/board")
-# Where the board calls the server's REST API in okr-auth; default: the URL the viewer used.
+# Where the board calls the server's REST API in okr-auth; default: the address the request came in on.
 SERVER_URL_ENV = "MLFLOW_OKR_BOARD_SERVER_URL"
 
 
@@ -60,7 +61,17 @@ def create_app() -> Any:
 
 
 def _own_rest_url() -> str:
-    return os.environ.get(SERVER_URL_ENV) or request.host_url.rstrip("/") + _static_prefix()
+    """The server's REST API: the socket address the request arrived on, never the client's Host header.
+
+    Under uvicorn, MLflow's WSGI bridge fills SERVER_NAME and SERVER_PORT from the connection's local
+    address (checked on MLflow 3.17.2), so a viewer cannot make the board send requests elsewhere.
+    """
+    configured = os.environ.get(SERVER_URL_ENV)
+    if configured:
+        return configured.rstrip("/")
+    host, port = request.environ["SERVER_NAME"], request.environ["SERVER_PORT"]
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}{_static_prefix()}"
 
 
 def _allow_authenticated_viewers(paths: list[str]) -> None:
@@ -78,8 +89,16 @@ def _allow_authenticated_viewers(paths: list[str]) -> None:
 
 def create_auth_app() -> Any:
     """`mlflow server --app-name okr-auth`: MLflow's basic-auth app plus the board at /okr/."""
+    from mlflow.environment_variables import _MLFLOW_SGI_NAME
     from mlflow.server import app
     from mlflow.server.auth import create_app as create_basic_auth_app
+
+    if _MLFLOW_SGI_NAME.get() != "uvicorn" and not os.environ.get(SERVER_URL_ENV):
+        # gunicorn and waitress may take SERVER_NAME from the client's Host header.
+        raise OkrError(
+            f"okr-auth under gunicorn or waitress needs {SERVER_URL_ENV}, the URL at which this "
+            "server reaches its own REST API (e.g. http://127.0.0.1:5000)"
+        )
 
     blueprint = board_blueprint(
         _own_rest_url,
