@@ -30,8 +30,6 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from mlflow.exceptions import MlflowException
-
         try:
             return command(*args, **kwargs)
         except SpecError as exc:
@@ -40,16 +38,34 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise CommandError(str(exc), EXIT_CHECK_FAILED) from None
         except OkrError as exc:
             raise CommandError(str(exc)) from None
-        except MlflowException as exc:
-            raise CommandError(f"MLflow: {exc.message}") from None
+        except Exception as exc:
+            # Commands that never talk to MLflow do not import it; if it is not loaded, this
+            # cannot be one of its errors.
+            mlflow_exceptions = sys.modules.get("mlflow.exceptions")
+            if mlflow_exceptions is not None and isinstance(exc, mlflow_exceptions.MlflowException):
+                raise CommandError(f"MLflow: {exc.message}") from None
+            raise
 
     return wrapper
+
+
+def _checked_tracking_uri(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An okr+ URI must wrap a scheme mlflow-okr supports; say so before MLflow guesses at it."""
+    if value and value.lower().startswith("okr+"):
+        from mlflow_okr.store.uris import UnsupportedStoreUri, inner_uri_of
+
+        try:
+            inner_uri_of(value)
+        except UnsupportedStoreUri as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value
 
 
 tracking_uri_option = click.option(
     "--tracking-uri",
     envvar="MLFLOW_TRACKING_URI",
     default=None,
+    callback=_checked_tracking_uri,
     help="MLflow tracking URI (default: MLFLOW_TRACKING_URI). An okr+ prefix is accepted.",
 )
 cycle_option = click.option(
