@@ -67,6 +67,11 @@ def percent(progress: float) -> str:
 # Links
 
 
+def experiment_link(experiment_id: str) -> str:
+    """An experiment's runs table in MLflow's UI (not its GenAI overview)."""
+    return f"#/experiments/{experiment_id}/runs?{WORKFLOW_QUERY}"
+
+
 def run_link(experiment_id: str, run_id: str) -> str:
     return f"#/experiments/{experiment_id}/runs/{run_id}?{WORKFLOW_QUERY}"
 
