@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 
 from mlflow_okr.engine import (
     Bound,
+    ReasonKind,
     RunFacts,
     RunRule,
     Tally,
+    Verdict,
     classify_run,
     counter_progress,
     infer_direction,
@@ -409,3 +411,85 @@ def test_a_resolved_baseline_on_the_wrong_side_of_the_target_scores_nothing():
     assert equal.progress == 0.0 and equal.notes[0].endswith("contradicts direction maximize")
     agreeing = score_metric_kr(tally, 0.5, 1.3, elapsed=0.5, cycle_over=False)
     assert agreeing.progress == pytest.approx(0.5) and agreeing.notes == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reason kinds, and tallies saved and revised run by run
+
+
+def test_every_reason_reads_back_from_its_tag() -> None:
+    from mlflow_okr.engine import verdict_from_tag
+
+    rule = RunRule("acc", guardrails=(Bound("latency", max=50),))
+    cases = {
+        ReasonKind.NONE: RunFacts("a", 1, "FINISHED", {"acc": 0.9, "latency": 10}),
+        ReasonKind.WAITING: RunFacts("b", 1, "RUNNING", {"acc": 0.9}),
+        ReasonKind.GUARDRAIL_MISSING: RunFacts("c", 1, "FINISHED", {"acc": 0.9}),
+        ReasonKind.GUARDRAIL_BREACH: RunFacts("d", 1, "FINISHED", {"acc": 0.9, "latency": 80}),
+        ReasonKind.RUN_NOT_COUNTED: RunFacts("e", 1, "KILLED", {"acc": 0.9, "latency": 10}),
+        ReasonKind.NOT_A_NUMBER: RunFacts("f", 1, "FINISHED", {"acc": float("nan"), "latency": 10}),
+    }
+    for kind, facts in cases.items():
+        verdict = classify_run(rule, facts)
+        assert verdict is not None and verdict.reason_kind is kind
+        read = verdict_from_tag(verdict.tag_value)
+        reason = verdict.reason if verdict.state == "excluded" else ""  # only exclusions say why
+        assert (read.state, read.reason, read.reason_kind) == (verdict.state, reason, kind)
+    assert verdict_from_tag(None) is None
+    assert verdict_from_tag("excluded: a reason from another version").reason_kind is ReasonKind.UNKNOWN
+    assert classify_run(rule, cases[ReasonKind.GUARDRAIL_BREACH]).is_guardrail_breach
+    assert not classify_run(rule, cases[ReasonKind.GUARDRAIL_MISSING]).is_guardrail_breach
+
+
+AGGREGATES = ["best", "latest", "mean", "sum", "count", "min", "max"]
+run_values = st.sampled_from([0.1, 0.5, 0.5, 0.9, 1e300, -2.5])
+run_event = st.tuples(
+    st.integers(0, 4),  # which run
+    st.one_of(st.none(), run_values),  # None: the run no longer counts; a value: counted with it
+    st.sampled_from(["counted", "pending", "excluded"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    aggregate=st.sampled_from(AGGREGATES + ["maintain"]),
+    direction=st.sampled_from(["maximize", "minimize"]),
+    events=st.lists(run_event, max_size=25),
+)
+def test_a_tally_revised_run_by_run_equals_a_recount(aggregate, direction, events) -> None:
+    import json
+
+    from mlflow_okr.compute import VerdictChange, revise_tally
+
+    if aggregate == "maintain":
+        rule = RunRule("m", maintain=Bound("m", min=0.2))
+    else:
+        rule = RunRule("m", aggregate=aggregate)
+    verdicts: dict[str, Verdict] = {}
+    saved = Tally(rule, direction).summary()
+    for index, value, state in events:
+        run_id = f"run-{index}"
+        if value is None:
+            new = None
+        elif state == "counted":
+            new = Verdict("counted", "", value)
+        elif state == "pending":
+            new = Verdict("pending", "waiting for latency", value, ReasonKind.WAITING)
+        else:
+            reason = "guardrail latency = 80 breaks <= 50"
+            new = Verdict("excluded", reason, value, ReasonKind.GUARDRAIL_BREACH)
+        old = verdicts.get(run_id)
+        if new is None:
+            verdicts.pop(run_id, None)
+        else:
+            verdicts[run_id] = new
+        recount = Tally(rule, direction)
+        for other, verdict in sorted(verdicts.items()):
+            recount.note(other, verdict, int(other[-1]))
+        # The old verdict is read back from the run's tag: it has no value.
+        old_read = None if old is None else Verdict(old.state, old.reason, None, old.reason_kind)
+        tally = Tally.from_summary(rule, direction, json.loads(json.dumps(saved)))
+        if revise_tally(tally, [VerdictChange(run_id, index, old_read, new)]):
+            assert tally.summary() == recount.summary()
+            assert tally.current() == recount.current()
+        saved = recount.summary()  # a tally that could not be revised is recounted

@@ -435,3 +435,72 @@ def test_exit_never_waits_long_on_a_stuck_backend(
         assert "could not settle key results within 0 s at exit" in caplog.text
     finally:
         keeper._flush_lock.release()
+
+
+# ---------------------------------------------------------------------------------------------
+# The writer's lifecycle
+
+
+def wait_for(condition, seconds: float = 30.0) -> bool:
+    """Poll `condition` until it holds or `seconds` pass; the caller asserts on the result."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_an_idle_writer_ends_and_the_next_write_starts_one(
+    okr_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "IDLE_EXIT", 0.2)
+    keeper = _get_store(okr_uri)._okr_live
+    with mlflow.start_run():
+        mlflow.log_metrics({"val_acc": 0.6, "latency": 1})
+        first = keeper._thread
+        assert first is not None
+        assert wait_for(lambda: not first.is_alive())
+        mlflow.log_metric("val_acc", 0.7)
+        assert keeper._thread is not first and keeper._thread.is_alive()
+        flush()
+    assert kr_state(client, "acc")[0] == 0.7
+
+
+def test_a_writer_whose_database_is_gone_stops(tmp_path, sqlite_template, client: MlflowClient) -> None:
+    import shutil
+
+    path = tmp_path / "gone.db"
+    shutil.copyfile(sqlite_template, path)
+    publish(f"sqlite:///{path}")
+    keeper = live.LiveKrs(f"sqlite:///{path}")
+    keeper.watched  # noqa: B018 - loads the definitions while the database is there
+    path.unlink()
+    keeper._mark("0" * 32, live.ALL_KRS)
+    writer = keeper._thread
+    assert writer is not None
+    assert wait_for(lambda: not writer.is_alive())
+    assert keeper._stop.is_set() and keeper._marks.runs == {}
+    keeper._mark("1" * 32, live.ALL_KRS)  # a closed keeper starts no writer again
+    assert keeper._thread is writer
+
+
+def test_a_run_being_deleted_is_never_tagged(
+    okr_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_OKR_RUN_END_BUDGET", "0")  # nothing settles in this thread
+    store = _get_store(okr_uri)
+    keeper = store._okr_live
+    with mlflow.start_run() as run:
+        mlflow.log_metrics({"val_acc": 0.9, "latency": 1})
+        flush()
+    run_id = run.info.run_id
+    with keeper._flush_lock:  # the writer is busy while the run goes
+        MlflowClient(okr_uri).log_metric(run_id, "val_acc", 0.95)  # marked, not settled yet
+        store.delete_run(run_id)
+        assert run_id in keeper._deleting
+        store._hard_delete_run(run_id)  # what `mlflow gc` calls
+    flush()  # the marks name a run that is gone: nothing is written for it, nothing fails
+    assert client.search_runs([run.info.experiment_id], f"attributes.run_id = '{run_id}'") == []
+    assert kr_state(client, "acc") == (None, 0.0, "0")
+    assert_no_drift(client)

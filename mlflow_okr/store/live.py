@@ -308,6 +308,9 @@ class LiveKrs:
             woken = self._wake.wait(timeout)
             if self._stop.is_set():
                 return
+            if _database_gone(self.inner_uri):
+                self.close()  # nothing this writer does can land any more
+                return
             if not woken and not self._has_work() and not self._refresh_due.is_set():
                 return  # idle: the next mark starts a new writer
             delay = self._next_flush - time.monotonic()
@@ -322,9 +325,6 @@ class LiveKrs:
                 self._recount(time.monotonic())
             except Exception as error:  # noqa: BLE001 - fail-open
                 fail_open(error)
-                if _database_gone(self.inner_uri):
-                    self.close()  # the database is gone: nothing this writer does can land
-                    return
             rest = max(FLUSH_INTERVAL, BACKGROUND_SHARE_FACTOR * self._last_settle_seconds)
             self._next_flush = time.monotonic() + rest
             with self._lock:
@@ -453,7 +453,9 @@ class LiveKrs:
             return
         runs = reader_for(self.client, keys).get_runs(marks.runs, keys)
         changes: dict[str, dict[str, list[VerdictChange]]] = {}  # cycle -> KR -> changes
-        recount: set[str] = set()  # cycles to count afresh
+        # Cycles to count afresh; all of them when a marked run is gone (`mlflow gc`): its start
+        # time, and so its cycles, can no longer be read.
+        recount = set(scans) if len(runs) < len(marks.runs) else set()
         for run_id, run in runs.items():
             if self._is_okr_run(run, watched):
                 continue
