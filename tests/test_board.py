@@ -414,3 +414,10 @@ def test_board_command_reads_with_the_callers_credentials(tmp_path, monkeypatch)
         board = client.get("/api/board").get_json()
         _assert_reader_view(board, status, store)
         assert board["key_results"]["acc"]["kr_run_url"].startswith(server.url + "/#/experiments/")
+
+
+def test_board_command_takes_only_web_addresses_for_the_ui(tracking_uri):
+    arguments = ["board", "--ui-url", "javascript:alert(1)", "--tracking-uri", tracking_uri]
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 2
+    assert result.output == "Error: MLflow UI URL 'javascript:alert(1)' must start with http:// or https://\n"

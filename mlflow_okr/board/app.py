@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from mlflow.exceptions import MlflowException
 
 from mlflow_okr.board import data
-from mlflow_okr.errors import NotPublishedError, OkrError
+from mlflow_okr.errors import InputError, NotPublishedError, OkrError
 
 PAGE_TEMPLATE = resources.files("mlflow_okr.board").joinpath("page.html")
 NONCE_PLACEHOLDER = "{{nonce}}"
@@ -35,7 +35,7 @@ def _as_of() -> dt.datetime | None:
     try:
         moment = dt.datetime.fromisoformat(raw)
     except ValueError:
-        raise OkrError(f"bad as_of {raw!r}: give a date such as 2026-11-15 or an ISO time") from None
+        raise InputError(f"bad as_of {raw!r}: give a date such as 2026-11-15 or an ISO time") from None
     return moment.replace(tzinfo=dt.timezone.utc) if moment.tzinfo is None else moment
 
 
@@ -107,6 +107,9 @@ def create_board_app(
     tracking_uri: str | None = None, ui_url: str | None = None, cycle: str | None = None
 ) -> Flask:
     """The board as its own Flask app (what `mlflow-okr board` serves), reading `tracking_uri`."""
+    if ui_url is not None and not ui_url.lower().startswith(("http://", "https://")):
+        # The page turns it into link targets: only web addresses, never javascript: or file: URLs.
+        raise InputError(f"MLflow UI URL {ui_url!r} must start with http:// or https://")
     app = Flask("mlflow_okr.board")
     app.json.sort_keys = False
     app.register_blueprint(board_blueprint(lambda: tracking_uri, lambda: ui_url, cycle))

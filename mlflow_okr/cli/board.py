@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mlflow_okr.cli.common import cycle_option, handle_errors, tracking_uri_option
+from mlflow_okr.cli.common import CommandError, cycle_option, handle_errors, tracking_uri_option
 
 
 @click.command()
@@ -15,7 +15,9 @@ from mlflow_okr.cli.common import cycle_option, handle_errors, tracking_uri_opti
 @click.option(
     "--ui-url",
     default=None,
-    help="MLflow UI base URL for run links (default: the tracking URI when it is http(s), else no links).",
+    envvar="MLFLOW_OKR_UI_URL",
+    help="MLflow UI base URL for run links (default: the tracking URI when it is http(s), else no "
+    "links). Env: MLFLOW_OKR_UI_URL.",
 )
 @cycle_option
 @tracking_uri_option
@@ -30,5 +32,8 @@ def board(host: str, port: int, ui_url: str | None, cycle: str | None, tracking_
     click.echo(f"OKR board on http://{host}:{port}/ (JSON at /api/status); Ctrl+C stops it.")
     # Flask's own threaded server: enough for a team's local board. For a shared board, mount it in
     # the tracking server instead: `mlflow server --app-name okr` (or okr-auth) serves it at /okr/.
-    app.run(host=host, port=port, threaded=True, debug=False, use_reloader=False)
+    try:
+        app.run(host=host, port=port, threaded=True, debug=False, use_reloader=False)
+    except OSError as exc:
+        raise CommandError(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
 
