@@ -82,6 +82,10 @@ def test_q_values_match_statsmodels_and_the_formula() -> None:
 
 @pytest.fixture
 def cycle_of_hypotheses(client, runner, write_spec):
+    return make_cycle_of_hypotheses(client, runner, write_spec)
+
+
+def make_cycle_of_hypotheses(client, runner, write_spec):
     """Four hypotheses of 2026-Q4 with real evidence: two clear wins, one marginal, one null."""
     assert invoke(runner, "apply", str(write_spec(SPEC))).exit_code == 0
     experiment = client.create_experiment("reco-ab")

@@ -176,6 +176,7 @@ def hypotheses(tracking_uri: str | None, status: CycleStatus, ui_url: str | None
                 "effect": evaluation.get("effect"),
                 "relative_effect": evaluation.get("relative_effect"),
                 "p_value": evaluation.get("p_value"),
+                "q_value": hypothesis.q_value,  # Benjamini-Hochberg, across the current cycle
                 "suggested_verdict": evaluation.get("suggested_verdict"),
                 "learning": hypothesis.learning,
                 "url": (

@@ -169,11 +169,19 @@ def _hypotheses(title: str, hypotheses: list[Hypothesis]) -> str:
     )
 
 
+def _track_record(report: Report) -> str:
+    lines = text.track_record(report)
+    if not lines:
+        return ""
+    return '<div class="track-record">' + "".join(f"<p>{e(line)}</p>" for line in lines) + "</div>"
+
+
 def _ledger(report: Report) -> str:
     if report.ledger is None:
         return ""
     return (
         '<section class="ledger"><h2>Hypotheses resolved this cycle</h2>'
+        + _track_record(report)
         + "".join(_hypotheses(title, group) for title, group in report.hypothesis_groups())
         + "</section>"
     )

@@ -135,6 +135,8 @@ def render_markdown(report: Report) -> str:
         lines += evidence + ([""] if evidence else [])
     if report.ledger is not None:
         lines += ["## Hypotheses resolved this cycle", ""]
+        record = [f"- {md(line)}" for line in text.track_record(report)]
+        lines += record + ([""] if record else [])
         for title, group in report.hypothesis_groups():
             lines += _hypotheses(title, group)
     if report.next_cycle is not None:

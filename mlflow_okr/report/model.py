@@ -9,10 +9,11 @@ from typing import Any
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 from mlflow_okr import state
 from mlflow_okr.engine import EXCLUDED_PREFIX, SUCCESS_GRADE
+from mlflow_okr.ledger.record import TrackRecord
 from mlflow_okr.report.suggestions import NextCycle, next_cycle
 from mlflow_okr.results import CycleStatus, KeyResultStatus
 from mlflow_okr.sync import stored_cycle_status
@@ -70,8 +71,17 @@ class Hypothesis(BaseModel):
     treatment_runs: int = 0
     relative_effect: float | None = None
     p_value: float | None = None
+    q_value: float | None = None  # Benjamini-Hochberg, across the cycle's evaluated hypotheses
     run_id: str
     url: str | None = None
+
+    @computed_field
+    @property
+    def doubtful(self) -> bool:
+        """Validated, yet its q-value is above alpha: among the cycle's tests it may be a false discovery."""
+        from mlflow_okr.multiplicity import ALPHA
+
+        return self.status == "validated" and self.q_value is not None and self.q_value > ALPHA
 
 
 class Report(BaseModel):
@@ -80,6 +90,7 @@ class Report(BaseModel):
     status: CycleStatus
     details: dict[str, KeyResultDetail]
     ledger: list[Hypothesis] | None = None
+    track_record: TrackRecord | None = None
     next_cycle: NextCycle | None = None
     as_of: dt.datetime
     generated_at: dt.datetime
@@ -203,23 +214,34 @@ def history(client: MlflowClient, kr_run_id: str | None) -> list[HistoryPoint]:
     return [points[timestamp] for timestamp in sorted(points)]
 
 
-def ledger_hypotheses(
+def cycle_ledger(
     client: MlflowClient, published: state.PublishedCycle, ui_url: str | None
-) -> list[Hypothesis] | None:
-    """Hypotheses resolved during the cycle, oldest first; None when there is no ledger."""
+) -> tuple[list[Hypothesis] | None, TrackRecord | None]:
+    """Hypotheses resolved during the cycle, oldest first, with q-values; and the cycle's track
+    record. (None, None) when there is no ledger."""
     from mlflow_okr.ledger import store as ledger_store
+    from mlflow_okr.ledger.record import track_record, with_q_values
 
     experiment = client.get_experiment_by_name(state.LEDGER_EXPERIMENT)
     if experiment is None or experiment.lifecycle_stage != "active":
-        return None
-    hypotheses = [_from_ledger(h, experiment.experiment_id, ui_url) for h in ledger_store.load_all(client)]
+        return None, None
     cycle = published.cycle
+    loaded = with_q_values(ledger_store.load_all(client), cycle.contains)
+    record = track_record([h for h in loaded if cycle.contains(h.cycle_moment)], cycle.name)
+    hypotheses = [_from_ledger(h, experiment.experiment_id, ui_url) for h in loaded]
     resolved = [
         h
         for h in hypotheses
         if h.resolved_at is not None and cycle.contains(int(h.resolved_at.timestamp() * 1000))
     ]
-    return sorted(resolved, key=lambda h: (h.resolved_at, h.id))
+    return sorted(resolved, key=lambda h: (h.resolved_at, h.id)), record
+
+
+def ledger_hypotheses(
+    client: MlflowClient, published: state.PublishedCycle, ui_url: str | None
+) -> list[Hypothesis] | None:
+    """Hypotheses resolved during the cycle, oldest first; None when there is no ledger."""
+    return cycle_ledger(client, published, ui_url)[0]
 
 
 def _utc_from_ms(value: Any) -> dt.datetime | None:
@@ -254,6 +276,7 @@ def _from_ledger(hypothesis: Any, experiment_id: str, ui_url: str | None) -> Hyp
         treatment_runs=len(hypothesis.arm_runs("treatment")),
         relative_effect=_number(evaluation.get("relative_effect")),
         p_value=_number(evaluation.get("p_value")),
+        q_value=hypothesis.q_value,
         run_id=run_id,
         url=run_url(ui_url, hypothesis.experiment_id or experiment_id, run_id) if run_id else None,
     )
@@ -287,10 +310,12 @@ def build_report(
             maintain_min=spec_kr.maintain.min if spec_kr and spec_kr.maintain else None,
             maintain_max=spec_kr.maintain.max if spec_kr and spec_kr.maintain else None,
         )
+    ledger, record = cycle_ledger(client, published, ui_url)
     return Report(
         status=status,
         details=details,
-        ledger=ledger_hypotheses(client, published, ui_url),
+        ledger=ledger,
+        track_record=record,
         next_cycle=next_cycle(client, _tracking_uri(client), status.cycle.name, now),
         as_of=now,
         generated_at=dt.datetime.now(dt.timezone.utc),

@@ -45,6 +45,7 @@ def report_payload(report: Report) -> dict[str, Any]:
         for kr_id, detail in report.details.items()
     }
     payload["ledger"] = None if report.ledger is None else [h.model_dump(mode="json") for h in report.ledger]
+    payload["track_record"] = report.track_record.model_dump(mode="json") if report.track_record else None
     payload["next_cycle"] = report.next_cycle.model_dump(mode="json") if report.next_cycle else None
     return payload
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlflow_okr.ledger.record import WinRate
 from mlflow_okr.render import STATUS_MARKS, number
 from mlflow_okr.report.model import Report
 from mlflow_okr.results import KeyResultStatus
@@ -88,3 +89,42 @@ def effect(value: float | None, relative: float | None) -> str:
         return "—"
     shown = f"{value:+.4g}"
     return f"{shown} ({relative:+.1%})" if relative is not None else shown
+
+
+def track_record(report: Report) -> list[str]:
+    """The cycle's track record as sentences: counts, win rates, validated effect, q-values and the
+    validated hypotheses whose q-value is above alpha."""
+    record = report.track_record
+    if record is None:
+        return []
+
+    def rates(items: list[WinRate]) -> str:
+        return "; ".join(
+            f"{item.name or '(none)'} {item.validated}/{item.resolved}"
+            + (f" ({item.win_rate:.0%})" if item.win_rate is not None else "")
+            for item in items
+        )
+
+    lines = [
+        f"{record.tried} hypotheses tried: {record.validated} validated, {record.invalidated} invalidated, "
+        f"{record.inconclusive} inconclusive, {record.open} open."
+    ]
+    if record.by_objective:
+        lines.append(f"Win rate by objective: {rates(record.by_objective)}.")
+    if record.by_owner:
+        lines.append(f"Win rate by owner: {rates(record.by_owner)}.")
+    if record.validated_effect:
+        lines.append("Validated effect: " + "; ".join(
+            f"{metric} {effect:+.4g}" for metric, effect in record.validated_effect.items()) + ".")
+    q_values = [(h.id, h.q_value) for h in report.ledger or [] if h.q_value is not None]
+    if q_values:
+        lines.append(
+            "Benjamini-Hochberg q-values across the cycle's evaluated hypotheses: "
+            + "; ".join(f"{hypothesis_id} {p_value(q)}" for hypothesis_id, q in q_values) + "."
+        )
+    if record.validated_above_alpha:
+        lines.append(
+            f"Validated but with a q-value above {record.alpha:g} (may be false discoveries): "
+            f"{', '.join(record.validated_above_alpha)}."
+        )
+    return lines
