@@ -413,7 +413,9 @@ def measure_size(
     directory = workdir / f"runs-{runs}"
     directory.mkdir()
     print(f"\n{runs:,} runs, {args.backend}: building the store ...", flush=True)
-    uri, experiment_ids, built = prepare(directory, runs, args.experiments, tracking_uri=database_uri)
+    uri, experiment_ids, built = prepare(
+        directory, runs, args.experiments, tracking_uri=database_uri, tag_runs=True
+    )
     started = time.perf_counter()
     api.sync(**sync_options(uri, check=False))
     synced = time.perf_counter() - started

@@ -197,22 +197,61 @@ def peak_memory(work: Callable[[], Any]) -> int:
 
 
 def prepare(
-    directory: Path, runs: int, experiments: int, tracking_uri: str | None = None
+    directory: Path, runs: int, experiments: int, tracking_uri: str | None = None, tag_runs: bool = False
 ) -> tuple[str, list[str], float]:
     """A store with `runs` runs and the spec applied (not yet synced); return uri, ids, build time.
 
     The store is `directory/mlflow.db` on SQLite unless `tracking_uri` names another database
-    (an empty one, or one with MLflow's schema and no experiments yet).
+    (an empty one, or one with MLflow's schema and no experiments yet). With `tag_runs`, the
+    okr.* tags the first sync would write are inserted in bulk (`tag_in_bulk`).
     """
     import mlflow_okr
 
     tracking_uri = tracking_uri or f"sqlite:///{directory / 'mlflow.db'}"
     started = time.perf_counter()
     experiment_ids = create_runs(tracking_uri, runs, experiments)
-    built = time.perf_counter() - started
     spec = mlflow_okr.parse_spec(SPEC, "benchmark okrs.yaml")
     mlflow_okr.apply_spec(spec, tracking_uri=tracking_uri, sync_after=False)
+    if tag_runs:
+        tag_in_bulk(tracking_uri)
+    built = time.perf_counter() - started
     return tracking_uri, experiment_ids, built
+
+
+def tag_in_bulk(tracking_uri: str) -> int:
+    """Insert the okr.* source-run tags the first sync would write, in bulk; return how many.
+
+    The first sync writes them with one MLflow `log_batch` per run (27x a plain pass at 10,000
+    runs, most of an hour at 100,000): a one-time cost that the steady-state figures do not
+    measure. The tags come from the same plan as sync's (`scope.plan_run_tags`), so a sync
+    afterwards finds no run tag to repair.
+    """
+    import sqlalchemy
+    from mlflow.store.tracking.dbmodels.models import SqlTag
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_okr import state
+    from mlflow_okr.compute import compute_key_results
+    from mlflow_okr.scope import plan_run_tags
+
+    client = MlflowClient(tracking_uri)
+    spec = state.load_published(client, CYCLE).spec
+    rows: list[dict[str, str]] = []
+
+    def collect(run: Any, verdicts: dict) -> None:
+        plan = plan_run_tags(spec, run, verdicts)
+        tags = dict(plan.changed)
+        if plan.desired.get(state.TAG_CYCLE):
+            tags[state.TAG_CYCLE] = plan.desired[state.TAG_CYCLE]
+        rows.extend({"key": k, "value": v, "run_uuid": run.info.run_id} for k, v in tags.items())
+
+    compute_key_results(client, spec, on_run=collect)
+    engine = sqlalchemy.create_engine(tracking_uri)
+    with engine.begin() as connection:
+        for start in range(0, len(rows), INSERT_CHUNK):
+            connection.execute(SqlTag.__table__.insert(), rows[start:start + INSERT_CHUNK])
+    engine.dispose()
+    return len(rows)
 
 
 def main() -> None:
@@ -222,6 +261,11 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10_000, help="Runs to create (default 10000).")
     parser.add_argument("--experiments", type=int, default=5, help="Experiments to spread them over.")
     parser.add_argument("--repeat", type=int, default=3, help="Tries per timing; the best is kept.")
+    parser.add_argument(
+        "--first-sync", action="store_true",
+        help="Time the first sync, which tags every run one log_batch at a time (slow at 100,000 "
+        "runs); by default the tags it would write are inserted in bulk first.",
+    )
     args = parser.parse_args()
 
     def sync(uri: str, check: bool = False) -> Any:
@@ -231,8 +275,9 @@ def main() -> None:
         full, quarter = Path(tmp, "full"), Path(tmp, "quarter")
         full.mkdir()
         quarter.mkdir()
-        uri, experiment_ids, built = prepare(full, args.runs, args.experiments)
-        print(f"{args.runs:,} runs in {args.experiments} experiments created in {built:.1f} s (bulk insert)")
+        uri, experiment_ids, built = prepare(full, args.runs, args.experiments, tag_runs=not args.first_sync)
+        print(f"{args.runs:,} runs in {args.experiments} experiments created in {built:.1f} s (bulk insert"
+              + (")" if args.first_sync else ", okr.* tags included)"))
 
         plain, seen = best_of(args.repeat, lambda: plain_pass(uri, experiment_ids))
         first_started = time.perf_counter()
@@ -245,9 +290,10 @@ def main() -> None:
         assert steady_result.run_drift_count == 0
 
         print(f"plain search_runs pass        {plain:8.2f} s   1.00x   ({seen:,} runs)")
-        print(f"first sync (tags every run)   {first_time:8.2f} s  {first_time / plain:5.2f}x   "
+        what = "tags every run" if args.first_sync else "KR state only"
+        print(f"first sync ({what:15}) {first_time:8.2f} s  {first_time / plain:5.2f}x   "
               f"({first.runs_scanned:,} runs scanned, {first.run_drift_count:,} run tags written)")
-        print(f"steady-state sync             {steady:8.2f} s  {steady / plain:5.2f}x   (target <= 2)")
+        print(f"steady-state sync             {steady:8.2f} s  {steady / plain:5.2f}x   (target <= 0.5)")
         print(f"sync --check                  {check:8.2f} s  {check / plain:5.2f}x")
 
         per_write = plain_tag_writes(uri, experiment_ids, min(500, args.runs))
@@ -256,7 +302,7 @@ def main() -> None:
               f"{per_write * first.runs_scanned:.0f} s of the first sync")
 
         small_runs = max(1, args.runs // 4)
-        small_uri, _, _ = prepare(quarter, small_runs, args.experiments)
+        small_uri, _, _ = prepare(quarter, small_runs, args.experiments, tag_runs=True)
         sync(small_uri)
         peak_full = peak_memory(lambda: sync(uri))
         peak_small = peak_memory(lambda: sync(small_uri))

@@ -17,7 +17,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
-from mlflow_okr import notify, state
+from mlflow_okr import mlflow_ui, notify, state
 from mlflow_okr.engine import Tally
 from mlflow_okr.results import CycleStatus, KeyResultStatus, cycle_status, kr_identity
 from mlflow_okr.spec import KeyResult
@@ -271,4 +271,6 @@ def settle_key_results(
     settled.status = cycle_status(published.spec, merged, now)
     if not check and (settled.written or len(statuses) == len(merged)):
         write_objective_scores(client, published, settled.status)
+        # The descriptions MLflow's UI shows follow the state; each is written only if it changed.
+        mlflow_ui.refresh_ui_notes(client, published, settled.status, kr_runs)
     return settled

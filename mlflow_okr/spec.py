@@ -355,13 +355,6 @@ class KeyResult(StrictModel):
         return target, infer_direction(baseline, target, self.direction)
 
     @property
-    def metrics_used(self) -> set[str]:
-        """The metric keys whose writes can change this KR."""
-        if self.metric is None:
-            return set()
-        return {self.metric} | {guardrail.metric for guardrail in self.guardrails}
-
-    @property
     def label(self) -> str:
         return self.title or self.id
 
