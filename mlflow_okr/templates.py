@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 
 STARTER = """\
-# OKRs for one cycle. Reference: https://pypi.org/project/mlflow-okr/ (README, "okrs.yaml").
+# OKRs for one cycle. Reference: the "okrs.yaml" section of mlflow-okr's README.md;
+# `mlflow-okr schema` prints the JSON Schema for editors, `mlflow-okr validate` checks this file.
 version: 1
 cycle: {cycle}
 status_thresholds: {{on_track: 0.7, at_risk: 0.4}}

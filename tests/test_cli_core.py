@@ -130,6 +130,24 @@ def test_status_rejects_an_unknown_format(applied, runner):
     assert "'xml' is not one of 'table', 'json', 'csv'" in result.output
 
 
+def test_sync_says_what_it_wrote(applied, runner):
+    """A new run's tags and its KR's new state are writes, not repairs; a second sync writes nothing."""
+    experiment_id = applied.client.get_experiment_by_name("serving").experiment_id
+    make_run(applied.client, experiment_id, {"p99_latency_ms": 80.0})
+    result = invoke(runner, "sync", *AS_OF)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (
+        "Synced cycle 2026-Q4: 2 runs scanned. "
+        "Wrote 5 KR state field(s) to okr/2026-Q4 and 2 okr.* tag(s) to source runs."
+    )
+    assert "repaired" not in result.output
+    result = invoke(runner, "sync", *AS_OF)
+    assert result.output.splitlines()[0] == (
+        "Synced cycle 2026-Q4: 2 runs scanned. "
+        "Nothing to write: the stored KR state and run tags were up to date."
+    )
+
+
 def test_checkin_records_a_manual_kr(applied, runner, monkeypatch):
     client = applied.client
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")

@@ -7,7 +7,6 @@ from pathlib import Path
 import click
 
 import mlflow_okr
-from mlflow_okr import render
 from mlflow_okr.cli.common import (
     EXIT_CHECK_FAILED,
     CommandError,
@@ -76,6 +75,16 @@ def apply(spec_file: Path, dry_run: bool, tracking_uri: str | None) -> None:
         click.echo(f"  {step.action:<9} {step.kind:<9} {step.id}{detail}")
 
 
+def _sync_writes(result) -> str:
+    """What `sync` wrote, in words: a first sync writes every field, which does not mean they were broken."""
+    if not result.kr_drift and not result.run_drift_count:
+        return "Nothing to write: the stored KR state and run tags were up to date."
+    return (
+        f"Wrote {len(result.kr_drift)} KR state field(s) to okr/{result.cycle} and "
+        f"{result.run_drift_count} okr.* tag(s) to source runs."
+    )
+
+
 @click.command()
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if the stored state drifted.")
 @cycle_option
@@ -84,6 +93,8 @@ def apply(spec_file: Path, dry_run: bool, tracking_uri: str | None) -> None:
 @handle_errors
 def sync(check: bool, cycle: str | None, as_of, tracking_uri: str | None) -> None:
     """Recompute every KR from the source runs and repair the stored state."""
+    from mlflow_okr import render
+
     counter = RunCounter("sync")
     result = mlflow_okr.sync(
         tracking_uri=tracking_uri, cycle=cycle, check=check, now=as_of_datetime(as_of), progress=counter
@@ -105,10 +116,7 @@ def sync(check: bool, cycle: str | None, as_of, tracking_uri: str | None) -> Non
             lines.append(f"  ... {result.run_drift_count - len(result.run_drift)} more run tag(s)")
         lines.append("Run `mlflow-okr sync` to repair.")
         raise CommandError("\n".join(lines), EXIT_CHECK_FAILED)
-    click.echo(
-        f"Synced cycle {result.cycle}: {result.runs_scanned} runs scanned, "
-        f"{len(result.kr_drift)} KR field(s) and {result.run_drift_count} run tag(s) repaired."
-    )
+    click.echo(f"Synced cycle {result.cycle}: {result.runs_scanned} runs scanned. {_sync_writes(result)}")
     click.echo(render.status_table(result.status))
 
 
@@ -120,6 +128,8 @@ def sync(check: bool, cycle: str | None, as_of, tracking_uri: str | None) -> Non
 @handle_errors
 def status(output_format: str, cycle: str | None, as_of, tracking_uri: str | None) -> None:
     """Print every objective and KR with its progress and status."""
+    from mlflow_okr import render
+
     current = mlflow_okr.status(tracking_uri=tracking_uri, cycle=cycle, now=as_of_datetime(as_of))
     if output_format == "json":
         click.echo(current.model_dump_json(indent=2))

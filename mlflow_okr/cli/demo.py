@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-from mlflow_okr import render
 from mlflow_okr.cli.common import handle_errors
 
 
@@ -24,6 +23,7 @@ from mlflow_okr.cli.common import handle_errors
 @handle_errors
 def demo(directory: Path, force: bool) -> None:
     """Train scikit-learn models, log them to a new SQLite MLflow store and score them as OKRs."""
+    from mlflow_okr import render
     from mlflow_okr.demo import run_demo
 
     result = run_demo(directory, force=force, report=click.echo)

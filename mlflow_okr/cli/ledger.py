@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from mlflow_okr import ledger
 from mlflow_okr.cli.common import (
     EXIT_CHECK_FAILED,
     CommandError,
@@ -18,7 +18,31 @@ from mlflow_okr.cli.common import (
     handle_errors,
     tracking_uri_option,
 )
-from mlflow_okr.ledger.models import ARMS, STATUSES, VERDICTS, Hypothesis
+
+if TYPE_CHECKING:
+    from mlflow_okr.ledger.models import Hypothesis
+
+
+class LedgerChoice(click.Choice):
+    """A choice among the ledger's arms, verdicts or statuses, read when a command needs them.
+
+    Importing the ledger imports MLflow; `mlflow-okr --help` and the commands that never talk
+    to MLflow should not wait for that just to declare their options.
+    """
+
+    def __init__(self, name: str):
+        self._name = name
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from mlflow_okr.ledger import models
+
+        return getattr(models, self._name)
+
+    @choices.setter
+    def choices(self, value: tuple[str, ...]) -> None:
+        pass  # click.Choice.__init__ stores its argument here; the choices come from the ledger
 
 
 def _day(ms: int | None) -> str:
@@ -61,6 +85,8 @@ def ledger_group() -> None:
 def add(statement, hypothesis_id, kr, objective, metric, expect, owner, tags, pair_by, guardrails,
         tracking_uri) -> None:
     """Record a new hypothesis STATEMENT (status proposed) and print its id."""
+    from mlflow_okr import ledger
+
     hypothesis = ledger.add_hypothesis(
         statement, hypothesis_id=hypothesis_id, kr=kr, objective=objective, metric=metric,
         expect=expect, owner=owner, tags=_tags(tags), tracking_uri=tracking_uri, pair_by=pair_by,
@@ -72,12 +98,14 @@ def add(statement, hypothesis_id, kr, objective, metric, expect, owner, tags, pa
 @ledger_group.command()
 @click.argument("hypothesis_id")
 @click.argument("run_ids", nargs=-1, required=True)
-@click.option("--arm", type=click.Choice(ARMS), default="treatment", show_default=True,
+@click.option("--arm", type=LedgerChoice("ARMS"), default="treatment", show_default=True,
               help="Which arm the runs are.")
 @tracking_uri_option
 @handle_errors
 def link(hypothesis_id: str, run_ids: tuple[str, ...], arm: str, tracking_uri: str | None) -> None:
     """Link evidence RUN_IDS to hypothesis HYPOTHESIS_ID; its status becomes testing."""
+    from mlflow_okr import ledger
+
     hypothesis = ledger.link_runs(hypothesis_id, run_ids, arm=arm, tracking_uri=tracking_uri)
     control, treatment = len(hypothesis.arm_runs("control")), len(hypothesis.arm_runs("treatment"))
     click.echo(
@@ -97,6 +125,8 @@ def _number(value: float | None) -> str:
 @handle_errors
 def evaluate(hypothesis_id: str, output_format: str, tracking_uri: str | None) -> None:
     """Compare the arms of HYPOTHESIS_ID on its metric and suggest a verdict."""
+    from mlflow_okr import ledger
+
     result = ledger.evaluate_hypothesis(hypothesis_id, tracking_uri=tracking_uri)
     if output_format == "json":
         click.echo(result.model_dump_json(indent=2))
@@ -163,7 +193,7 @@ def plan(hypothesis_id: str, power: float, alpha: float, expect: str | None, out
 
 @ledger_group.command()
 @click.argument("hypothesis_id")
-@click.argument("verdict", type=click.Choice(VERDICTS))
+@click.argument("verdict", type=LedgerChoice("VERDICTS"))
 @click.option("--note", required=True, help="What was learned (kept, whatever the verdict).")
 @click.option("--at", "resolved_on", type=click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
               default=None, help="When it was resolved (UTC), to record a past decision; default: now.")
@@ -171,6 +201,8 @@ def plan(hypothesis_id: str, power: float, alpha: float, expect: str | None, out
 @handle_errors
 def resolve(hypothesis_id: str, verdict: str, note: str, resolved_on, tracking_uri: str | None) -> None:
     """Close HYPOTHESIS_ID as validated, invalidated or inconclusive."""
+    from mlflow_okr import ledger
+
     hypothesis = ledger.resolve_hypothesis(
         hypothesis_id, verdict, note, tracking_uri=tracking_uri, when=as_of_datetime(resolved_on)
     )
@@ -178,6 +210,8 @@ def resolve(hypothesis_id: str, verdict: str, note: str, resolved_on, tracking_u
 
 
 def _print_hypotheses(hypotheses: list[Hypothesis], output_format: str) -> None:
+    from mlflow_okr import ledger
+
     if output_format == "json":
         echo_json([h.summary() for h in hypotheses])
         return
@@ -221,7 +255,7 @@ def _print_track_record(record) -> None:
 
 
 @ledger_group.command("list")
-@click.option("--status", type=click.Choice(STATUSES), default=None, help="Only this status.")
+@click.option("--status", type=LedgerChoice("STATUSES"), default=None, help="Only this status.")
 @click.option("--kr", default=None, help="Only hypotheses linked to this KR.")
 @click.option("--metric", default=None, help="Only hypotheses on this metric.")
 @click.option("--cycle", default=None,
@@ -259,6 +293,8 @@ def list_command(status, kr, metric, cycle, summary: bool, output_format: str,
 @handle_errors
 def search(text: str, output_format: str, tracking_uri: str | None) -> None:
     """Find hypotheses whose statement, learning, ids, metric, owner or tags contain TEXT."""
+    from mlflow_okr import ledger
+
     _print_hypotheses(ledger.search_hypotheses(text, tracking_uri=tracking_uri), output_format)
 
 
@@ -269,6 +305,8 @@ def search(text: str, output_format: str, tracking_uri: str | None) -> None:
 @handle_errors
 def show(hypothesis_id: str, output_format: str, tracking_uri: str | None) -> None:
     """Show HYPOTHESIS_ID with its evidence runs and full event history."""
+    from mlflow_okr import ledger
+
     h = ledger.get_hypothesis(hypothesis_id, tracking_uri=tracking_uri)
     if output_format == "json":
         click.echo(h.model_dump_json(indent=2))
@@ -312,6 +350,8 @@ def _event_detail(action: str, changes: dict) -> str:
 @handle_errors
 def export(output: Path | None, tracking_uri: str | None) -> None:
     """Export every hypothesis's events as JSON Lines (for git, or another MLflow server)."""
+    from mlflow_okr import ledger
+
     text = ledger.export_ledger(output, tracking_uri=tracking_uri)
     if output is None:
         click.echo(text, nl=False)
@@ -325,6 +365,8 @@ def export(output: Path | None, tracking_uri: str | None) -> None:
 @handle_errors
 def import_command(path: Path, tracking_uri: str | None) -> None:
     """Import a JSON Lines export; importing the same file again changes nothing."""
+    from mlflow_okr import ledger
+
     result = ledger.import_ledger(path, tracking_uri=tracking_uri)
     click.echo(
         f"Imported {path}: {len(result.created)} created, {len(result.updated)} updated, "
@@ -337,6 +379,8 @@ def import_command(path: Path, tracking_uri: str | None) -> None:
 @handle_errors
 def verify(tracking_uri: str | None) -> None:
     """Check the hash chain and state of every hypothesis; exit 1 naming the first bad event."""
+    from mlflow_okr import ledger
+
     result = ledger.verify_ledger(tracking_uri=tracking_uri)
     if result.ok:
         click.echo(f"Ledger verified: {result.hypotheses} hypotheses, {result.events} events, chains intact.")

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from mlflow_okr import state
 from mlflow_okr.cli.common import (
     EXIT_CHECK_FAILED,
     CommandError,
@@ -54,6 +53,7 @@ def report(
     tracking_uri: str | None,
 ) -> None:
     """Write the cycle's report: grades, KRs with evidence and trends, hypotheses, next cycle."""
+    from mlflow_okr import state
     from mlflow_okr.report import build_report, render
 
     if ui_url and not ui_url.lower().startswith(("http://", "https://")):
@@ -87,6 +87,7 @@ def report(
 def notify(send_test: bool, cycle: str | None, tracking_uri: str | None) -> None:
     """Check the `notify:` webhooks of the published cycle (KR transitions are sent automatically)."""
     from mlflow_okr import notify as notifications
+    from mlflow_okr import state
 
     published = state.load_published(state.make_client(tracking_uri), cycle)
     config = published.spec.notify
