@@ -170,7 +170,7 @@ def evaluate(hypothesis_id: str, output_format: str, tracking_uri: str | None) -
 @handle_errors
 def plan(hypothesis_id: str, power: float, alpha: float, expect: str | None, output_format: str,
          tracking_uri: str | None) -> None:
-    """How many runs per arm HYPOTHESIS_ID needs to detect its expected effect (t-test power)."""
+    """Runs per arm HYPOTHESIS_ID needs to detect its expected effect (t-test power)."""
     from mlflow_okr import ledger
 
     result = ledger.plan_hypothesis(hypothesis_id, power=power, alpha=alpha, expect=expect,
@@ -266,7 +266,7 @@ def _print_track_record(record) -> None:
 @handle_errors
 def list_command(status, kr, metric, cycle, summary: bool, output_format: str,
                  tracking_uri: str | None) -> None:
-    """List hypotheses: status, evidence counts (control/treatment), q-values; and the track record."""
+    """List hypotheses with status, evidence counts (control/treatment) and q-values."""
     from mlflow_okr import ledger
 
     if summary:
