@@ -171,8 +171,43 @@ def test_pairs_and_guardrails_through_mlflow_and_the_cli(client, runner) -> None
     assert "Hypothesis smooth: metric acc (paired by params.seed: 5 pairs)" in shown.output
     assert "  unpaired    2 run(s) without a partner: " in shown.output
     assert "  guardrail   p99_ms<=+5%: holds" in shown.output
+    details = invoke(runner, "ledger", "show", "smooth")
+    assert "  pair by: params.seed\n  guardrails: p99_ms<=+5%\n" in details.output
+    tags = client.get_run(hypothesis.run_id).data.tags
+    assert (tags["okr.ledger.pair_by"], tags["okr.ledger.guardrails"]) == ("params.seed", "p99_ms<=+5%")
     bad = invoke(runner, "ledger", "add", "X", "--pair-by", "seed")
     assert bad.exit_code == 2
     assert "Error: bad --pair-by 'seed': name a param or tag, e.g. params.seed or tags.split" in bad.output
     bad_guardrail = invoke(runner, "ledger", "add", "X", "--guardrail", "p99_ms=5")
     assert bad_guardrail.exit_code == 2 and "Error: bad --guardrail 'p99_ms=5'" in bad_guardrail.output
+
+
+def test_from_the_second_look_a_guardrail_is_judged_on_the_confidence_sequence() -> None:
+    control = [40.0, 42.0, 41.0, 39.0, 43.0, 40.5, 41.5, 40.2]
+    latency = [40.1, 41.9, 41.2, 39.1, 42.8, 40.6, 41.4, 40.3]
+    guardrail = GuardrailData(parse_guardrail("p99_ms<=+5%"), control, latency)
+    ctr_control, ctr_treatment = [0.050, 0.052, 0.049, 0.051], [0.058, 0.060, 0.057, 0.059]
+    first = compare("h", "ctr", ctr_control, ctr_treatment, guardrails=[guardrail])
+    later = compare("h", "ctr", ctr_control, ctr_treatment, guardrails=[guardrail], looks=2)
+    fixed_low, fixed_high = welch_interval(latency, control)
+    assert (first.guardrails[0].ci_low, first.guardrails[0].ci_high) == (
+        pytest.approx(fixed_low, rel=1e-9),
+        pytest.approx(fixed_high, rel=1e-9),
+    )
+    assert first.guardrails[0].verdict == "holds"
+    # The pooled-variance t-mixture sequence, by its formula: effect +- t* x pooled se, where t* is
+    # where the Bayes factor reaches 1/alpha.
+    n = len(control)
+    pooled = (statistics.variance(latency) + statistics.variance(control)) / 2
+    se = math.sqrt(pooled * 2 / n)
+    nu, n_eff = 2 * n - 2, n / 2
+    a, r = 1 + n_eff, (math.sqrt(1 + n_eff) / 0.05) ** (2 / (nu + 1))
+    width = math.sqrt(nu * (r - 1) / (1 - r / a)) * se
+    check = later.guardrails[0]
+    assert (check.ci_low, check.ci_high) == (
+        pytest.approx(check.estimate - width, rel=1e-9),
+        pytest.approx(check.estimate + width, rel=1e-9),
+    )
+    # Wider than the fixed interval: the same runs no longer show the guardrail holds.
+    assert check.ci_low < fixed_low and check.ci_high > fixed_high
+    assert check.verdict == "inconclusive" and later.verdict_basis == "sequential"

@@ -314,7 +314,9 @@ def show(hypothesis_id: str, output_format: str, tracking_uri: str | None) -> No
     click.echo(f"{h.id}: {h.statement}")
     click.echo(f"  status: {h.status}")
     for label, value in (("kr", h.kr), ("objective", h.objective), ("metric", h.metric),
-                         ("expect", h.expect), ("owner", h.owner), ("learning", h.learning)):
+                         ("expect", h.expect), ("pair by", h.pair_by),
+                         ("guardrails", ", ".join(h.guardrails) or None), ("owner", h.owner),
+                         ("learning", h.learning)):
         if value:
             click.echo(f"  {label}: {value}")
     for key, value in h.tags.items():
