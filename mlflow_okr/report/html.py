@@ -202,7 +202,9 @@ def _next_cycle(report: Report) -> str:
         "(<code>mlflow-okr suggest</code>).</p><table><thead><tr><th>Objective</th><th>Key result</th>"
         f"<th class=num>Baseline</th><th class=num>Target</th></tr></thead><tbody>{rows}</tbody></table>"
         f"<details><summary>Draft okrs.yaml, with the reasoning per KR</summary><pre>{e(draft.text)}</pre>"
-        "</details></section>"
+        "</details>"
+        # Paper cannot expand a <details>: print shows the draft in full instead.
+        f'<div class="print-only"><h3>Draft okrs.yaml</h3><pre>{e(draft.text)}</pre></div></section>'
     )
 
 

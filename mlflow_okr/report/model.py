@@ -226,7 +226,7 @@ def cycle_ledger(
     if experiment is None or experiment.lifecycle_stage != "active":
         return None, None
     cycle = published.cycle
-    loaded = with_q_values(ledger_store.load_all(client), cycle.contains)
+    loaded = with_q_values(_evaluated(client, ledger_store.load_all(client)), cycle.contains)
     record = track_record([h for h in loaded if cycle.contains(h.cycle_moment)], cycle.name)
     hypotheses = [_from_ledger(h, experiment.experiment_id, ui_url) for h in loaded]
     resolved = [
@@ -280,6 +280,25 @@ def _from_ledger(hypothesis: Any, experiment_id: str, ui_url: str | None) -> Hyp
         run_id=run_id,
         url=run_url(ui_url, hypothesis.experiment_id or experiment_id, run_id) if run_id else None,
     )
+
+
+def _evaluated(client: MlflowClient, hypotheses: list[Any]) -> list[Any]:
+    """Resolved hypotheses with evidence but no recorded evaluation, with the one `ledger evaluate` shows.
+
+    The ledger records an evaluation only while a hypothesis is open, so one evaluated after its
+    resolution would otherwise show no effect here. Closed hypotheses are never auto-linked, so
+    this writes nothing.
+    """
+    from mlflow_okr.ledger.api import evaluate_hypothesis
+
+    shown = []
+    for hypothesis in hypotheses:
+        has_arms = bool(hypothesis.arm_runs("control") and hypothesis.arm_runs("treatment"))
+        if not hypothesis.is_open and not hypothesis.evaluation and has_arms:
+            evaluation = evaluate_hypothesis(hypothesis.id, _tracking_uri(client), record=False)
+            hypothesis = hypothesis.model_copy(update={"evaluation": evaluation.model_dump(mode="json")})
+        shown.append(hypothesis)
+    return shown
 
 
 def _tracking_uri(client: MlflowClient) -> str:

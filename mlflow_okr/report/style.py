@@ -60,15 +60,50 @@ dd { margin: 2px 0 0; }
 dd ul { margin: 4px 0 0; padding-left: 18px; }
 footer { margin-top: 40px; color: var(--muted); font-size: 12px; border-top: 1px solid var(--line);
   padding-top: 10px; }
-@media (max-width: 760px) { .kr-body { grid-template-columns: 1fr; } }
-@page { size: A4; margin: 14mm; }
+.print-only { display: none; }
+pre { white-space: pre-wrap; overflow-wrap: anywhere; font-size: 12.5px; }
+/* Narrow screens: stack each KR card, and let a wide table scroll inside its own box instead of
+   pushing the page wider than the screen (a table with display:block keeps its table layout inside). */
+@media screen and (max-width: 760px) {
+  main { padding: 20px 14px 32px; }
+  h1 { font-size: 28px; }
+  .grade { text-align: left; }
+  .kr { padding: 4px 10px 10px; }
+  .kr-body { grid-template-columns: 1fr; }
+  table { display: block; overflow-x: auto; -webkit-overflow-scrolling: touch; }
+  th, td { padding: 6px; }
+}
+/* Paper: A4 is narrower than the screen breakpoint, so the print rules keep the two-column cards;
+   cards, rows and headings never split, and nothing is left collapsed. */
+@page { size: A4; margin: 12mm; }
 @media print {
-  body { font-size: 11pt; }
+  body { font-size: 10pt; }
   main { max-width: none; padding: 0; }
   * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
-  .kr, tr, .counts { break-inside: avoid; page-break-inside: avoid; }
-  h2, h3 { break-after: avoid; page-break-after: avoid; }
-  .objective { break-before: auto; }
+  h1 { font-size: 24pt; }
+  h2 { font-size: 15pt; margin: 16px 0 4px; }
+  h3 { font-size: 11pt; margin: 8px 0 4px; }
+  .note { margin: 10px 0; padding: 6px 10px; }
+  .top { flex-wrap: nowrap; }
+  .grade .big { font-size: 36pt; }
+  .counts { grid-template-columns: repeat(4, 1fr); }
+  .count { padding: 6px 10px; }
+  .count b { font-size: 18pt; }
+  .kr { padding: 2px 10px 8px; margin: 8px 0; }
+  .kr-body { grid-template-columns: minmax(0, 3fr) minmax(0, 2fr); gap: 12px; }
+  .kr, tr, .counts, .top, dd { break-inside: avoid; page-break-inside: avoid; }
+  thead { display: table-header-group; }
+  h2, h3, .meta { break-after: avoid; page-break-after: avoid; }
+  table { font-size: 9pt; }
+  th, td { padding: 4px 6px; }
+  details { display: none; }
+  .print-only { display: block; }
+  pre { font-size: 7.5pt; line-height: 1.3; }
+  .print-only pre { column-count: 2; column-gap: 8mm; }
+  .kr dl { font-size: 8.5pt; }
+  .kr dt { margin-top: 4px; font-size: 7.5pt; }
+  .chart { max-height: 45mm; object-fit: contain; object-position: left top; }
+  footer { margin-top: 16px; }
   a { color: var(--ink); }
 }
 """
