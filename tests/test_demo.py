@@ -112,6 +112,49 @@ def test_training_runs_carry_okr_tags(demo_run):
         filter_string="tags.`okr.kr.forecast-mae` = 'counted'",
     )
     assert len(counted) == 3
+    # The latency KR is about the served classifiers: the diabetes regression models are not in it.
+    for run in runs_by_name(client, "demo-forecast").values():
+        assert "okr.kr.p99-latency" not in run.data.tags
+        assert "p99-latency" not in run.data.tags["okr.krs"].split(",")
+    study = runs_by_name(client, demo.STUDY_EXPERIMENT)
+    assert sorted(study) == sorted(
+        f"{model}-fold-{fold}" for model in ("linear-regression", "random-forest") for fold in range(5)
+    )
+    for run in study.values():
+        assert "okr.kr.forecast-mae" not in run.data.tags  # the study's folds are evidence, not candidates
+
+
+def test_demo_tests_a_hypothesis_with_control_and_treatment_runs(demo_run):
+    directory, result, client = demo_run
+    from mlflow_okr import ledger
+
+    uri = client.tracking_uri
+    hypothesis = ledger.get_hypothesis(demo.HYPOTHESIS_ID, uri)
+    study = runs_by_name(client, demo.STUDY_EXPERIMENT)
+    control = sorted(run.info.run_id for name, run in study.items() if name.startswith("linear-regression"))
+    treatment = sorted(run.info.run_id for name, run in study.items() if name.startswith("random-forest"))
+    assert sorted(hypothesis.arm_runs("control")) == control and len(control) == demo.STUDY_FOLDS
+    assert sorted(hypothesis.arm_runs("treatment")) == treatment and len(treatment) == demo.STUDY_FOLDS
+    assert (hypothesis.kr, hypothesis.metric) == ("forecast-mae", "val_mae")
+    assert hypothesis.owner == "research-team"
+    assert hypothesis.status == "inconclusive"
+    assert hypothesis.learning == "The folds disagree: more data is needed before choosing a model family."
+    mae = {run.info.run_id: run.data.metrics["val_mae"] for run in study.values()}
+    effect = sum(mae[r] for r in treatment) / 5 - sum(mae[r] for r in control) / 5
+    assert hypothesis.evaluation["effect"] == pytest.approx(effect, rel=1e-12)
+    assert hypothesis.evaluation["suggested_verdict"] == "inconclusive"
+    shown_id = demo.HYPOTHESIS_ID
+    line = f"  {shown_id}: inconclusive, 5 folds per arm (mlflow-okr ledger show {shown_id})"
+    assert line in result.output.splitlines()
+    assert "20 training runs" in result.output
+
+    report = invoke(CliRunner(), "report", "--format", "json", "--tracking-uri", uri)
+    assert report.exit_code == 0, report.output
+    (shown,) = json.loads(report.output)["ledger"]
+    assert (shown["id"], shown["status"], shown["control_runs"], shown["treatment_runs"]) == (
+        demo.HYPOTHESIS_ID, "inconclusive", 5, 5
+    )
+    assert shown["effect_size"] == pytest.approx(effect, rel=1e-12)
 
 
 def status_json(client: MlflowClient) -> dict:
@@ -137,6 +180,11 @@ def test_status_values_come_from_the_logged_runs(demo_run):
     assert mae["baseline"] == pytest.approx(linear_mae)
     assert mae["target"] == pytest.approx(linear_mae * 0.9)
     assert mae["direction"] == "minimize" and mae["counted_runs"] == 3
+    latency = krs["p99-latency"]
+    classifier_runs = 4 + 2  # stage=candidate in demo-screening and demo-digits
+    assert latency["counted_runs"] == classifier_runs and latency["unit"] == "ms"
+    best = client.get_run(latency["best_run_id"])
+    assert client.get_experiment(best.info.experiment_id).name in ("demo-screening", "demo-digits")
     assert mae["current"] == pytest.approx(best_mae)
     expected_progress = (best_mae - linear_mae) / (linear_mae * 0.9 - linear_mae)
     assert mae["progress"] == pytest.approx(expected_progress, rel=1e-12)
