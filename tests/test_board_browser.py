@@ -40,6 +40,7 @@ def served(tmp_path_factory):
 def driver():
     if CHROMIUM is None or CHROMEDRIVER is None:
         pytest.skip("Chromium or chromedriver is not installed: apt-get install -y chromium chromium-driver")
+    pytest.importorskip("selenium", reason="selenium is not installed: pip install -e '.[test]'")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
