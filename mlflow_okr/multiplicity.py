@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-ALPHA = 0.05  # the ledger's level: 1 - the 95% confidence of `ledger evaluate`
+ALPHA = 0.05  # the ledger's level: `ledger evaluate` reports 1 - ALPHA = 95% intervals
 
 # State tags of a hypothesis run (okr/ledger) that this rule reads
 TAG_VERDICT_P_VALUE = "okr.ledger.verdict_p_value"  # the p-value the suggested verdict rests on

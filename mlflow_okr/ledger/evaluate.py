@@ -17,9 +17,9 @@ from scipy import special
 from mlflow_okr.ledger import sequential
 from mlflow_okr.ledger.guardrails import GuardrailResult, GuardrailSpec, judge
 from mlflow_okr.ledger.models import ArmSummary, Evaluation, Expectation
+from mlflow_okr.multiplicity import ALPHA
 
-ALPHA = 0.05
-CONFIDENCE = 0.95
+CONFIDENCE = 1 - ALPHA  # 0.95
 MIN_RUNS_PER_ARM = 2
 NO_VARIANCE = (
     "every run in the compared arms has the same value, so there is no variance to test; "
