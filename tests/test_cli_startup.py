@@ -66,3 +66,26 @@ def test_every_public_name_still_resolves():
     assert set(mlflow_okr.__all__) <= set(dir(mlflow_okr))
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
         mlflow_okr.no_such_name  # noqa: B018
+
+
+def test_mlflow_errors_still_become_exit_2_without_a_traceback():
+    """handle_errors no longer imports MLflow up front; an MlflowException still maps to exit 2."""
+    import click
+    from click.testing import CliRunner
+    from mlflow.exceptions import MlflowException
+
+    from mlflow_okr.cli.common import handle_errors
+
+    @click.command()
+    @click.argument("kind")
+    @handle_errors
+    def fails(kind: str) -> None:
+        if kind == "mlflow":
+            raise MlflowException("RESOURCE_DOES_NOT_EXIST: run 'abc' not found")
+        raise RuntimeError("a bug")
+
+    result = CliRunner().invoke(fails, ["mlflow"])
+    assert result.exit_code == 2
+    assert result.output == "Error: MLflow: RESOURCE_DOES_NOT_EXIST: run 'abc' not found\n"
+    result = CliRunner().invoke(fails, ["bug"])
+    assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
