@@ -12,7 +12,6 @@ while earlier 3.x releases read the experiment's `mlflow.experimentKind` tag, wh
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import quote
@@ -305,16 +304,8 @@ def _kr_scopes(client: MlflowClient, published: state.PublishedCycle) -> dict[st
     patterns = {kr.id: kr.experiments for _, kr in published.spec.key_results() if kr.metric}
     if not patterns:
         return {}
-    experiments = [e for e in state.iter_experiments(client) if not state.is_okr_experiment_name(e.name)]
-    scopes: dict[str, list[str]] = {}
-    for kr_id, wanted in patterns.items():
-        # The same matching as state.source_experiment_ids, over a listing read once for all KRs.
-        scopes[kr_id] = [
-            e.experiment_id
-            for e in experiments
-            if not wanted or any(e.experiment_id == p or fnmatch.fnmatchcase(e.name, p) for p in wanted)
-        ]
-    return scopes
+    experiments = state.source_experiments(client)  # listed once for every KR
+    return {kr_id: state.match_experiments(experiments, wanted) for kr_id, wanted in patterns.items()}
 
 
 def _run_experiments(client: MlflowClient, run_ids: set[str], experiment_ids: set[str]) -> dict[str, str]:

@@ -80,14 +80,12 @@ class CycleScan:
     def build(cls, client: MlflowClient, spec: OkrSpec, kr_ids: Iterable[str] | None = None) -> CycleScan:
         wanted = set(kr_ids) if kr_ids is not None else None
         scan = cls(spec)
-        experiments_cache: dict[tuple[str, ...], frozenset[str]] = {}
+        experiments = state.source_experiments(client)  # listed once for every KR
         for _, kr in spec.key_results():
             if kr.metric is None or (wanted is not None and kr.id not in wanted):
                 continue
-            key = tuple(kr.experiments)
-            if key not in experiments_cache:
-                experiments_cache[key] = frozenset(state.source_experiment_ids(client, kr.experiments))
-            scan.scopes[kr.id] = Scope(experiments_cache[key], RunFilter(kr.filter), kr.rule())
+            experiment_ids = frozenset(state.match_experiments(experiments, kr.experiments))
+            scan.scopes[kr.id] = Scope(experiment_ids, RunFilter(kr.filter), kr.rule())
         return scan
 
     @property

@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE  # noqa: F401 (for apply)
 
-from mlflow_okr.engine import RunFacts
+from mlflow_okr.engine import RunRule, Tally
 from mlflow_okr.errors import InputError, NotPublishedError
 from mlflow_okr.spec import Cycle, KeyResult, Objective, OkrSpec
 
@@ -87,7 +87,7 @@ def strip_plugin_scheme(uri: str | None) -> str | None:
 
 def make_client(tracking_uri: str | None = None) -> MlflowClient:
     """A client for the inner store; MLFLOW_TRACKING_URI when `tracking_uri` is None."""
-    from mlflow.tracking._tracking_service.utils import get_tracking_uri
+    from mlflow import get_tracking_uri
 
     return MlflowClient(tracking_uri=strip_plugin_scheme(tracking_uri or get_tracking_uri()))
 
@@ -274,45 +274,25 @@ def iter_experiments(client: MlflowClient, page_size: int = 1000) -> Iterator[An
             return
 
 
-def source_experiment_ids(client: MlflowClient, patterns: list[str]) -> list[str]:
-    """Experiment ids matched by names, globs or ids; all non-OKR experiments when empty."""
-    experiments = [
-        experiment for experiment in iter_experiments(client) if not is_okr_experiment_name(experiment.name)
-    ]
+def source_experiments(client: MlflowClient) -> list[Any]:
+    """Every active experiment that is not an OKR one (`okr/...`): where source runs live."""
+    return [e for e in iter_experiments(client) if not is_okr_experiment_name(e.name)]
+
+
+def match_experiments(experiments: list[Any], patterns: list[str]) -> list[str]:
+    """The ids of `experiments` matched by names, globs or ids; all of them when `patterns` is empty."""
     if not patterns:
         return [experiment.experiment_id for experiment in experiments]
-    chosen = []
-    for experiment in experiments:
-        for pattern in patterns:
-            if experiment.experiment_id == pattern or fnmatch.fnmatchcase(experiment.name, pattern):
-                chosen.append(experiment.experiment_id)
-                break
-    return chosen
+    return [
+        experiment.experiment_id
+        for experiment in experiments
+        if any(experiment.experiment_id == p or fnmatch.fnmatchcase(experiment.name, p) for p in patterns)
+    ]
 
 
-def run_facts(run: Run) -> RunFacts:
-    return RunFacts(
-        run_id=run.info.run_id,
-        start_time=run.info.start_time,
-        status=run.info.status,
-        metrics=run.data.metrics,
-        deleted=run.info.lifecycle_stage == "deleted",
-    )
-
-
-class RunFilter:
-    """An MLflow search filter, parsed once, tested against runs in memory with MLflow's grammar."""
-
-    def __init__(self, filter_string: str | None):
-        from mlflow.utils.search_utils import SearchUtils
-
-        self.filter_string = filter_string or ""
-        self._clauses = SearchUtils.parse_search_filter(self.filter_string)
-
-    def matches(self, run: Run) -> bool:
-        from mlflow.utils.search_utils import SearchUtils
-
-        return all(SearchUtils._does_run_match_clause(run, clause) for clause in self._clauses)
+def source_experiment_ids(client: MlflowClient, patterns: list[str]) -> list[str]:
+    """Experiment ids matched by names, globs or ids; all non-OKR experiments when empty."""
+    return match_experiments(source_experiments(client), patterns)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -336,15 +316,13 @@ def resolve_baseline(client: MlflowClient, kr: KeyResult) -> tuple[float | None,
     experiment_ids = source_experiment_ids(client, kr.baseline.experiments)
     # "-10%" means minimize even without `direction`, so the best baseline run is the lowest.
     _, direction = kr.resolve(None)
-    best: tuple[float, str] | None = None
+    # The engine's "best", with its run-id tie-break: every reader picks the same baseline run.
+    best = Tally(RunRule(kr.metric), direction)
     for run in iter_runs(client, experiment_ids, kr.baseline.filter or ""):
         value = run.data.metrics.get(kr.metric)
-        if value is None or not math.isfinite(value):
-            continue
-        better = best is None or (value > best[0] if direction != "minimize" else value < best[0])
-        if better:
-            best = (value, run.info.run_id)
-    return best if best is not None else (None, None)
+        if value is not None and math.isfinite(value):
+            best.add(run.info.run_id, value, run.info.start_time)
+    return best.current()
 
 
 def ledger_validated_count(

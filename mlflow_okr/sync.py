@@ -7,6 +7,7 @@ okr.* tags on the way, and settles KR state with the same function the live stor
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,6 +24,7 @@ from mlflow_okr.spec import OkrSpec, as_utc
 
 MAX_DRIFT_SAMPLES = 200
 UNREADABLE_RUN = "(a run you may not read)"
+RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")  # MLflow's run ids, as a saved tally names them
 
 __all__ = ["ProgressCallback", "RunDrift", "SyncResult", "stored_cycle_status", "sync"]
 
@@ -145,10 +147,23 @@ def hide_unreadable_best_run(client: MlflowClient, status: KeyResultStatus) -> K
 
 
 def hide_unreadable_runs(client: MlflowClient, drift: list[KrDrift]) -> list[KrDrift]:
-    """Drift as the caller may see it: a stored best run they may not read is not named."""
+    """Drift as the caller may see it: a run they may not read is not named (best run, tally)."""
+    readable: dict[str, bool] = {}
+
+    def hidden(run_id: str) -> str:
+        if run_id not in readable:
+            readable[run_id] = state.can_read_run(client, run_id)
+        return run_id if readable[run_id] else UNREADABLE_RUN
+
     shown = []
     for item in drift:
-        if item.field == "best_run_id" and item.stored and not state.can_read_run(client, item.stored):
-            item = item.model_copy(update={"stored": UNREADABLE_RUN})
+        if item.field == "best_run_id" and item.stored:
+            item = item.model_copy(update={"stored": hidden(item.stored)})
+        elif item.field == "tally":
+            texts = {
+                side: RUN_ID.sub(lambda match: hidden(match.group(0)), getattr(item, side) or "")
+                for side in ("stored", "computed")
+            }
+            item = item.model_copy(update=texts)
         shown.append(item)
     return shown

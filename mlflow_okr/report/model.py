@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, computed_field
 
 from mlflow_okr import state
-from mlflow_okr.engine import EXCLUDED_PREFIX, SUCCESS_GRADE
+from mlflow_okr.engine import GUARDRAIL_TAG_PREFIX, SUCCESS_GRADE, ReasonKind, verdict_from_tag
 from mlflow_okr.ledger.record import TrackRecord
 from mlflow_okr.report.suggestions import NextCycle, next_cycle
 from mlflow_okr.results import CycleStatus, KeyResultStatus
@@ -21,7 +21,6 @@ from mlflow_okr.sync import stored_cycle_status
 logger = logging.getLogger("mlflow_okr")
 
 MAX_BREACHES_LISTED = 5
-GUARDRAIL_REASON = EXCLUDED_PREFIX + "guardrail "
 HEADLINE_STATUSES = ("achieved", "on-track", "at-risk", "off-track")
 
 
@@ -174,7 +173,7 @@ class BreachFinder:
         # The tag says which runs a guardrail excluded; the metric bound leaves only the runs that
         # would have beaten the current value, so a big store returns few rows.
         clauses = [
-            f"tags.`{tag}` LIKE '{GUARDRAIL_REASON}%'",
+            f"tags.`{tag}` LIKE '{GUARDRAIL_TAG_PREFIX}%'",
             f"attributes.start_time >= {cycle.start_ms}",
             f"attributes.start_time <= {cycle.end_ms}",
         ]
@@ -188,11 +187,13 @@ class BreachFinder:
         for run in state.iter_runs(
             self.client, self._experiment_ids(spec_kr.experiments), " AND ".join(clauses)
         ):
-            reason = run.data.tags.get(tag, "")[len(EXCLUDED_PREFIX) :]
+            verdict = verdict_from_tag(run.data.tags.get(tag))
             value = run.data.metrics.get(spec_kr.metric)
-            if "never logged" in reason or value is None or not _beats(value, reference, kr.direction):
+            breach = verdict is not None and verdict.reason_kind is ReasonKind.GUARDRAIL_BREACH
+            if not breach or value is None or not _beats(value, reference, kr.direction):
                 continue
-            breaches.append(_run_link(run, spec_kr.metric, self.ui_url, reason))
+            assert verdict is not None
+            breaches.append(_run_link(run, spec_kr.metric, self.ui_url, verdict.reason))
         breaches.sort(
             key=lambda link: -(link.value or 0) if kr.direction != "minimize" else (link.value or 0)
         )
@@ -302,8 +303,8 @@ def _evaluated(client: MlflowClient, hypotheses: list[Any]) -> list[Any]:
 
 
 def _tracking_uri(client: MlflowClient) -> str:
-    # MlflowClient keeps its URI on the tracking service client; `suggest` takes a URI, not a client.
-    return client._tracking_client.tracking_uri
+    # `suggest` takes a URI, not a client.
+    return client.tracking_uri
 
 
 def build_report(

@@ -16,7 +16,7 @@ ARM_ENV = "MLFLOW_OKR_ARM"
 
 
 def _current_cycle_name() -> str | None:
-    from mlflow.tracking._tracking_service.utils import get_tracking_uri
+    from mlflow import get_tracking_uri
 
     from mlflow_okr.compat import current_tracking_store
     from mlflow_okr.store.definitions import load_watched_krs
@@ -33,7 +33,7 @@ def _current_cycle_name() -> str | None:
 
 def in_okr_context() -> bool:
     """True only with a hypothesis in the environment or an okr+ URI with a published cycle."""
-    from mlflow.tracking._tracking_service.utils import get_tracking_uri
+    from mlflow import get_tracking_uri
 
     if os.environ.get(HYPOTHESIS_ENV):
         return True
