@@ -151,7 +151,7 @@ def test_peeking_after_every_run_keeps_false_validations_at_or_below_alpha() -> 
 SAMPLES = st.lists(st.floats(min_value=-1e3, max_value=1e3, allow_nan=False), min_size=2, max_size=8)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(control=SAMPLES, treatment=SAMPLES, looks=st.integers(1, 3), seed=st.integers(0, 2**16))
 def test_runs_in_any_order_give_the_same_result(control, treatment, looks, seed) -> None:
     shuffler = random.Random(seed)
@@ -161,9 +161,13 @@ def test_runs_in_any_order_give_the_same_result(control, treatment, looks, seed)
     )
     first = compare("h", "m", control, treatment, looks=looks)
     assert compare("h", "m", shuffled_control, shuffled_treatment, looks=looks) == first
-    # Swapping the arms mirrors the effect; the p-values are the same.
     swapped = compare("h", "m", treatment, control, looks=looks)
-    assert swapped.p_value == first.p_value and swapped.sequential_p_value == first.sequential_p_value
+    # Swapping the arms mirrors the effect; the p-values are the same up to rounding.
+    same = {"rel": 1e-12, "abs": 1e-300}
+    assert swapped.p_value == (None if first.p_value is None else pytest.approx(first.p_value, **same))
+    assert swapped.sequential_p_value == (
+        None if first.sequential_p_value is None else pytest.approx(first.sequential_p_value, **same)
+    )
     if first.ci_low is not None:
         assert swapped.effect == pytest.approx(-first.effect, abs=1e-9 * (1 + abs(first.effect)))
         assert swapped.ci_low == pytest.approx(-first.ci_high, rel=1e-9, abs=1e-9)

@@ -64,7 +64,10 @@ def two_sample(treatment: Sequence[float], control: Sequence[float]) -> Estimate
     a, b = v1 / n1, v2 / n2
     if a + b <= 0:
         return None
-    df = (a + b) ** 2 / (a * a / (n1 - 1) + b * b / (n2 - 1))
+    # Welch-Satterthwaite degrees of freedom, written with the share w of the first arm's variance so
+    # that tiny variances do not underflow to 0 / 0.
+    w = a / (a + b)
+    df = 1 / (w * w / (n1 - 1) + (1 - w) * (1 - w) / (n2 - 1))
     pooled = ((n1 - 1) * v1 + (n2 - 1) * v2) / (n1 + n2 - 2)
     return Estimate(
         effect=m1 - m2, se=math.sqrt(a + b), df=df,

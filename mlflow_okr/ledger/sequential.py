@@ -40,7 +40,9 @@ def bayes_factor(t: float, nu: float, n_eff: float, g: float = PRIOR_VARIANCE) -
     if nu < 1 or n_eff <= 0:
         return 1.0  # the invariant carries no information about the effect yet
     a = 1.0 + n_eff * g
-    log_ratio = math.log1p(t * t / nu) - math.log1p(t * t / (nu * a))
+    u = t * t / nu
+    # For |t| so large that t^2 overflows, the ratio has reached its limit a.
+    log_ratio = math.log(a) if math.isinf(u) else math.log1p(u) - math.log1p(u / a)
     return math.exp((nu + 1) / 2 * log_ratio - 0.5 * math.log(a))
 
 
