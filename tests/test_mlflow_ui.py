@@ -147,7 +147,8 @@ def test_the_experiment_description_lists_every_kr(published_cycle, client):
     both_reco = counted_href(f"#/compare-experiments/s?experiments={reco_ids}", "f1", joiner="&")
     ctr_run, latency_run = published.kr_runs["ctr"], published.kr_runs["latency"]
 
-    assert mlflow_ui.refresh_ui_notes(client, published, status) is True
+    # `sync` wrote the descriptions; refreshing again with the same state writes nothing.
+    assert mlflow_ui.refresh_ui_notes(client, published, status) is False
 
     board = client.get_experiment(okr).tags["mlflow.note.content"]
     lines = board.splitlines()
@@ -177,7 +178,6 @@ def test_the_experiment_description_lists_every_kr(published_cycle, client):
 
 def test_a_kr_run_description_resolves_numbers_and_links_its_runs(published_cycle, client):
     published, status, experiments, runs = published_cycle
-    mlflow_ui.refresh_ui_notes(client, published, status)
 
     ctr = client.get_run(published.kr_runs["ctr"]).data.tags["mlflow.note.content"]
     objective = ml_link(published.experiment_id, published.objective_runs["reco"])
@@ -225,15 +225,20 @@ def test_a_kr_run_description_resolves_numbers_and_links_its_runs(published_cycl
 
 def test_refresh_writes_only_the_notes_whose_text_changed(published_cycle, client, tracking_uri):
     published, status, experiments, runs = published_cycle
-    assert mlflow_ui.refresh_ui_notes(client, published, status) is True
     counter = WriteCounter(tracking_uri)
 
-    assert mlflow_ui.refresh_ui_notes(client, published, status) is False
+    assert mlflow_ui.refresh_ui_notes(client, published, status) is False  # sync wrote them
     assert counter.writes() == []
 
     latency_note = client.get_run(published.kr_runs["latency"]).data.tags["mlflow.note.content"]
+    client.set_tag(published.kr_runs["latency"], "mlflow.note.content", "edited by hand")
+    counter = WriteCounter(tracking_uri)
+    assert mlflow_ui.refresh_ui_notes(client, published, status) is True
+    assert counter.writes() == [("tags", "UPDATE")]
+    assert client.get_run(published.kr_runs["latency"]).data.tags["mlflow.note.content"] == latency_note
+
     better = make_run(client, experiments["reco-a"], {"online_ctr": 0.074, "p99_latency_ms": 30})
-    status = api.sync(tracking_uri, cycle="2026-Q4", now=NOW).status
+    status = api.sync(tracking_uri, cycle="2026-Q4", now=NOW, check=True).status  # recomputed, not written
     counter = WriteCounter(tracking_uri)
     assert mlflow_ui.refresh_ui_notes(client, published, status) is True
     # The board, ctr's note (the new best run) and nothing else.
@@ -304,3 +309,36 @@ def test_a_history_logged_with_larger_steps_keeps_its_latest_value(client):
 
     assert logged_steps(client, run_id) == [(legacy_step, 1.0), (legacy_step, 2.0)]
     assert client.get_run(run_id).data.metrics["okr.value"] == 2.0
+
+
+def test_sync_keeps_the_experiment_description_listing_every_kr(runner, write_spec, client, tracking_uri):
+    reco_a = client.create_experiment("reco-a")
+    assert invoke(runner, "apply", str(write_spec(SPEC))).exit_code == 0
+    published = state.load_published(client, "2026-Q4")
+    best = make_run(client, reco_a, {"online_ctr": 0.071, "p99_latency_ms": 20})
+
+    result = invoke(runner, "sync", "--as-of", "2026-11-15")
+
+    assert result.exit_code == 0, result.output
+    board = client.get_experiment(published.experiment_id).tags["mlflow.note.content"].splitlines()
+    kr_rows = [line for line in board if line.startswith("| ") and "](" in line]
+    rows = {line.split(" | ")[1].split("]")[0].strip("[*"): line for line in kr_rows}
+    assert sorted(rows) == ["alerting\\-live", "ctr", "f1", "latency"]
+    assert rows["ctr"].startswith("| ● on-track | ") and "| 70% | 0.071 → 0.08 |" in rows["ctr"]
+    assert f"[run {best[:8]}]({ml_link(reco_a, best)})" in rows["ctr"]
+    for kr_id in ("f1", "latency", "alerting\\-live"):
+        assert rows[kr_id].startswith("| ○ not-started | ")
+    note = client.get_run(published.kr_runs["ctr"]).data.tags["mlflow.note.content"].splitlines()
+    assert "| Current | 0.071 |" in note
+
+
+def test_sync_logs_kr_history_on_days_of_the_cycle(runner, write_spec, client, tracking_uri):
+    reco_a = client.create_experiment("reco-a")
+    assert invoke(runner, "apply", str(write_spec(SPEC))).exit_code == 0
+    make_run(client, reco_a, {"online_ctr": 0.071, "p99_latency_ms": 20})
+    assert invoke(runner, "sync").exit_code == 0
+    published = state.load_published(client, "2026-Q4")
+
+    (point,) = client.get_metric_history(published.kr_runs["ctr"], "okr.value")
+    day = 0 if point.timestamp < CYCLE.start_ms else (point.timestamp - CYCLE.start_ms) // DAY_MS + 1
+    assert (point.step, point.value) == (day, 0.071)
