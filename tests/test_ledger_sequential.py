@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats
 
-from mlflow_okr.ledger import add_hypothesis, evaluate_hypothesis, get_hypothesis, link_runs
+from mlflow_okr.ledger import add_hypothesis, evaluate_hypothesis, get_hypothesis, link_runs, verify_ledger
 from mlflow_okr.ledger.evaluate import ALPHA, compare
 from mlflow_okr.ledger.models import parse_expectation
 from mlflow_okr.ledger.sequential import Look, bayes_factor, critical_t, running
@@ -216,3 +216,18 @@ def test_evaluate_through_mlflow_switches_to_the_sequence_on_new_evidence(client
     assert [e.action for e in hypothesis.events].count("evaluate") == 2
     tags = client.get_run(hypothesis.run_id).data.tags
     assert float(tags["okr.ledger.verdict_p_value"]) == second.sequential_p_value
+
+
+def test_verify_accepts_a_hypothesis_last_written_before_the_verdict_p_value_tags(client) -> None:
+    experiment = client.create_experiment("old")
+    add_hypothesis("Old one", hypothesis_id="old", metric="acc")
+    link_runs("old", [make_run(client, experiment, {"acc": v}) for v in (0.80, 0.82, 0.81)], arm="control")
+    link_runs("old", [make_run(client, experiment, {"acc": v}) for v in (0.86, 0.88, 0.87)])
+    evaluate_hypothesis("old")
+    run_id = get_hypothesis("old").run_id
+    for key in ("okr.ledger.verdict_p_value", "okr.ledger.evaluated_at"):  # as 0.1.0 left them
+        client.delete_tag(run_id, key)
+    assert verify_ledger().problems == []
+    client.set_tag(run_id, "okr.ledger.verdict_p_value", "0.5")  # but an edited one is caught
+    [problem] = verify_ledger().problems
+    assert problem.startswith("hypothesis 'old': tag okr.ledger.verdict_p_value is '0.5' but its events say")
