@@ -135,6 +135,9 @@ def test_each_hypothesis_of_the_cycle_gets_its_q_value(cycle_of_hypotheses, clie
     assert state.ledger_validated_count(client, published.cycle, None) == 3
     assert state.ledger_validated_count(client, published.cycle, None, count_only="significant") == 2
     assert state.ledger_validated_count(client, published.cycle, "reco", count_only="significant") == 2
+    # Evaluations and resolutions re-scored the ledger KRs: the stored state equals a recompute.
+    checked = invoke(runner, "sync", "--check")
+    assert checked.exit_code == 0, checked.output
 
 
 def test_the_track_record_of_a_cycle(cycle_of_hypotheses, runner) -> None:

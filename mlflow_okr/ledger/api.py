@@ -424,7 +424,9 @@ def evaluate_hypothesis(
         evaluation = run(looks, _previous_look(last, evaluation))
     summary = evaluation.model_dump(mode="json")
     if record and hypothesis.is_open and summary != hypothesis.evaluation:
-        store.append(client, hypothesis, "evaluate", summary, state.current_user(), state.now_ms())
+        moment = state.now_ms()
+        store.append(client, hypothesis, "evaluate", summary, state.current_user(), moment)
+        refresh_ledger_krs(client, [moment], significant_only=True)
     return evaluation
 
 
@@ -527,8 +529,14 @@ def resolve_hypothesis(
     return hypothesis
 
 
-def refresh_ledger_krs(client: MlflowClient, moments_ms: Iterable[int]) -> list[str]:
-    """Re-score the published cycles containing these moments if they have ledger KRs."""
+def refresh_ledger_krs(
+    client: MlflowClient, moments_ms: Iterable[int], significant_only: bool = False
+) -> list[str]:
+    """Re-score the published cycles containing these moments if they have ledger KRs.
+
+    With `significant_only`, only cycles with a `count_only: significant` ledger KR: a new
+    evaluation changes no count but can change the cycle's q-values.
+    """
     from mlflow_okr.sync import sync
 
     refreshed = []
@@ -538,7 +546,10 @@ def refresh_ledger_krs(client: MlflowClient, moments_ms: Iterable[int]) -> list[
         except NotPublishedError:
             return refreshed
         name = published.cycle.name
-        has_ledger_kr = any(kr.source == "ledger" for _, kr in published.spec.key_results())
+        has_ledger_kr = any(
+            kr.source == "ledger" and (not significant_only or kr.count_only == "significant")
+            for _, kr in published.spec.key_results()
+        )
         if name not in refreshed and published.cycle.contains(moment) and has_ledger_kr:
             sync(client, cycle=name)
             refreshed.append(name)
