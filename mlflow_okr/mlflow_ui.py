@@ -34,6 +34,7 @@ NOTE_TAG = MLFLOW_RUN_NOTE  # the run and experiment description the UI shows
 # MLflow refuses longer tag values (mlflow.utils.validation, MLflow 3.x).
 MAX_RUN_NOTE = 8000
 MAX_EXPERIMENT_NOTE = 20000
+MAX_LINKED_EXPERIMENTS = 50
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
 
@@ -76,10 +77,14 @@ def run_link(experiment_id: str, run_id: str) -> str:
 
 
 def runs_table_link(experiment_ids: Iterable[str], filter_string: str) -> str | None:
-    """The runs table of `experiment_ids` filtered by `filter_string`; None without experiments."""
+    """The runs table of `experiment_ids` filtered by `filter_string`.
+
+    None without experiments, or with more than MAX_LINKED_EXPERIMENTS: a KR over every
+    experiment of a large store would need a URL no browser or proxy takes.
+    """
     ids = sorted(set(experiment_ids))
     query = f"{WORKFLOW_QUERY}&searchFilter={quote(filter_string, safe='')}"
-    if not ids:
+    if not ids or len(ids) > MAX_LINKED_EXPERIMENTS:
         return None
     if len(ids) == 1:
         return f"#/experiments/{ids[0]}/runs?{query}"
@@ -309,8 +314,9 @@ def _kr_scopes(client: MlflowClient, published: state.PublishedCycle) -> dict[st
 
 
 def _run_experiments(client: MlflowClient, run_ids: set[str], experiment_ids: set[str]) -> dict[str, str]:
-    """The experiment of each source run, in one search over the KRs' experiments."""
-    if not run_ids or not experiment_ids:
+    """The experiment of each source run, in one search over the KRs' experiments (at most a few)."""
+    if not run_ids or not experiment_ids or len(experiment_ids) > MAX_LINKED_EXPERIMENTS:
+        # Over many experiments, links use MLflow's run-id route instead of a wide search.
         return {}
     quoted = ", ".join(f"'{run_id}'" for run_id in sorted(run_ids) if re.fullmatch(r"[0-9a-zA-Z_-]+", run_id))
     found = {}

@@ -342,3 +342,9 @@ def test_sync_logs_kr_history_on_days_of_the_cycle(runner, write_spec, client, t
     (point,) = client.get_metric_history(published.kr_runs["ctr"], "okr.value")
     day = 0 if point.timestamp < CYCLE.start_ms else (point.timestamp - CYCLE.start_ms) // DAY_MS + 1
     assert (point.step, point.value) == (day, 0.071)
+
+
+def test_a_kr_over_more_experiments_than_a_url_can_hold_gets_no_runs_table_link():
+    counted = mlflow_ui.counted_filter("ctr")
+    assert mlflow_ui.runs_table_link([str(i) for i in range(50)], counted).startswith("#/compare-experiments/s?")
+    assert mlflow_ui.runs_table_link([str(i) for i in range(51)], counted) is None
