@@ -79,9 +79,14 @@ def source_tag(kr_id: str) -> str:
 
 
 def strip_plugin_scheme(uri: str | None) -> str | None:
-    """`okr+sqlite:///x.db` -> `sqlite:///x.db`: the CLI talks to the inner store directly."""
+    """`okr+sqlite:///x.db` -> `sqlite:///x.db`: the CLI talks to the inner store directly.
+
+    An `okr+` scheme that cannot be wrapped raises UnsupportedStoreUri, as the store would.
+    """
     if uri and uri.startswith(OKR_PLUGIN_SCHEME_PREFIX):
-        return uri[len(OKR_PLUGIN_SCHEME_PREFIX):]
+        from mlflow_okr.store.uris import inner_uri_of  # the store package imports this module
+
+        return inner_uri_of(uri)
     return uri
 
 
