@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_okr import state
 from mlflow_okr.errors import InputError, NotPublishedError
-from mlflow_okr.ledger import evidence, io, store
+from mlflow_okr.ledger import evidence, io, looks, store
 from mlflow_okr.ledger.evaluate import GuardrailData, compare
 from mlflow_okr.ledger.guardrails import parse_guardrail
 from mlflow_okr.ledger.models import (
@@ -343,31 +343,6 @@ def _linked_kr(client: MlflowClient, hypothesis: Hypothesis) -> KeyResult | None
     return published.spec.find_key_result(hypothesis.kr)
 
 
-def _tested_looks(evaluation: dict) -> int:
-    """How many looks with a test the recorded evaluation had counted."""
-    looks = evaluation.get("looks", 1 if evaluation.get("p_value") is not None else 0)
-    return looks if isinstance(looks, int) and looks >= 0 else 0
-
-
-def _previous_look(last: dict, current: Evaluation) -> Look | None:
-    """The recorded running sequential result, when it is about the same comparison."""
-    same = all(last.get(key) == getattr(current, key) for key in ("metric", "comparison", "pair_by"))
-    p_value = last.get("sequential_p_value")
-    if not same or not isinstance(p_value, (int, float)):
-        return None
-    return Look(p_value=float(p_value), ci_low=last.get("sequential_ci_low"),
-                ci_high=last.get("sequential_ci_high"))
-
-
-def _same_evidence(last: dict, current: Evaluation) -> bool:
-    """Whether `current` looks at the data the recorded evaluation looked at (no new look)."""
-    dumped = current.model_dump(mode="json")
-    return last.get("p_value") is not None and all(
-        last.get(key) == dumped[key]
-        for key in ("metric", "comparison", "pair_by", "pairs", "control", "treatment")
-    )
-
-
 @store.retrying
 def evaluate_hypothesis(
     hypothesis_id: str, tracking_uri: str | None = None, record: bool = True
@@ -405,23 +380,23 @@ def evaluate_hypothesis(
             arms = evidence.arm_values(usable, spec.metric)
             guardrails.append(GuardrailData(spec, arms["control"], arms["treatment"]))
 
-    def run(looks: int, previous: Look | None) -> Evaluation:
+    def run(count: int, previous: Look | None) -> Evaluation:
         result = compare(
             hypothesis.id, metric, values["control"], values["treatment"], baseline=baseline,
             expectation=parse_expectation(hypothesis.expect), direction=direction, pairs=pairs,
-            guardrails=guardrails, looks=looks, previous=previous,
+            guardrails=guardrails, looks=count, previous=previous,
         )
         update = {"pair_by": hypothesis.pair_by, "unpaired_runs": unpaired[:MAX_UNPAIRED_LISTED]}
         if result.p_value is None:
-            update["looks"] = looks - 1  # a look without a test is no look
+            update["looks"] = count - 1  # a look without a test is no look
         return result.model_copy(update=update)
 
     last = hypothesis.evaluation or {}
-    prior = _tested_looks(last)
+    prior = looks.tested_looks(last)
     evaluation = run(prior + 1, None)
     if evaluation.p_value is not None:
-        looks = prior if prior and _same_evidence(last, evaluation) else prior + 1
-        evaluation = run(looks, _previous_look(last, evaluation))
+        count = prior if prior and looks.same_evidence(last, evaluation) else prior + 1
+        evaluation = run(count, looks.previous_look(last, evaluation))
     summary = evaluation.model_dump(mode="json")
     if record and hypothesis.is_open and summary != hypothesis.evaluation:
         moment = state.now_ms()
