@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlflow_okr.engine import SUCCESS_GRADE
 from mlflow_okr.results import CycleStatus, KeyResultStatus
 
 STATUS_MARKS = {
@@ -55,7 +56,7 @@ def status_table(status: CycleStatus) -> str:
     cycle = status.cycle
     lines = [
         f"Cycle {cycle.name} ({cycle.start} .. {cycle.end}), {cycle.elapsed:.0%} elapsed. "
-        f"Score {status.score:.2f} (0.7 is the conventional success grade)",
+        f"Score {status.score:.2f} ({SUCCESS_GRADE:g} is the conventional success grade)",
         "",
     ]
     rows: list[list[str]] = []

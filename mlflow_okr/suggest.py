@@ -20,12 +20,13 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from mlflow_okr import state
+from mlflow_okr.engine import SUCCESS_GRADE
 from mlflow_okr.errors import InputError
 from mlflow_okr.ledger import store as ledger_store
 from mlflow_okr.ledger.models import Hypothesis
 from mlflow_okr.spec import BaselineRef, Cycle, KeyResult, Objective, OkrSpec, parse_cycle, parse_spec
 
-EXPECTED_ATTAINMENT = 0.7
+EXPECTED_ATTAINMENT = SUCCESS_GRADE
 DAY_MS = 86_400_000
 NEW_OBJECTIVE_ID = "validated-learnings"
 DraftKr = tuple[dict[str, Any], list[str]]  # a KR's fields and the comments saying where they came from

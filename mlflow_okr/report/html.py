@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 
+from mlflow_okr.engine import SUCCESS_GRADE
 from mlflow_okr.render import number
 from mlflow_okr.report import text
 from mlflow_okr.report.charts import trend_data_uri
@@ -198,7 +199,7 @@ def _next_cycle(report: Report) -> str:
     )
     return (
         f'<section class="next"><h2>Next cycle: {e(draft.cycle)}</h2><p class=muted>Targets calibrated on '
-        "this cycle's track record so that about 0.7 is the expected grade "
+        f"this cycle's track record so that about {SUCCESS_GRADE:g} is the expected grade "
         "(<code>mlflow-okr suggest</code>).</p><table><thead><tr><th>Objective</th><th>Key result</th>"
         f"<th class=num>Baseline</th><th class=num>Target</th></tr></thead><tbody>{rows}</tbody></table>"
         f"<details><summary>Draft okrs.yaml, with the reasoning per KR</summary><pre>{e(draft.text)}</pre>"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 
+from mlflow_okr.engine import SUCCESS_GRADE
 from mlflow_okr.render import bar, number
 from mlflow_okr.report import text
 from mlflow_okr.report.charts import sparkline
@@ -143,7 +144,8 @@ def render_markdown(report: Report) -> str:
         draft = report.next_cycle
         lines += [f"## Next cycle: {md(draft.cycle)}", ""]
         lines += [
-            "Targets calibrated on this cycle's track record so that about 0.7 is the expected grade.",
+            f"Targets calibrated on this cycle's track record so that about {SUCCESS_GRADE:g} is the "
+            "expected grade.",
             "",
         ]
         rows = [

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from mlflow_okr.engine import SUCCESS_GRADE
 from mlflow_okr.ledger.record import WinRate
 from mlflow_okr.render import STATUS_MARKS, number
 from mlflow_okr.report.model import Report
 from mlflow_okr.results import KeyResultStatus
 
 GRADE_NOTE = (
-    "Grades run from 0.0 to 1.0. OKRs are set to stretch, so 0.7 is the conventional success; "
+    f"Grades run from 0.0 to 1.0. OKRs are set to stretch, so {SUCCESS_GRADE:g} is the conventional success; "
     "a steady 1.0 means the targets were too easy."
 )
 STATUS_TITLES = {
