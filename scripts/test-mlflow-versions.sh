@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Run the store, semantics and live tests against given MLflow releases, one venv per release.
+#
+#   bash scripts/test-mlflow-versions.sh                 # the same as: oldest newest
+#   bash scripts/test-mlflow-versions.sh oldest          # the lower bound in setup.cfg (mlflow>=X)
+#   bash scripts/test-mlflow-versions.sh 3.16.0 3.17.2   # these releases (3.16 means 3.16.0)
+#
+# "newest" is the newest MLflow that pip installs with the package, checked again on every run.
+# A release below setup.cfg's lower bound conflicts with it: lower the bound to try one.
+# Venvs are kept under $MLFLOW_OKR_VERSIONS_CACHE (default ~/.cache/mlflow-okr/mlflow-versions)
+# and reinstalled when setup.cfg changes. PYTEST_ADDOPTS passes options to pytest (e.g. "-x").
+# Exit status: 0 if every release passed, 1 if one failed or could not be installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TEST_FILES=(tests/test_store.py tests/test_mlflow_semantics.py tests/test_sync.py)
+CACHE_DIR="${MLFLOW_OKR_VERSIONS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlflow-okr/mlflow-versions}"
+
+lower_bound() {
+  # install_requires holds exactly one "mlflow>=X" line.
+  sed -n 's/^[[:space:]]*mlflow>=\([0-9][0-9.]*\).*/\1/p' setup.cfg | head -n 1
+}
+
+# Install mlflow-okr with its test extras and the MLflow requirement $2 into venv $1, unless the
+# venv already holds them for this setup.cfg; "newest" venvs are upgraded on every run.
+install() {
+  local venv="$1" requirement="$2" upgrade="$3"
+  local stamp="$venv/.mlflow-okr-setup-cfg" setup_hash
+  setup_hash="$(sha256sum setup.cfg | cut -d' ' -f1)"
+  # Called as an if condition, where set -e does not apply: each step says || return 1.
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$setup_hash" ]; then
+    [ "$upgrade" = yes ] || return 0
+    "$venv/bin/pip" install -q --upgrade "$requirement" -e ".[test]" || return 1
+    return 0
+  fi
+  rm -rf "$venv"
+  python3 -m venv "$venv" || return 1
+  "$venv/bin/pip" install -q --upgrade pip || return 1
+  "$venv/bin/pip" install -q "$requirement" -e ".[test]" || return 1
+  echo "$setup_hash" >"$stamp"
+}
+
+[ $# -gt 0 ] || set -- oldest newest
+mkdir -p "$CACHE_DIR"
+passed=()
+failed=()
+for name in "$@"; do
+  case "$name" in
+    oldest)
+      version="$(lower_bound)"
+      if [ -z "$version" ]; then
+        echo "error: no 'mlflow>=X' line in setup.cfg's install_requires" >&2
+        exit 2
+      fi
+      requirement="mlflow==$version" venv="$CACHE_DIR/mlflow-$version" upgrade=no ;;
+    newest) requirement="mlflow" venv="$CACHE_DIR/mlflow-newest" upgrade=yes ;;
+    *) requirement="mlflow==$name" venv="$CACHE_DIR/mlflow-$name" upgrade=no ;;
+  esac
+  echo "== $requirement ($venv)"
+  if ! install "$venv" "$requirement" "$upgrade"; then
+    echo "== $requirement could not be installed"
+    failed+=("$requirement (not installed)")
+    continue
+  fi
+  version="$("$venv/bin/python" -c 'import mlflow; print(mlflow.__version__)')"
+  echo "== MLflow $version installed"
+  start=$SECONDS
+  if "$venv/bin/python" -m pytest -q -p no:cacheprovider "${TEST_FILES[@]}"; then
+    passed+=("$version")
+  else
+    failed+=("$version")
+  fi
+  echo "== MLflow $version: tests took $((SECONDS - start)) s"
+done
+
+echo "passed: ${passed[*]:-none}"
+echo "failed: $(IFS=,; echo "${failed[*]:-none}")"
+[ ${#failed[@]} -eq 0 ]
