@@ -138,7 +138,7 @@ def counter_inputs(
 ) -> tuple[float | None, int]:
     """The current value and event count of a ledger or manual KR."""
     if kr.source == "ledger":
-        count = state.ledger_validated_count(client, published.cycle, kr.linked_to)
+        count = state.ledger_validated_count(client, published.cycle, kr.linked_to, count_only=kr.count_only)
         # No validated hypothesis yet: no value, like a manual KR without check-ins, so the stored
         # state (no okr.value logged while the count is 0) equals a recompute.
         return (float(count) if count else None), count

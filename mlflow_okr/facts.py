@@ -19,6 +19,7 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from sqlalchemy import select
 
 from mlflow_okr import compat
 
@@ -106,13 +107,13 @@ class SqlFacts:
         after = ""
         while True:
             with compat.sql_session(self.store) as session:
-                rows = (
-                    session.query(*_run_columns())
-                    .filter(*in_scope, SqlRun.run_uuid > after)
+                query = (
+                    select(*_run_columns())
+                    .where(*in_scope, SqlRun.run_uuid > after)
                     .order_by(SqlRun.run_uuid)
                     .limit(CHUNK)
-                    .all()
                 )
+                rows = session.execute(query).all()
                 if not rows:
                     return
                 views = {row[0]: RunView(row) for row in rows}
@@ -132,7 +133,7 @@ class SqlFacts:
         for start in range(0, len(wanted), CHUNK):
             part = wanted[start:start + CHUNK]
             with compat.sql_session(self.store) as session:
-                rows = session.query(*_run_columns()).filter(SqlRun.run_uuid.in_(part)).all()
+                rows = session.execute(select(*_run_columns()).where(SqlRun.run_uuid.in_(part))).all()
                 views = {row[0]: RunView(row) for row in rows}
                 if views:
                     _fill(session, views, keys, (SqlRun.run_uuid.in_(list(views)),), joined=False)
@@ -158,13 +159,14 @@ def _fill(
     def child_rows(model: Any, *columns: Any, wanted: frozenset[str]) -> Iterable[Any]:
         if not wanted:
             return ()
-        query = session.query(model.run_uuid, model.key, *columns)
+        # Core selects, not ORM queries: plain rows, without the ORM's per-row loading.
+        query = select(model.run_uuid, model.key, *columns)
         if joined:
             # Conditions on the runs table select the chunk: bounded parameters, any chunk size.
-            query = query.join(SqlRun, SqlRun.run_uuid == model.run_uuid).filter(*runs)
+            query = query.join(SqlRun, SqlRun.run_uuid == model.run_uuid).where(*runs)
         else:
-            query = query.filter(model.run_uuid.in_(list(views)))
-        return query.filter(model.key.in_(sorted(wanted))).all()
+            query = query.where(model.run_uuid.in_(list(views)))
+        return session.execute(query.where(model.key.in_(sorted(wanted)))).all()
 
     for run_id, key, value, is_nan in child_rows(
         SqlLatestMetric, SqlLatestMetric.value, SqlLatestMetric.is_nan, wanted=keys.metrics

@@ -246,11 +246,13 @@ def settle_key_results(
     now: dt.datetime,
     check: bool = False,
     kr_runs: dict[str, Run] | None = None,
+    describe: bool = True,
 ) -> Settled:
     """Compare recomputed KR statuses with the stored state and, unless `check`, write what differs.
 
     `statuses` may cover only some KRs (the live store recomputes the ones a write touched): the
-    objective scores then combine them with the stored state of the others.
+    objective scores then combine them with the stored state of the others. With `describe`, the
+    descriptions MLflow's UI shows are brought up to date too.
     """
     kr_runs = read_kr_runs(client, published) if kr_runs is None else kr_runs
     settled = Settled()
@@ -271,6 +273,6 @@ def settle_key_results(
     settled.status = cycle_status(published.spec, merged, now)
     if not check and (settled.written or len(statuses) == len(merged)):
         write_objective_scores(client, published, settled.status)
-        # The descriptions MLflow's UI shows follow the state; each is written only if it changed.
-        mlflow_ui.refresh_ui_notes(client, published, settled.status, kr_runs)
+        if describe:  # each description is written only if its text changed
+            mlflow_ui.refresh_ui_notes(client, published, settled.status, kr_runs)
     return settled

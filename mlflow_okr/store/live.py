@@ -45,10 +45,10 @@ from mlflow_okr.store.definitions import KrRef, WatchedKrs, load_watched_krs, pu
 logger = logging.getLogger("mlflow_okr")
 
 FLUSH_INTERVAL = 0.5  # seconds between two background revisions (marks coalesce meanwhile)
-# A KR revised run by run is recounted from all its runs this long after its writes pause, and
-# at least every RECOUNT_INTERVAL while they go on; never more often than BACKGROUND_SHARE_FACTOR
-# times its last recount's duration, so recounts take a bounded share of the process however
-# large the store.
+# A KR revised run by run is recounted from all its runs once no write has come for
+# RECOUNT_PAUSE, and at least every RECOUNT_INTERVAL while writes go on; never more often than
+# BACKGROUND_SHARE_FACTOR times its last recount's duration, so recounts take a bounded share of
+# the process however large the store.
 RECOUNT_PAUSE = 2.0
 RECOUNT_INTERVAL = 30.0
 BACKGROUND_SHARE_FACTOR = 4.0
@@ -57,6 +57,7 @@ BACKGROUND_SHARE_FACTOR = 4.0
 # settling took less than that (for scripts and tests that read KR state right after a run ends).
 RUN_END_BUDGET = 0.0
 EXIT_FLUSH_TIMEOUT = 15.0  # seconds a process exit waits for the last settling
+DESCRIBE_INTERVAL = 5.0  # seconds between two refreshes of the UI descriptions by revisions
 REFRESH_INTERVAL = 2.0  # seconds between two checks for a newly applied spec
 SETTLE_ATTEMPTS = 3  # tries to settle the same marks before they are left to `mlflow-okr sync`
 IDLE_EXIT = 60.0  # seconds without work after which the writer thread ends (a new mark restarts it)
@@ -121,34 +122,44 @@ class Marks:
 
 @dataclass
 class Recounts:
-    """KRs due for a recount from all their runs: when, and how long the last one took."""
+    """KRs revised run by run since their last recount, and when each may be recounted again."""
 
-    due: dict[KrRef, float] = field(default_factory=dict)
     first_revised: dict[KrRef, float] = field(default_factory=dict)
+    last_revised: dict[KrRef, float] = field(default_factory=dict)
     earliest_next: dict[KrRef, float] = field(default_factory=dict)
 
+    @property
+    def due(self) -> dict[KrRef, float]:
+        """Each scheduled KR and the moment it is due once its writes have paused."""
+        return {ref: self._due(ref, busy=False) for ref in self.last_revised}
+
+    def _due(self, ref: KrRef, busy: bool) -> float:
+        # While writes go on (`busy`), only the interval makes a KR due; once they pause, the pause.
+        by_interval = self.first_revised[ref] + RECOUNT_INTERVAL
+        due = by_interval if busy else min(self.last_revised[ref] + RECOUNT_PAUSE, by_interval)
+        return max(due, self.earliest_next.get(ref, 0.0))
+
     def revised(self, ref: KrRef, now: float) -> None:
-        """`ref` was revised run by run at `now`: recount it after a pause, or by the interval."""
-        first = self.first_revised.setdefault(ref, now)
-        self.due[ref] = max(
-            min(now + RECOUNT_PAUSE, first + RECOUNT_INTERVAL), self.earliest_next.get(ref, 0.0)
-        )
+        """`ref` was revised run by run at `now`."""
+        self.first_revised.setdefault(ref, now)
+        self.last_revised[ref] = now
 
     def recounted(self, ref: KrRef, started: float, seconds: float) -> None:
-        self.due.pop(ref, None)
         self.first_revised.pop(ref, None)
+        self.last_revised.pop(ref, None)
         self.earliest_next[ref] = started + BACKGROUND_SHARE_FACTOR * seconds
 
-    def take(self, now: float | None) -> set[KrRef]:
+    def take(self, now: float | None, busy: bool = False) -> set[KrRef]:
         """The KRs due at `now` (None: every one scheduled), removed from the schedule."""
-        refs = {ref for ref, due in self.due.items() if now is None or due <= now}
+        refs = {ref for ref in self.last_revised if now is None or self._due(ref, busy) <= now}
         for ref in refs:
-            self.due.pop(ref)
-            self.first_revised.pop(ref, None)
+            self.first_revised.pop(ref)
+            self.last_revised.pop(ref)
         return refs
 
     def next_due(self) -> float | None:
-        return min(self.due.values()) if self.due else None
+        due = self.due
+        return min(due.values()) if due else None
 
 
 class LiveKrs:
@@ -171,6 +182,7 @@ class LiveKrs:
         self._thread: threading.Thread | None = None
         self._next_refresh = 0.0
         self._next_flush = 0.0  # read and written by the writer thread only
+        self._next_describe = 0.0  # written under _flush_lock
         self._last_settle_seconds = 0.0  # written under _flush_lock; a float read is atomic
         self._experiment_names: dict[str, str] = {}  # experiment id -> name; only ever grows
         if hasattr(os, "register_at_fork"):
@@ -296,7 +308,7 @@ class LiveKrs:
 
     def _has_work(self) -> bool:
         with self._lock:
-            return bool(self._marks.runs or self._recounts.due)
+            return bool(self._marks.runs or self._recounts.last_revised)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -325,7 +337,9 @@ class LiveKrs:
                 self._recount(time.monotonic())
             except Exception as error:  # noqa: BLE001 - fail-open
                 fail_open(error)
-            rest = max(FLUSH_INTERVAL, BACKGROUND_SHARE_FACTOR * self._last_settle_seconds)
+            # Resting as long as the last settling took keeps the writer idle at least half the
+            # time; recounts, the costly part, are spaced by BACKGROUND_SHARE_FACTOR (Recounts).
+            rest = max(FLUSH_INTERVAL, self._last_settle_seconds)
             self._next_flush = time.monotonic() + rest
             with self._lock:
                 if self._marks.runs:
@@ -400,10 +414,13 @@ class LiveKrs:
             self._last_settle_seconds = time.monotonic() - started
 
     def _recount(self, now: float | None) -> None:
-        """Recount the cycles of the KRs due at `now` (None: all scheduled) from all their runs."""
+        """Recount the cycles of the KRs due at `now` (None: all scheduled) from all their runs.
+
+        Marks waiting to be settled mean writes are still coming: then only the interval counts.
+        """
         with self._flush_lock:
             with self._lock:
-                refs = self._recounts.take(now)
+                refs = self._recounts.take(now, busy=bool(self._marks.runs))
             watched = self.watched
             for experiment_id in sorted({experiment_id for experiment_id, _ in refs}):
                 published = watched.cycles.get(experiment_id)
@@ -522,7 +539,7 @@ class LiveKrs:
                 self._recount_cycle(published)  # counts every KR of the cycle afresh
                 return
             computations[kr_id] = KrComputation(kr, tally, baseline)
-        self._write(published, computations, kr_runs)
+        self._write(published, computations, kr_runs, revision=True)
         now = time.monotonic()
         with self._lock:
             for kr_id in computations:
@@ -533,15 +550,22 @@ class LiveKrs:
         published: state.PublishedCycle,
         computations: dict[str, KrComputation],
         kr_runs: dict | None = None,
+        revision: bool = False,
     ) -> set[str]:
-        """Settle these computations; the ids of the KRs whose state was written."""
+        """Settle these computations (`revision`: revised run by run); the ids of the KRs written."""
         if not computations:
             return set()
         now = dt.datetime.now(dt.timezone.utc)
         statuses = computed_statuses(self.client, published, computations, now)
+        # The UI descriptions take a few reads to render: a revision refreshes them at most every
+        # DESCRIBE_INTERVAL, a recount (which follows every pause in the writes) always.
+        describe = not revision or time.monotonic() >= self._next_describe
         settled = settle_key_results(
-            self.client, published, statuses, tally_texts(computations), now, kr_runs=kr_runs
+            self.client, published, statuses, tally_texts(computations), now,
+            kr_runs=kr_runs, describe=describe,
         )
+        if describe and settled.written:
+            self._next_describe = time.monotonic() + DESCRIBE_INTERVAL
         return settled.written
 
     def _is_okr_run(self, run: Any, watched: WatchedKrs) -> bool:
