@@ -346,5 +346,6 @@ def test_sync_logs_kr_history_on_days_of_the_cycle(runner, write_spec, client, t
 
 def test_a_kr_over_more_experiments_than_a_url_can_hold_gets_no_runs_table_link():
     counted = mlflow_ui.counted_filter("ctr")
-    assert mlflow_ui.runs_table_link([str(i) for i in range(50)], counted).startswith("#/compare-experiments/s?")
+    link = mlflow_ui.runs_table_link([str(i) for i in range(50)], counted)
+    assert link.startswith("#/compare-experiments/s?")
     assert mlflow_ui.runs_table_link([str(i) for i in range(51)], counted) is None

@@ -17,9 +17,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr import api, state
+from mlflow_okr.compute import compute_key_results, computed_statuses
 from mlflow_okr.report import build_report, render
 from mlflow_okr.results import cycle_status
-from mlflow_okr.compute import compute_key_results, computed_statuses
 from mlflow_okr.sync import sync
 from tests.conftest import NOW, invoke, make_run
 
