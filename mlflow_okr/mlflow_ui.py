@@ -319,6 +319,8 @@ def _run_experiments(client: MlflowClient, run_ids: set[str], experiment_ids: se
         # Over many experiments, links use MLflow's run-id route instead of a wide search.
         return {}
     quoted = ", ".join(f"'{run_id}'" for run_id in sorted(run_ids) if re.fullmatch(r"[0-9a-zA-Z_-]+", run_id))
+    if not quoted:  # only ids that cannot name a run (a hand-written baseline run_id)
+        return {}
     found = {}
     for run in state.iter_runs(client, sorted(experiment_ids), f"attributes.run_id IN ({quoted})"):
         found[run.info.run_id] = run.info.experiment_id

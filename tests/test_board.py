@@ -29,6 +29,7 @@ from tests import servers
 from tests.conftest import make_run
 
 UI = "http://mlflow.example.test:5000"
+RUNS_VIEW = "?workflowType=machine_learning"  # run links open MLflow's classic runs view
 HOSTILE_TITLE = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"> recall & more'
 TODAY = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 AS_OF = TODAY.strftime("%Y-%m-%dT%H:%M:%S")
@@ -167,8 +168,8 @@ def test_api_board_adds_history_links_checkins_and_hypotheses(board_store):
     assert board["ui_url"] == UI
     acc = board["key_results"]["acc"]
     kr_run, best_run = board_store.kr_runs["acc"], board_store.runs["small-model"]
-    assert acc["kr_run_url"] == f"{UI}/#/experiments/{board_store.okr_experiment_id}/runs/{kr_run}"
-    assert acc["best_run_url"] == f"{UI}/#/experiments/{board_store.experiment_id}/runs/{best_run}"
+    assert acc["kr_run_url"] == f"{UI}/#/experiments/{board_store.okr_experiment_id}/runs/{kr_run}{RUNS_VIEW}"
+    assert acc["best_run_url"] == f"{UI}/#/experiments/{board_store.experiment_id}/runs/{best_run}{RUNS_VIEW}"
     assert acc["best_run_name"] == "small-model"
     assert acc["maintain"] is None
     assert [(point["progress"], point["value"]) for point in acc["history"]][-1] == ((0.7 - 0.5) / 0.5, 0.7)
@@ -283,7 +284,7 @@ def test_mlflow_server_app_okr_serves_the_board_and_mlflow(board_store, tmp_path
         board = requests.get(server.url + "/okr/api/board", timeout=30).json()
         # The MLflow UI is this server: links are relative to its root.
         assert board["key_results"]["acc"]["best_run_url"] == (
-            f"/#/experiments/{board_store.experiment_id}/runs/{board_store.runs['small-model']}"
+            f"/#/experiments/{board_store.experiment_id}/runs/{board_store.runs['small-model']}{RUNS_VIEW}"
         )
         ui = requests.get(server.url + "/", timeout=30)
         assert ui.status_code == 200 and "<title>MLflow</title>" in ui.text
@@ -388,7 +389,7 @@ def test_okr_auth_board_shows_each_viewer_only_what_mlflow_lets_them_read(tmp_pa
         admin = (ADMIN, ADMIN_PASSWORD)
         admin_board = requests.get(server.url + "/okr/api/board", auth=admin, timeout=30).json()
         assert admin_board["key_results"]["acc"]["best_run_url"] == (
-            f"/#/experiments/{store['secret_id']}/runs/{store['secret_run']}"
+            f"/#/experiments/{store['secret_id']}/runs/{store['secret_run']}{RUNS_VIEW}"
         )
         assert key_results(admin_board["status"])["acc"]["best_run_id"] == store["secret_run"]
         # MLflow's UI and API still work, behind auth.

@@ -123,8 +123,10 @@ def test_links_open_the_kr_run_and_best_run_in_mlflow(served, driver):
     open_board(driver, url + "/okr/")
     kr_href = css(driver, '[data-kr="acc"] a.kr-run')[0].get_attribute("href")
     best_href = css(driver, '[data-kr="acc"] a.best-run')[0].get_attribute("href")
-    assert kr_href == f"{url}/#/experiments/{store.okr_experiment_id}/runs/{store.kr_runs['acc']}"
-    assert best_href == f"{url}/#/experiments/{store.experiment_id}/runs/{store.runs['small-model']}"
+    runs_view = "?workflowType=machine_learning"
+    assert kr_href == f"{url}/#/experiments/{store.okr_experiment_id}/runs/{store.kr_runs['acc']}{runs_view}"
+    best_run = store.runs["small-model"]
+    assert best_href == f"{url}/#/experiments/{store.experiment_id}/runs/{best_run}{runs_view}"
     kr_run_name = MlflowClient(store.uri).get_run(store.kr_runs["acc"]).info.run_name
     for href, run_name in ((best_href, "small-model"), (kr_href, kr_run_name)):
         driver.get(href)

@@ -257,7 +257,10 @@ def test_report_status_is_the_engine_status(report, engine_status):
 def test_report_evidence(report, store):
     ctr = report.details["ctr"]
     assert ctr.best_run.name == "two-tower-v2 <b>bold</b>" and ctr.best_run.value == pytest.approx(0.065)
-    assert ctr.best_run.url == f"{UI}/#/experiments/{ctr.best_run.experiment_id}/runs/{ctr.best_run.run_id}"
+    assert ctr.best_run.url == (
+        f"{UI}/#/experiments/{ctr.best_run.experiment_id}/runs/{ctr.best_run.run_id}"
+        "?workflowType=machine_learning"
+    )
     # Only the guardrail breach that beats 0.065 is one; the failed run and the run missing a
     # guardrail metric are excluded for other reasons.
     assert ctr.guardrail_breach_count == 1

@@ -250,6 +250,9 @@ def stress(backend_uri: str, plain_uri: str, tmp_path: Path, server_factory, sec
     # The server has stopped: each worker settled its marks and recounted what it revised before
     # it exited (the store's exit settling), so the state is final; no time window to wait out.
     code, output = cli_check(plain_uri)
+    if code != 0:  # what the workers said about KR settling, for the failure message
+        said = [line for line in server.log().splitlines() if "okr" in line.lower() or "Error" in line]
+        output += "\nserver log, lines about mlflow-okr and errors:\n" + "\n".join(said[-40:])
     print(
         f"\nstress {backend_uri.split(':')[0]}: {journal.writes} writes "
         f"in {seconds:g}s per client "

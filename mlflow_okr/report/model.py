@@ -11,7 +11,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, computed_field
 
-from mlflow_okr import state
+from mlflow_okr import mlflow_ui, state
 from mlflow_okr.engine import GUARDRAIL_TAG_PREFIX, SUCCESS_GRADE, ReasonKind, verdict_from_tag
 from mlflow_okr.ledger.record import TrackRecord
 from mlflow_okr.report.suggestions import NextCycle, next_cycle
@@ -117,7 +117,8 @@ def run_url(ui_url: str | None, experiment_id: str, run_id: str) -> str | None:
     """The MLflow UI page of a run, when the UI's base URL is known."""
     if not ui_url:
         return None
-    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    # The same route as the MLflow UI descriptions: it opens in the classic runs view.
+    return f"{ui_url.rstrip('/')}/{mlflow_ui.run_link(experiment_id, run_id)}"
 
 
 def _run_link(run: Run, metric: str | None, ui_url: str | None, reason: str | None = None) -> RunLink:

@@ -373,11 +373,15 @@ class LiveKrs:
             )
 
     def _flush_fail_open(self) -> None:
-        try:
-            self.flush()
-            self._recount(None)  # the verification of what the first recount wrote
-        except Exception as error:  # noqa: BLE001 - fail-open
-            fail_open(error)
+        # A failed settling (a database locked by another worker also settling at exit) keeps its
+        # marks and schedules recounts: try again, a few times, before the process ends.
+        for _ in range(SETTLE_ATTEMPTS):
+            try:
+                self.flush()
+                self._recount(None)  # the verification of what the first recount wrote
+                return
+            except Exception as error:  # noqa: BLE001 - fail-open
+                fail_open(error)
 
     # -- settling ---------------------------------------------------------------------------
 
