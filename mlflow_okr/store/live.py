@@ -21,7 +21,6 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -41,17 +40,11 @@ from mlflow_okr.kr_state import read_kr_runs, settle_key_results, stored_tally
 from mlflow_okr.scope import CycleScan, plan_run_tags, write_run_tags
 from mlflow_okr.spec import OkrSpec
 from mlflow_okr.store.definitions import KrRef, WatchedKrs, load_watched_krs, published_signature
+from mlflow_okr.store.schedule import ALL_KRS, Marks, Recounts
 
 logger = logging.getLogger("mlflow_okr")
 
 FLUSH_INTERVAL = 0.5  # seconds between two background revisions (marks coalesce meanwhile)
-# A KR revised run by run is recounted from all its runs once no write has come for
-# RECOUNT_PAUSE, and at least every RECOUNT_INTERVAL while writes go on; never more often than
-# BACKGROUND_SHARE_FACTOR times its last recount's duration, so recounts take a bounded share of
-# the process however large the store.
-RECOUNT_PAUSE = 2.0
-RECOUNT_INTERVAL = 30.0
-BACKGROUND_SHARE_FACTOR = 4.0
 # Run ends settle in the background by default, so they never stall the caller. With
 # MLFLOW_OKR_RUN_END_BUDGET=<seconds>, a run end settles in the caller's thread while the last
 # settling took less than that (for scripts and tests that read KR state right after a run ends).
@@ -61,7 +54,6 @@ DESCRIBE_INTERVAL = 5.0  # seconds between two refreshes of the UI descriptions 
 REFRESH_INTERVAL = 2.0  # seconds between two checks for a newly applied spec
 SETTLE_ATTEMPTS = 3  # tries to settle the same marks before they are left to `mlflow-okr sync`
 IDLE_EXIT = 60.0  # seconds without work after which the writer thread ends (a new mark restarts it)
-ALL_KRS = None  # a mark that concerns every KR of the run's cycle (run ended, deleted, restored)
 
 _warned = False
 _warned_lock = threading.Lock()  # guards _warned
@@ -99,69 +91,6 @@ def _database_gone(inner_uri: str) -> bool:
     return bool(path) and path != ":memory:" and not os.path.exists(path)
 
 
-@dataclass
-class Marks:
-    """Runs to revisit and, per run, the KRs a write may have changed (ALL_KRS: every KR)."""
-
-    runs: dict[str, set[KrRef] | None] = field(default_factory=dict)
-    failures: int = 0  # settlings of these marks that failed (a locked database, a timeout)
-
-    def add(self, run_id: str, krs: Iterable[KrRef] | None) -> None:
-        """Mark `run_id` for these KRs (ALL_KRS: all of them)."""
-        if krs is ALL_KRS:
-            self.runs[run_id] = ALL_KRS
-        elif run_id not in self.runs:
-            self.runs[run_id] = set(krs)
-        elif self.runs[run_id] is not ALL_KRS:
-            self.runs[run_id].update(krs)  # type: ignore[union-attr]
-
-    def merge(self, other: Marks) -> None:
-        for run_id, krs in other.runs.items():
-            self.add(run_id, krs)
-
-
-@dataclass
-class Recounts:
-    """KRs revised run by run since their last recount, and when each may be recounted again."""
-
-    first_revised: dict[KrRef, float] = field(default_factory=dict)
-    last_revised: dict[KrRef, float] = field(default_factory=dict)
-    earliest_next: dict[KrRef, float] = field(default_factory=dict)
-
-    @property
-    def due(self) -> dict[KrRef, float]:
-        """Each scheduled KR and the moment it is due once its writes have paused."""
-        return {ref: self._due(ref, busy=False) for ref in self.last_revised}
-
-    def _due(self, ref: KrRef, busy: bool) -> float:
-        # While writes go on (`busy`), only the interval makes a KR due; once they pause, the pause.
-        by_interval = self.first_revised[ref] + RECOUNT_INTERVAL
-        due = by_interval if busy else min(self.last_revised[ref] + RECOUNT_PAUSE, by_interval)
-        return max(due, self.earliest_next.get(ref, 0.0))
-
-    def revised(self, ref: KrRef, now: float) -> None:
-        """`ref` was revised run by run at `now`."""
-        self.first_revised.setdefault(ref, now)
-        self.last_revised[ref] = now
-
-    def recounted(self, ref: KrRef, started: float, seconds: float) -> None:
-        self.first_revised.pop(ref, None)
-        self.last_revised.pop(ref, None)
-        self.earliest_next[ref] = started + BACKGROUND_SHARE_FACTOR * seconds
-
-    def take(self, now: float | None, busy: bool = False) -> set[KrRef]:
-        """The KRs due at `now` (None: every one scheduled), removed from the schedule."""
-        refs = {ref for ref in self.last_revised if now is None or self._due(ref, busy) <= now}
-        for ref in refs:
-            self.first_revised.pop(ref)
-            self.last_revised.pop(ref)
-        return refs
-
-    def next_due(self) -> float | None:
-        due = self.due
-        return min(due.values()) if due else None
-
-
 class LiveKrs:
     """The live KR state keeper of one tracking store (one per process and backend URI)."""
 
@@ -169,7 +98,7 @@ class LiveKrs:
         self.inner_uri = inner_uri
         self._client: MlflowClient | None = None
         self._watched: WatchedKrs | None = None
-        self._lock = threading.Lock()  # guards _marks, _recounts, _deleting and _thread
+        self._lock = threading.Lock()  # guards _marks, _recounts, _deleting, _restored and _thread
         self._flush_lock = threading.RLock()  # one settling at a time in this process
         self._refresh_lock = threading.Lock()  # one reload of the definitions at a time
         self._marks = Marks()

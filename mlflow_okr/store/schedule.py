@@ -1,0 +1,80 @@
+"""The live writer's schedule: which runs and KRs to revisit, and when to recount which KRs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from mlflow_okr.store.definitions import KrRef
+
+ALL_KRS = None  # a mark that concerns every KR of the run's cycle (run ended, deleted, restored)
+# A KR revised run by run is recounted from all its runs once no write has come for
+# RECOUNT_PAUSE, and at least every RECOUNT_INTERVAL while writes go on; never more often than
+# BACKGROUND_SHARE_FACTOR times its last recount's duration, so recounts take a bounded share of
+# the process however large the store.
+RECOUNT_PAUSE = 2.0
+RECOUNT_INTERVAL = 30.0
+BACKGROUND_SHARE_FACTOR = 4.0
+
+
+@dataclass
+class Marks:
+    """Runs to revisit and, per run, the KRs a write may have changed (ALL_KRS: every KR)."""
+
+    runs: dict[str, set[KrRef] | None] = field(default_factory=dict)
+    failures: int = 0  # settlings of these marks that failed (a locked database, a timeout)
+
+    def add(self, run_id: str, krs: Iterable[KrRef] | None) -> None:
+        """Mark `run_id` for these KRs (ALL_KRS: all of them)."""
+        if krs is ALL_KRS:
+            self.runs[run_id] = ALL_KRS
+        elif run_id not in self.runs:
+            self.runs[run_id] = set(krs)
+        elif self.runs[run_id] is not ALL_KRS:
+            self.runs[run_id].update(krs)  # type: ignore[union-attr]
+
+    def merge(self, other: Marks) -> None:
+        for run_id, krs in other.runs.items():
+            self.add(run_id, krs)
+
+
+@dataclass
+class Recounts:
+    """KRs revised run by run since their last recount, and when each may be recounted again."""
+
+    first_revised: dict[KrRef, float] = field(default_factory=dict)
+    last_revised: dict[KrRef, float] = field(default_factory=dict)
+    earliest_next: dict[KrRef, float] = field(default_factory=dict)
+
+    @property
+    def due(self) -> dict[KrRef, float]:
+        """Each scheduled KR and the moment it is due once its writes have paused."""
+        return {ref: self._due(ref, busy=False) for ref in self.last_revised}
+
+    def _due(self, ref: KrRef, busy: bool) -> float:
+        # While writes go on (`busy`), only the interval makes a KR due; once they pause, the pause.
+        by_interval = self.first_revised[ref] + RECOUNT_INTERVAL
+        due = by_interval if busy else min(self.last_revised[ref] + RECOUNT_PAUSE, by_interval)
+        return max(due, self.earliest_next.get(ref, 0.0))
+
+    def revised(self, ref: KrRef, now: float) -> None:
+        """`ref` was revised run by run at `now`."""
+        self.first_revised.setdefault(ref, now)
+        self.last_revised[ref] = now
+
+    def recounted(self, ref: KrRef, started: float, seconds: float) -> None:
+        self.first_revised.pop(ref, None)
+        self.last_revised.pop(ref, None)
+        self.earliest_next[ref] = started + BACKGROUND_SHARE_FACTOR * seconds
+
+    def take(self, now: float | None, busy: bool = False) -> set[KrRef]:
+        """The KRs due at `now` (None: every one scheduled), removed from the schedule."""
+        refs = {ref for ref in self.last_revised if now is None or self._due(ref, busy) <= now}
+        for ref in refs:
+            self.first_revised.pop(ref)
+            self.last_revised.pop(ref)
+        return refs
+
+    def next_due(self) -> float | None:
+        due = self.due
+        return min(due.values()) if due else None
