@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.postgres import serve
 from tests.servers import free_port
 
 TEMPLATE_DATABASE = "mlflow_template"
@@ -163,16 +164,7 @@ def mysql_server() -> Iterator[MysqlServer]:
         import pymysql  # noqa: F401  (the driver of mysql+pymysql://)
     except ImportError:
         pytest.skip("pymysql is not installed; pip install pymysql")
-    server = MysqlServer(*executables)
-    try:
-        server.init()
-        server.start()
-        server.create_template()
-    except BaseException:
-        server.remove()
-        raise
-    yield server
-    server.remove()
+    yield from serve(MysqlServer(*executables))
 
 
 @pytest.fixture

@@ -123,7 +123,11 @@ def postgres_server() -> Iterator[PostgresServer]:
         import psycopg  # noqa: F401  (SQLAlchemy 2.1's driver for postgresql://)
     except ImportError:
         pytest.skip("psycopg is not installed; pip install 'psycopg[binary]'")
-    server = PostgresServer(bin_dir)
+    yield from serve(PostgresServer(bin_dir))
+
+
+def serve(server):
+    """Initialise, start and template a database server for a test session; remove it after."""
     try:
         server.init()
         server.start()
