@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -53,7 +54,11 @@ class Recounts:
         return {ref: self._due(ref, busy=False) for ref in self.last_revised}
 
     def _due(self, ref: KrRef, busy: bool) -> float:
-        # While writes go on (`busy`), only the interval makes a KR due; once they pause, the pause.
+        # While writes go on (`busy`), only the interval makes a KR due, and only once a recount's
+        # cost is known (a recount holds up revisions for as long as it takes); once they pause,
+        # the pause.
+        if busy and ref not in self.earliest_next:
+            return math.inf
         by_interval = self.first_revised[ref] + RECOUNT_INTERVAL
         due = by_interval if busy else min(self.last_revised[ref] + RECOUNT_PAUSE, by_interval)
         return max(due, self.earliest_next.get(ref, 0.0))
