@@ -45,6 +45,7 @@ from mlflow_okr.store.schedule import ALL_KRS, Marks, Recounts
 logger = logging.getLogger("mlflow_okr")
 
 FLUSH_INTERVAL = 0.5  # seconds between two background revisions (marks coalesce meanwhile)
+SETTLE_REST_FACTOR = 3.0
 # Run ends settle in the background by default, so they never stall the caller. With
 # MLFLOW_OKR_RUN_END_BUDGET=<seconds>, a run end settles in the caller's thread while the last
 # settling took less than that (for scripts and tests that read KR state right after a run ends).
@@ -266,9 +267,10 @@ class LiveKrs:
                 self._recount(time.monotonic())
             except Exception as error:  # noqa: BLE001 - fail-open
                 fail_open(error)
-            # Resting as long as the last settling took keeps the writer idle at least half the
-            # time; recounts, the costly part, are spaced by BACKGROUND_SHARE_FACTOR (Recounts).
-            rest = max(FLUSH_INTERVAL, self._last_settle_seconds)
+            # Resting SETTLE_REST_FACTOR times as long as the last settling took keeps the writer
+            # to a quarter of the process (and of the database's time, in a busy server); recounts
+            # are spaced by the schedule's BACKGROUND_SHARE_FACTOR.
+            rest = max(FLUSH_INTERVAL, SETTLE_REST_FACTOR * self._last_settle_seconds)
             self._next_flush = time.monotonic() + rest
             with self._lock:
                 if self._marks.runs:
