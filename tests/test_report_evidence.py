@@ -42,7 +42,8 @@ def test_an_effect_evaluated_after_resolution_is_shown_with_its_link(
     assert shown.relative_effect == pytest.approx(0.01 / 0.051, rel=1e-12)
     assert (shown.control_runs, shown.treatment_runs) == (3, 3)
     ledger_experiment = client.get_experiment_by_name("okr/ledger").experiment_id
-    assert shown.url == f"{UI}/#/experiments/{ledger_experiment}/runs/{shown.run_id}"
+    run_page = f"#/experiments/{ledger_experiment}/runs/{shown.run_id}?workflowType=machine_learning"
+    assert shown.url == f"{UI}/{run_page}"
     page = render(report, "html")
     assert f'<a href="{shown.url}"><code>two-tower</code></a> Two towers beat MF' in page
     assert "<td class=num>+0.01 (+19.6%)</td>" in page
