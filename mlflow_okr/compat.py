@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# Checked on MLflow 3.17.2 and 3.18.0 (and the oldest supported release, see setup.cfg).
+# Checked on MLflow 3.16.0 (the oldest release setup.cfg allows) and 3.17.2.
 
 
 def run_matches_clause(run: Any, clause: dict[str, Any]) -> bool:

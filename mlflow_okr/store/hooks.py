@@ -102,7 +102,7 @@ class OkrHooks:
         return result
 
     def _hard_delete_run(self, run_id):
-        # `mlflow gc` calls this private method of SqlAlchemyStore (checked on MLflow 3.12-3.18):
+        # `mlflow gc` calls this private method of SqlAlchemyStore (checked on MLflow 3.16.0, 3.17.2):
         # no okr.* tag may be written for the run while its rows are being removed.
         self._okr_live.deleting(run_id)
         return super()._hard_delete_run(run_id)
