@@ -106,3 +106,20 @@ def _stop(process: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+def basic_auth_config(directory: Path, admin: str, admin_password: str) -> Path:
+    """The ini file of MLflow's basic-auth app: no permission by default, `admin` as the admin user."""
+    config = directory / "basic_auth.ini"
+    config.write_text(
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = sqlite:///{directory / 'auth.db'}\n"
+        f"admin_username = {admin}\n"
+        f"admin_password = {admin_password}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        # Cache password checks: PBKDF2 on every request would dominate a test's time.
+        "auth_cache_ttl_seconds = 300\n",
+        encoding="utf-8",
+    )
+    return config

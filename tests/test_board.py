@@ -304,18 +304,7 @@ READER, READER_PASSWORD = "reader", "reader-password-1234"
 
 
 def _auth_config(tmp_path: Path) -> Path:
-    config = tmp_path / "basic_auth.ini"
-    config.write_text(
-        "[mlflow]\n"
-        "default_permission = NO_PERMISSIONS\n"
-        f"database_uri = sqlite:///{tmp_path / 'auth.db'}\n"
-        f"admin_username = {ADMIN}\n"
-        f"admin_password = {ADMIN_PASSWORD}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        "auth_cache_ttl_seconds = 300\n",
-        encoding="utf-8",
-    )
-    return config
+    return servers.basic_auth_config(tmp_path, ADMIN, ADMIN_PASSWORD)
 
 
 def _auth_env(tmp_path: Path) -> dict[str, str]:

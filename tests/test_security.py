@@ -72,18 +72,7 @@ def run_cli(env: dict[str, str], *args: str):
 def auth_server(tmp_path, monkeypatch):
     """A basic-auth mlflow server over an okr+sqlite (or plain sqlite) backend, with two users."""
     servers = pytest.importorskip("tests.servers", reason="tests/servers.py (the server helper) is missing")
-    config = tmp_path / "basic_auth.ini"
-    config.write_text(
-        "[mlflow]\n"
-        "default_permission = NO_PERMISSIONS\n"
-        f"database_uri = sqlite:///{tmp_path / 'auth.db'}\n"
-        f"admin_username = {ADMIN}\n"
-        f"admin_password = {ADMIN_PASSWORD}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
-        # Cache password checks: PBKDF2 on every request would dominate the test's time.
-        "auth_cache_ttl_seconds = 300\n",
-        encoding="utf-8",
-    )
+    config = servers.basic_auth_config(tmp_path, ADMIN, ADMIN_PASSWORD)
     scheme = "okr+sqlite" if okr_store_registered() else "sqlite"
     backend = f"{scheme}:///{tmp_path / 'mlflow.db'}"
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
