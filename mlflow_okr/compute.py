@@ -98,7 +98,7 @@ def revise_tally(tally: Tally, changes: Iterable[VerdictChange]) -> bool:
         old, new = change.old, change.new
         if old is not None and new is not None and old.state == new.state == "counted":
             assert new.value is not None
-            if not tally.update(change.run_id, new.value, change.start_time):
+            if not tally.update(change.run_id, new.value, change.start_time, old.value):
                 return False
             continue
         if old is not None and not tally.forget(change.run_id, old):

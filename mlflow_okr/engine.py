@@ -7,6 +7,7 @@ the facts and the time, so they all share one semantics.
 from __future__ import annotations
 
 import enum
+import json
 import math
 import re
 import sys
@@ -88,6 +89,11 @@ class RunRule:
     guardrails: tuple[Bound, ...] = ()
     maintain: Bound | None = None
 
+    @property
+    def sums(self) -> bool:
+        """True when the value adds up the counted values (sum, mean): each one must be known."""
+        return self.maintain is None and self.aggregate in ("sum", "mean")
+
 
 @dataclass(frozen=True)
 class RunFacts:
@@ -119,12 +125,17 @@ class Verdict:
         return self.reason_kind is ReasonKind.GUARDRAIL_BREACH
 
 
-def verdict_from_tag(tag_value: str | None) -> Verdict | None:
-    """The verdict a run's `okr.kr.<id>` tag records (without the value), or None when untagged."""
+def verdict_from_tag(tag_value: str | None, value_text: str | None = None) -> Verdict | None:
+    """The verdict a run's `okr.kr.<id>` tag records, or None when untagged.
+
+    A counted verdict carries its value when `value_text` (the `okr.kr.<id>.value` tag that runs
+    of sum and mean KRs carry) gives it.
+    """
     if not tag_value:
         return None
     if tag_value == "counted":
-        return Verdict("counted")
+        value = _parsed_value(value_text)
+        return Verdict("counted", "", value) if value is not None else Verdict("counted")
     if tag_value.startswith("pending"):
         return Verdict("pending", "", None, ReasonKind.WAITING)
     if tag_value.startswith(EXCLUDED_PREFIX):
@@ -132,6 +143,19 @@ def verdict_from_tag(tag_value: str | None) -> Verdict | None:
         kind = next((k for k, pattern in _REASON_PATTERNS if pattern.search(reason)), ReasonKind.UNKNOWN)
         return Verdict("excluded", reason, None, kind)
     return Verdict("excluded", tag_value, None, ReasonKind.UNKNOWN)
+
+
+def value_text(value: float) -> str:
+    """A counted value as tag text; `float` reads it back exactly."""
+    return repr(float(value))
+
+
+def _parsed_value(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _is_number(value: float) -> bool:
@@ -175,6 +199,34 @@ def classify_run(rule: RunRule, run: RunFacts) -> Verdict | None:
     return Verdict("counted", "", value)
 
 
+LEADERS = 8  # runs kept per extreme: the leader can get worse or leave this many times between recounts
+BOARDS = ("lowest", "highest", "worst_margin")
+
+
+def _rank(board: str, entry: tuple) -> tuple:
+    """Where `entry` of `board` ranks, smallest first. Ties break on run id, so every order of
+    additions gives the same runs."""
+    if board == "highest":
+        return (-entry[0], entry[1])
+    return (entry[0], entry[1])  # lowest: (value, run id); worst_margin: (margin, run id, value)
+
+
+def summaries_agree(saved: Mapping[str, Any], recounted: Mapping[str, Any]) -> bool:
+    """True when a saved tally says what a recount says: the same counts, sum and latest run, and
+    boards of which the shorter is the start of the longer (a board revised run by run may list
+    fewer runner-ups than a recount's, every one of them exact)."""
+    saved, recounted = json.loads(json.dumps(saved)), json.loads(json.dumps(recounted))
+    for key in set(saved) | set(recounted):
+        mine, theirs = saved.get(key), recounted.get(key)
+        if key in BOARDS and isinstance(mine, list) and isinstance(theirs, list):
+            depth = min(len(mine), len(theirs))
+            if mine[:depth] != theirs[:depth] or (depth == 0 and mine != theirs):
+                return False
+        elif mine != theirs:
+            return False
+    return True
+
+
 @dataclass
 class Tally:
     """Running aggregate of one KR's runs; the order of `note` calls does not matter.
@@ -182,6 +234,11 @@ class Tally:
     Counted runs feed the aggregate; pending and excluded runs are counted by kind. A tally can be
     saved with `summary()` and revised run by run (`forget` the run's old verdict, `note` its new
     one), so a write to one run need not re-read every other run.
+
+    Each extreme the aggregate reads is a board of up to LEADERS entries, best first, that are
+    exactly the best of all counted runs (an unlisted run ranks after the last one listed). When
+    the leader gets worse or stops counting, the next one listed takes over; only a board that
+    runs dry needs a recount.
     """
 
     rule: RunRule
@@ -189,10 +246,8 @@ class Tally:
     count: int = 0
     # Only sums and means need the exact sum; the other aggregates skip the rational arithmetic.
     exact_sum: Fraction | None = None
-    lowest: tuple[float, str] | None = None
-    highest: tuple[float, str] | None = None
+    boards: dict[str, list[tuple]] = field(default_factory=dict)  # lowest: [(value, run id)], ...
     latest: tuple[int, str, float] | None = None
-    worst_margin: tuple[float, str, float] | None = None
     pending: int = 0
     excluded: int = 0
     guardrail_breaches: int = 0
@@ -209,13 +264,28 @@ class Tally:
             tracked = {"min": {"lowest"}, "max": {"highest"}, "latest": {"latest"}}.get(
                 self.rule.aggregate, {best}
             )
-        self._lowest = "lowest" in tracked
-        self._highest = "highest" in tracked
         self._latest = "latest" in tracked
+        self.boards = {board: list(self.boards.get(board, [])) for board in BOARDS if board in tracked}
 
     @property
     def needs_sum(self) -> bool:
-        return self.rule.maintain is None and self.rule.aggregate in ("sum", "mean")
+        return self.rule.sums
+
+    def leader(self, board: str) -> tuple | None:
+        entries = self.boards.get(board)
+        return entries[0] if entries else None
+
+    @property
+    def lowest(self) -> tuple[float, str] | None:
+        return self.leader("lowest")
+
+    @property
+    def highest(self) -> tuple[float, str] | None:
+        return self.leader("highest")
+
+    @property
+    def worst_margin(self) -> tuple[float, str, float] | None:
+        return self.leader("worst_margin")
 
     def note(self, run_id: str, verdict: Verdict, start_time: int | None) -> None:
         """Count one run's verdict."""
@@ -232,9 +302,9 @@ class Tally:
     def forget(self, run_id: str, verdict: Verdict) -> bool:
         """Take back a run noted with `verdict`; False when what remains cannot be known this way.
 
-        That is when the run holds an extreme (the runner-up is not kept), when a sum or mean would
-        need the run's old value and the verdict lacks it, or when the counts say the run was never
-        noted. The caller then recomputes the KR from all of its runs.
+        That is when the run was the last one listed on a board (or holds the latest run), when a
+        sum or mean would need the run's old value and the verdict lacks it, or when the counts
+        say the run was never noted. The caller then recomputes the KR from all of its runs.
         """
         if verdict.state == "pending":
             if self.pending <= 0:
@@ -248,69 +318,88 @@ class Tally:
             if verdict.is_guardrail_breach:
                 self.guardrail_breaches -= 1
             return True
-        holders = [self.lowest, self.highest, self.latest, self.worst_margin]
-        if self.count <= 0 or any(holder is not None and holder[1] == run_id for holder in holders):
+        if self.count <= 0 or (self.latest is not None and self.latest[1] == run_id):
             return False
         if self.needs_sum:
             if verdict.value is None or self.exact_sum is None:
                 return False
             self.exact_sum -= Fraction(verdict.value)
+        for entries in self.boards.values():
+            if not self._unlist(entries, run_id):
+                return False
         self.count -= 1
-        return True
+        return all(entries or self.count == 0 for entries in self.boards.values())
 
     def add(self, run_id: str, value: float, start_time: int | None) -> None:
-        self.count += 1
         if self.exact_sum is not None:
             # Floats are exact binary fractions: their exact sum does not depend on the order of
             # additions (the live hook and `sync` see runs in different orders and must agree) and
             # cannot overflow before the final rounding.
             self.exact_sum += Fraction(value)
-        self._consider(run_id, value, start_time)
-
-    def update(self, run_id: str, value: float, start_time: int | None) -> bool:
-        """A counted run stays counted with a new `value`; False when what remains cannot be known.
-
-        A run that holds an extreme keeps it while its value moves further out; when it moves in,
-        the runner-up (not kept) may take over, so the caller recounts.
-        """
-        if self.needs_sum:
-            return False  # the run's old value, needed to take it out of the sum, is not kept
-        if self.lowest is not None and self.lowest[1] == run_id:
-            if value > self.lowest[0]:
-                return False
-            self.lowest = (value, run_id)
-        if self.highest is not None and self.highest[1] == run_id:
-            if value < self.highest[0]:
-                return False
-            self.highest = (value, run_id)
-        if self.latest is not None and self.latest[1] == run_id:
-            self.latest = (self.latest[0], run_id, value)
-        if self.worst_margin is not None and self.worst_margin[1] == run_id:
-            assert self.rule.maintain is not None
-            margin = self.rule.maintain.margin(value)
-            if margin > self.worst_margin[0]:
-                return False
-            self.worst_margin = (margin, run_id, value)
-        self._consider(run_id, value, start_time)
-        return True
-
-    def _consider(self, run_id: str, value: float, start_time: int | None) -> None:
-        """Let a counted run's value take whichever extremes it beats."""
-        # Ties break on run id so that every order of additions gives the same run.
-        if self._lowest and (self.lowest is None or (value, run_id) < self.lowest):
-            self.lowest = (value, run_id)
-        if self._highest and (
-            self.highest is None or (-value, run_id) < (-self.highest[0], self.highest[1])
-        ):
-            self.highest = (value, run_id)
+        for board, entries in self.boards.items():
+            # Every counted run so far listed: the board is complete, so the new one joins it.
+            self._offer(board, entries, self._entry(board, run_id, value), complete=len(entries) == self.count)
+        self.count += 1
         if self._latest:
             started = start_time or 0
             if self.latest is None or (started, run_id) > (self.latest[0], self.latest[1]):
                 self.latest = (started, run_id, value)
-        if self.rule.maintain is not None:
-            margin = self.rule.maintain.margin(value)
-            if self.worst_margin is None or (margin, run_id) < self.worst_margin[:2]:
-                self.worst_margin = (margin, run_id, value)
+
+    def update(
+        self, run_id: str, value: float, start_time: int | None, old_value: float | None = None
+    ) -> bool:
+        """A counted run stays counted with a new `value`; False when what remains cannot be known.
+
+        A sum or mean needs the run's `old_value` to take it out. On each board the run takes its
+        new place; one that falls below the last run listed leaves the board, and a board left
+        empty needs a recount.
+        """
+        if self.count <= 0:
+            return False
+        if self.needs_sum:
+            if old_value is None or self.exact_sum is None:
+                return False
+            self.exact_sum += Fraction(value) - Fraction(old_value)
+        for board, entries in self.boards.items():
+            if not self._unlist(entries, run_id):
+                return False
+            # The others are all listed when the board holds every counted run but this one.
+            self._offer(board, entries, self._entry(board, run_id, value), complete=len(entries) == self.count - 1)
+            if not entries:
+                return False
+        if self.latest is not None and self.latest[1] == run_id:
+            self.latest = (self.latest[0], run_id, value)
+        elif self._latest:
+            started = start_time or 0
+            if self.latest is None or (started, run_id) > (self.latest[0], self.latest[1]):
+                self.latest = (started, run_id, value)
+        return True
+
+    def _entry(self, board: str, run_id: str, value: float) -> tuple:
+        if board == "worst_margin":
+            assert self.rule.maintain is not None
+            return (self.rule.maintain.margin(value), run_id, value)
+        return (value, run_id)
+
+    def _unlist(self, entries: list[tuple], run_id: str) -> bool:
+        """Take `run_id` off a board; False when the board says it is not counted at all."""
+        for index, entry in enumerate(entries):
+            if entry[1] == run_id:
+                del entries[index]
+                return True
+        # Not listed: it ranks after the last one listed, unless the board lists every counted run.
+        return len(entries) < self.count
+
+    @staticmethod
+    def _offer(board: str, entries: list[tuple], entry: tuple, complete: bool) -> None:
+        """List an unlisted counted run's entry if it ranks before the last one listed (or the
+        board is complete), keeping the best LEADERS."""
+        rank = _rank(board, entry)
+        if not complete and not (entries and rank < _rank(board, entries[-1])):
+            return
+        index = next((i for i, other in enumerate(entries) if rank < _rank(board, other)), len(entries))
+        entries.insert(index, entry)
+        del entries[LEADERS:]
 
     def summary(self) -> dict[str, Any]:
         """The tally as JSON-ready data, for `from_summary`."""
@@ -320,10 +409,8 @@ class Tally:
         return {
             "count": self.count,
             "sum": exact_sum,
-            "lowest": self.lowest,
-            "highest": self.highest,
+            **{board: self.boards.get(board) for board in BOARDS},
             "latest": self.latest,
-            "worst_margin": self.worst_margin,
             "pending": self.pending,
             "excluded": self.excluded,
             "guardrail_breaches": self.guardrail_breaches,
@@ -331,30 +418,35 @@ class Tally:
 
     @classmethod
     def from_summary(cls, rule: RunRule, direction: Direction | None, data: Mapping[str, Any]) -> Tally:
-        """The tally that `summary()` saved; raises ValueError (or KeyError) on a malformed one."""
+        """The tally that `summary()` saved; raises ValueError (or KeyError, TypeError) on a
+        malformed one, or on one saved by a version that kept a single run per extreme."""
         exact_sum = None
         if data["sum"] is not None:
             numerator, denominator = data["sum"]
             exact_sum = Fraction(int(numerator), int(denominator))
-
-        def pair(value: Any) -> Any:
-            return None if value is None else tuple(value)
-
+        boards = {}
+        for board in BOARDS:
+            entries = data[board]
+            if entries is not None:
+                if any(not isinstance(entry, (list, tuple)) for entry in entries):
+                    raise ValueError(f"{board} is not a list of entries")
+                boards[board] = [(float(entry[0]), str(entry[1]), *entry[2:]) for entry in entries]
+        latest = data["latest"]
         tally = cls(
             rule,
             direction,
             count=int(data["count"]),
             exact_sum=exact_sum,
-            lowest=pair(data["lowest"]),
-            highest=pair(data["highest"]),
-            latest=pair(data["latest"]),
-            worst_margin=pair(data["worst_margin"]),
+            boards=boards,
+            latest=None if latest is None else tuple(latest),
             pending=int(data["pending"]),
             excluded=int(data["excluded"]),
             guardrail_breaches=int(data["guardrail_breaches"]),
         )
         if tally.needs_sum and exact_sum is None:
             raise ValueError("the summary has no sum")
+        if any(not entries and tally.count for entries in tally.boards.values()):
+            raise ValueError("a board is empty while runs are counted")
         return tally
 
     @property

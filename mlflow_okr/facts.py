@@ -8,6 +8,10 @@ expressions over MLflow's own models, bound parameters only. Through REST (`okr+
 `SearchFacts` uses `search_runs`, so the server's auth decides what is read. Both yield objects
 with the `info` / `data` shape of MLflow's `Run`, limited to the keys asked for, so the filter,
 verdict and run-tag code is the same for both.
+
+The okr.* tags that follow from the verdicts are written the same way: inside a SQL store, the
+tags of up to CHUNK runs in one transaction over MLflow's `tags` table; elsewhere one `log_batch`
+per run.
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from sqlalchemy import select
+from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from mlflow_okr import compat
 
 CHUNK = 1000  # runs per query: bounded memory, and under every database's bound-parameter limit
+TAG_WRITE_ATTEMPTS = 3  # a tag inserted by another writer meanwhile: read again, then update it
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,14 @@ class FactKeys:
             self.params | other.params,
             self.lean and other.lean,
         )
+
+
+@dataclass
+class TagChanges:
+    """The okr.* tags one run needs written (key -> value) and removed."""
+
+    put: dict[str, str]
+    remove: list[str]
 
 
 class RunInfoView:
@@ -141,6 +156,62 @@ class SqlFacts:
         return found
 
 
+    def write_tags(self, changes: dict[str, TagChanges]) -> None:
+        """Write these runs' tag changes in one transaction; runs no longer active get none.
+
+        MLflow's `log_batch` takes a run per call and reads the whole run twice on the way; the
+        writer's tags of every run it settled go here at once instead.
+        """
+        with compat.sql_session(self.store, write=True) as session:
+            for attempt in range(TAG_WRITE_ATTEMPTS):
+                try:
+                    _write_tag_rows(session, changes)
+                    return
+                except IntegrityError:
+                    # Another writer inserted one of these tags (or removed a run) since we read.
+                    session.rollback()
+                    if attempt + 1 == TAG_WRITE_ATTEMPTS:
+                        raise
+
+
+def _write_tag_rows(session: Any, changes: dict[str, TagChanges]) -> None:
+    """Update the tags present, insert the others, delete the removed ones: three statements."""
+    from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
+
+    # As MLflow's own tag writes: only an active run can be tagged.
+    active = sorted(
+        session.execute(
+            select(SqlRun.run_uuid).where(
+                SqlRun.run_uuid.in_(sorted(changes)), SqlRun.lifecycle_stage == "active"
+            )
+        ).scalars()
+    )
+    keys = sorted({key for change in changes.values() for key in (*change.put, *change.remove)})
+    if not active or not keys:
+        return
+    present = set(
+        session.execute(
+            select(SqlTag.run_uuid, SqlTag.key).where(SqlTag.run_uuid.in_(active), SqlTag.key.in_(keys))
+        ).all()
+    )
+    updates, inserts, removals = [], [], []
+    for run_id in active:
+        change = changes[run_id]
+        for key, value in change.put.items():
+            row = {"run": run_id, "name": key, "text": value}
+            (updates if (run_id, key) in present else inserts).append(row)
+        removals += [{"run": run_id, "name": key} for key in change.remove if (run_id, key) in present]
+    table = SqlTag.__table__
+    this_tag = (table.c.run_uuid == bindparam("run"), table.c.key == bindparam("name"))
+    if updates:
+        session.execute(update(table).where(*this_tag).values(value=bindparam("text")), updates)
+    if inserts:
+        rows = [{"run_uuid": row["run"], "key": row["name"], "value": row["text"]} for row in inserts]
+        session.execute(insert(table), rows)
+    if removals:
+        session.execute(delete(table).where(*this_tag), removals)
+
+
 def _run_columns() -> tuple[Any, ...]:
     from mlflow.store.tracking.dbmodels.models import SqlRun
 
@@ -203,9 +274,19 @@ class SearchFacts:
         return found
 
 
-def reader_for(client: MlflowClient, keys: FactKeys) -> SqlFacts | SearchFacts:
-    """The cheapest reader that can serve `keys` for this client's store."""
+    def write_tags(self, changes: dict[str, TagChanges]) -> None:
+        """Write each run's tag changes through the client: one `log_batch` per run."""
+        for run_id, change in changes.items():
+            if change.put:
+                tags = [RunTag(key, value) for key, value in change.put.items()]
+                self.client.log_batch(run_id, tags=tags, synchronous=True)
+            for key in change.remove:
+                self.client.delete_tag(run_id, key)
+
+
+def reader_for(client: MlflowClient, keys: FactKeys | None = None) -> SqlFacts | SearchFacts:
+    """The cheapest reader that can serve `keys` for this client's store (None: a tag writer)."""
     store = compat.store_of(client)
-    if keys.lean and compat.is_sql_store(store):
+    if (keys is None or keys.lean) and compat.is_sql_store(store):
         return SqlFacts(store)
     return SearchFacts(client)

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from mlflow_okr import mlflow_ui, notify, state
-from mlflow_okr.engine import Tally
+from mlflow_okr.engine import Tally, summaries_agree
 from mlflow_okr.results import CycleStatus, KeyResultStatus, cycle_status, kr_identity
 from mlflow_okr.spec import KeyResult
 
@@ -84,6 +84,16 @@ def stored_tally(run: Run, kr: KeyResult, baseline: float | None) -> Tally | Non
         return Tally.from_summary(kr.rule(), direction, data)
     except (ValueError, KeyError, TypeError):
         return None  # hand-edited or from another version: recount
+
+
+def tallies_agree(stored: str, computed: str) -> bool:
+    """True when the saved okr.tally text says what the recount's text says (`summaries_agree`)."""
+    if stored == computed:
+        return True
+    try:
+        return bool(stored and computed) and summaries_agree(json.loads(stored), json.loads(computed))
+    except ValueError:
+        return False  # hand-edited: rewritten
 
 
 def state_writes(
@@ -153,7 +163,7 @@ def kr_drift(run: Run | None, status: KeyResultStatus, tally: str | None = None)
             computed = float(computed)
         if not same_value(stored[name], computed):
             drift.append(KrDrift(kr=status.id, field=name, stored=stored[name], computed=computed))
-    if tally is not None and run.data.tags.get(TAG_TALLY, "") != tally:
+    if tally is not None and not tallies_agree(run.data.tags.get(TAG_TALLY, ""), tally):
         stored_text = run.data.tags.get(TAG_TALLY)
         drift.append(KrDrift(kr=status.id, field="tally", stored=stored_text, computed=tally))
     return drift

@@ -11,12 +11,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlflow.entities import RunTag
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr import compat, state
-from mlflow_okr.engine import RunFacts, RunRule, Verdict, classify_run
-from mlflow_okr.facts import FactKeys
+from mlflow_okr.engine import RunFacts, RunRule, Verdict, classify_run, value_text
+from mlflow_okr.facts import CHUNK, FactKeys, TagChanges, reader_for
 from mlflow_okr.spec import OkrSpec
 
 
@@ -77,10 +76,18 @@ class CycleScan:
     scopes: dict[str, Scope] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, client: MlflowClient, spec: OkrSpec, kr_ids: Iterable[str] | None = None) -> CycleScan:
+    def build(
+        cls,
+        client: MlflowClient,
+        spec: OkrSpec,
+        kr_ids: Iterable[str] | None = None,
+        experiments: list[Any] | None = None,
+    ) -> CycleScan:
+        """The scan of these KRs (default: all), over `experiments` (default: listed now)."""
         wanted = set(kr_ids) if kr_ids is not None else None
         scan = cls(spec)
-        experiments = state.source_experiments(client)  # listed once for every KR
+        if experiments is None:
+            experiments = state.source_experiments(client)  # listed once for every KR
         for _, kr in spec.key_results():
             if kr.metric is None or (wanted is not None and kr.id not in wanted):
                 continue
@@ -95,7 +102,9 @@ class CycleScan:
     def fact_keys(self) -> FactKeys:
         """What a reader must return for these KRs: their metrics, filter keys and okr.* tags."""
         managed = {state.TAG_KRS, state.TAG_CYCLE}
-        managed |= {state.source_tag(kr.id) for _, kr in self.spec.key_results() if kr.metric}
+        for _, kr in self.spec.key_results():
+            if kr.metric:
+                managed |= {state.source_tag(kr.id), state.value_tag(kr.id)}
         keys = FactKeys(tags=frozenset(managed))
         for scope in self.scopes.values():
             rule = scope.rule
@@ -130,6 +139,11 @@ def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Any | Non
         listed = run.data.tags.get(state.TAG_KRS, "").split(",")
         counted |= {kr_id for kr_id in listed if kr_id and kr_id not in own}
     tags = {state.source_tag(kr_id): verdict.tag_value for kr_id, verdict in verdicts.items()}
+    # A sum or mean KR is revised by taking the run's old value out: the run keeps it in a tag.
+    for kr_id in counted & spec.summing_kr_ids:
+        value = verdicts[kr_id].value
+        assert value is not None
+        tags[state.value_tag(kr_id)] = value_text(value)
     if counted:
         tags[state.TAG_KRS] = ",".join(sorted(counted))
     if verdicts:
@@ -139,13 +153,10 @@ def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Any | Non
 
 def managed_run_tags(spec: OkrSpec, run: Any) -> dict[str, str]:
     """The okr.* tags of this cycle's KRs that `run` carries now."""
-    kr_ids = {kr.id for _, kr in spec.key_results()}
-    return {
-        key: value
-        for key, value in run.data.tags.items()
-        if key == state.TAG_KRS
-        or (key.startswith(state.SOURCE_TAG_PREFIX) and key[len(state.SOURCE_TAG_PREFIX):] in kr_ids)
-    }
+    keys = {state.TAG_KRS}
+    for _, kr in spec.key_results():
+        keys |= {state.source_tag(kr.id), state.value_tag(kr.id)}
+    return {key: value for key, value in run.data.tags.items() if key in keys}
 
 
 @dataclass
@@ -171,18 +182,45 @@ def plan_run_tags(spec: OkrSpec, run: Any, verdicts: dict[str, Verdict]) -> RunT
     return RunTagPlan(current, desired, changed, stale)
 
 
-def write_run_tags(client: MlflowClient, run: Any, plan: RunTagPlan) -> bool:
-    """Write what `plan` found drifted; True when anything was written."""
+def tag_changes(run: Any, plan: RunTagPlan) -> TagChanges | None:
+    """What writing `plan` changes on `run`; None when nothing drifted."""
     if not plan.drifted:
-        return False
-    changed = dict(plan.changed)
+        return None
+    put = dict(plan.changed)
     # okr.cycle is not compared: a run inside two overlapping cycles keeps the one it has
     # unless its KR tags change, so two syncs do not rewrite it back and forth.
     cycle_tag, wanted_cycle = run.data.tags.get(state.TAG_CYCLE), plan.desired.get(state.TAG_CYCLE)
-    if wanted_cycle and cycle_tag != wanted_cycle and (changed or not cycle_tag):
-        changed[state.TAG_CYCLE] = wanted_cycle
-    if changed:
-        client.log_batch(run.info.run_id, tags=[RunTag(k, v) for k, v in changed.items()], synchronous=True)
-    for key in plan.stale:
-        client.delete_tag(run.info.run_id, key)
-    return True
+    if wanted_cycle and cycle_tag != wanted_cycle and (put or not cycle_tag):
+        put[state.TAG_CYCLE] = wanted_cycle
+    return TagChanges(put, list(plan.stale))
+
+
+class RunTagWrites:
+    """Run tag writes gathered over many runs and written CHUNK runs at a time.
+
+    Inside a SQL store each write is one transaction (`SqlFacts.write_tags`); elsewhere one
+    `log_batch` per run. Call `flush` once the runs are planned; nothing is written before.
+    """
+
+    def __init__(self, client: MlflowClient):
+        self._writer = reader_for(client)
+        self._pending: dict[str, TagChanges] = {}
+
+    def add(self, run: Any, plan: RunTagPlan) -> bool:
+        """Plan `run`'s drifted tags for writing; True when it has any."""
+        changes = tag_changes(run, plan)
+        if changes is None:
+            return False
+        earlier = self._pending.get(run.info.run_id)
+        if earlier is not None:  # the run is in two overlapping cycles: write both plans
+            changes.put = {**earlier.put, **changes.put}
+            changes.remove = [key for key in {*earlier.remove, *changes.remove} if key not in changes.put]
+        self._pending[run.info.run_id] = changes
+        if len(self._pending) >= CHUNK:
+            self.flush()
+        return True
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        if pending:
+            self._writer.write_tags(pending)

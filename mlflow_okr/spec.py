@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import difflib
+import functools
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -465,6 +466,11 @@ class OkrSpec(StrictModel):
 
     def find_key_result(self, kr_id: str) -> KeyResult | None:
         return next((kr for _, kr in self.key_results() if kr.id == kr_id), None)
+
+    @functools.cached_property
+    def summing_kr_ids(self) -> frozenset[str]:
+        """The metric KRs whose value adds up their runs' values (sum, mean); asked once a run."""
+        return frozenset(kr.id for _, kr in self.key_results() if kr.metric and kr.rule().sums)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ TAG_KRS = "okr.krs"
 TAG_HYPOTHESIS = "okr.hypothesis"
 TAG_ARM = "okr.arm"
 SOURCE_TAG_PREFIX = "okr.kr."
+VALUE_TAG_SUFFIX = ".value"
 
 # Tags of ledger runs (okr/ledger), read here for ledger KRs
 TAG_LEDGER_ID = "okr.ledger.id"
@@ -76,6 +77,11 @@ PAGE_SIZE = 1000
 def source_tag(kr_id: str) -> str:
     """The tag a source run carries for KR `kr_id`: counted, pending or excluded: reason."""
     return SOURCE_TAG_PREFIX + kr_id
+
+
+def value_tag(kr_id: str) -> str:
+    """The tag holding the value a run counts for sum or mean KR `kr_id` (ids have no dots)."""
+    return SOURCE_TAG_PREFIX + kr_id + VALUE_TAG_SUFFIX
 
 
 def strip_plugin_scheme(uri: str | None) -> str | None:

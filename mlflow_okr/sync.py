@@ -19,7 +19,7 @@ from mlflow_okr.compute import ProgressCallback, compute_key_results, computed_s
 from mlflow_okr.engine import Verdict
 from mlflow_okr.kr_state import KrDrift, read_kr_runs, settle_key_results, stored_kr_status
 from mlflow_okr.results import CycleStatus, KeyResultStatus, cycle_status, restatus
-from mlflow_okr.scope import CycleScan, plan_run_tags, write_run_tags
+from mlflow_okr.scope import CycleScan, RunTagWrites, plan_run_tags
 from mlflow_okr.spec import OkrSpec, as_utc
 
 MAX_DRIFT_SAMPLES = 200
@@ -83,6 +83,7 @@ def sync(
     spec = published.spec
     run_drift: list[RunDrift] = []
     drift_count = 0
+    writes = RunTagWrites(client)
 
     def reconcile(run: Any, verdicts: dict[str, Verdict]) -> None:
         nonlocal drift_count
@@ -101,11 +102,12 @@ def sync(
                     )
                 )
         if not check:
-            write_run_tags(client, run, plan)
+            writes.add(run, plan)
 
     computations, scanned = compute_key_results(client, spec, on_run=reconcile, progress=progress)
     for run in runs_left_behind(client, spec):
         reconcile(run, {})
+    writes.flush()
     statuses = computed_statuses(client, published, computations, now)
     kr_runs = read_kr_runs(client, published)
     settled = settle_key_results(

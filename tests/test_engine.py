@@ -5,11 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 import sys
+from fractions import Fraction
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import mlflow_okr.engine as engine
 from mlflow_okr.engine import (
     Bound,
     ReasonKind,
@@ -25,6 +28,8 @@ from mlflow_okr.engine import (
     score_counter_kr,
     score_metric_kr,
     status_of,
+    summaries_agree,
+    verdict_from_tag,
     weighted_mean,
 )
 from mlflow_okr.results import cycle_status, kr_status
@@ -455,11 +460,19 @@ run_event = st.tuples(
     aggregate=st.sampled_from(AGGREGATES + ["maintain"]),
     direction=st.sampled_from(["maximize", "minimize"]),
     events=st.lists(run_event, max_size=25),
+    leaders=st.sampled_from([1, 2, 8]),  # 1 and 2: boards that run dry and refill, over 5 runs
 )
-def test_a_tally_revised_run_by_run_equals_a_recount(aggregate, direction, events) -> None:
+def test_a_tally_revised_run_by_run_equals_a_recount(aggregate, direction, events, leaders) -> None:
+    with mock.patch.object(engine, "LEADERS", leaders):
+        revise_and_recount(aggregate, direction, events)
+
+
+def revise_and_recount(aggregate, direction, events) -> None:
+    """Each event revised into the saved tally, checked against a recount of all runs."""
     import json
 
     from mlflow_okr.compute import VerdictChange, revise_tally
+    from mlflow_okr.engine import summaries_agree, value_text, verdict_from_tag
 
     if aggregate == "maintain":
         rule = RunRule("m", maintain=Bound("m", min=0.2))
@@ -486,10 +499,63 @@ def test_a_tally_revised_run_by_run_equals_a_recount(aggregate, direction, event
         recount = Tally(rule, direction)
         for other, verdict in sorted(verdicts.items()):
             recount.note(other, verdict, int(other[-1]))
-        # The old verdict is read back from the run's tag: it has no value.
-        old_read = None if old is None else Verdict(old.state, old.reason, None, old.reason_kind)
+        # The old verdict is read back from the run's tags: only a sum or mean keeps its value.
+        value_tag = value_text(old.value) if old is not None and rule.sums else None
+        old_read = None if old is None else verdict_from_tag(old.tag_value, value_tag)
         tally = Tally.from_summary(rule, direction, json.loads(json.dumps(saved)))
         if revise_tally(tally, [VerdictChange(run_id, index, old_read, new)]):
-            assert tally.summary() == recount.summary()
+            assert summaries_agree(tally.summary(), recount.summary()), (tally.summary(), recount.summary())
             assert tally.current() == recount.current()
-        saved = recount.summary()  # a tally that could not be revised is recounted
+            saved = tally.summary()  # revised boards may list fewer runner-ups: go on from them
+        else:
+            saved = recount.summary()  # a tally that could not be revised is recounted
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "sum"])
+def test_a_sum_or_mean_is_revised_with_the_value_its_run_keeps_in_a_tag(aggregate) -> None:
+    from mlflow_okr.compute import VerdictChange, revise_tally
+    from mlflow_okr.engine import value_text, verdict_from_tag
+
+    rule = RunRule("m", aggregate=aggregate)
+    values = {"run-a": 0.25, "run-b": 0.5, "run-c": 0.9}  # run-c holds the best
+    tally = Tally(rule, "maximize")
+    for run_id, value in values.items():
+        tally.note(run_id, Verdict("counted", "", value), 1)
+    # run-b moves from 0.5 to 0.75; its okr.kr.<id>.value tag still says 0.5.
+    old = verdict_from_tag("counted", value_text(0.5))
+    assert old is not None and old.value == 0.5
+    without_value = Tally.from_summary(rule, "maximize", tally.summary())
+    assert not revise_tally(without_value, [VerdictChange("run-b", 1, verdict_from_tag("counted"), Verdict("counted", "", 0.75))])
+    assert revise_tally(tally, [VerdictChange("run-b", 1, old, Verdict("counted", "", 0.75))])
+    recount = Tally(rule, "maximize")
+    for run_id, value in {**values, "run-b": 0.75}.items():
+        recount.note(run_id, Verdict("counted", "", value), 1)
+    assert tally.summary() == recount.summary()
+    assert tally.current() == recount.current() == ((1.9 if aggregate == "sum" else 1.9 / 3), "run-c")
+    # Leaving the count takes the kept value out too.
+    assert revise_tally(tally, [VerdictChange("run-a", 1, verdict_from_tag("counted", value_text(0.25)), None)])
+    remaining = Fraction(0.75) + Fraction(0.9)
+    assert tally.current()[0] == float(remaining if aggregate == "sum" else remaining / 2)
+    assert verdict_from_tag("counted", "not a number").value is None
+
+
+def test_the_next_runner_up_takes_over_when_the_best_run_gets_worse() -> None:
+    from mlflow_okr.compute import VerdictChange, revise_tally
+
+    tally = Tally(RunRule("acc"), "maximize")
+    for run_id, value in {"a": 0.9, "b": 0.8, "c": 0.7}.items():
+        tally.note(run_id, Verdict("counted", "", value), 1)
+    counted = verdict_from_tag("counted")
+    assert revise_tally(tally, [VerdictChange("a", 1, counted, Verdict("counted", "", 0.5))])
+    assert tally.current() == (0.8, "b")
+    assert revise_tally(tally, [VerdictChange("b", 1, counted, Verdict("excluded", "run FAILED", 0.8))])
+    assert tally.current() == (0.7, "c") and tally.count == 2
+    with mock.patch.object(engine, "LEADERS", 1):
+        short = Tally(RunRule("acc"), "maximize")
+        for run_id, value in {"a": 0.9, "b": 0.8}.items():
+            short.note(run_id, Verdict("counted", "", value), 1)
+        assert short.boards["highest"] == [(0.9, "a")]
+        # The runner-up was not kept: the best run getting worse needs a recount.
+        assert not revise_tally(short, [VerdictChange("a", 1, counted, Verdict("counted", "", 0.5))])
+    assert not summaries_agree({"highest": [[0.9, "a"]]}, {"highest": [[0.9, "b"]]})
+    assert summaries_agree({"highest": [[0.9, "a"]], "count": 2}, {"highest": [[0.9, "a"], [0.8, "b"]], "count": 2})

@@ -146,3 +146,67 @@ def test_both_readers_count_the_same(client, store_runs, runner, write_spec, mon
     # with acc but the FAILED and the deleted one.
     assert counts == {"acc": (7, 0, 0), "mean-acc": (1, 9, 1), "runs": (10, 0, 1)}
     assert tallies["mean-acc"].current()[0] == 0.9733333333333334
+
+
+# ---------------------------------------------------------------------------------------------
+# Tag writes: all settled runs in one transaction inside a SQL store
+
+
+def tag_changes_case(
+    client: MlflowClient, experiment: str
+) -> tuple[dict[str, facts.TagChanges], dict[str, str]]:
+    """Changes over runs that have some of the tags already, and the run ids by role."""
+    experiment_id = client.create_experiment(experiment)
+    runs = {name: client.create_run(experiment_id, run_name=name).info.run_id for name in ("a", "b", "gone")}
+    client.set_tag(runs["a"], "okr.kr.acc", "pending")
+    client.set_tag(runs["a"], "okr.krs", "old")
+    client.set_tag(runs["a"], "user", "kept")
+    client.set_tag(runs["gone"], "okr.kr.acc", "pending")
+    client.delete_run(runs["gone"])
+    changes = {
+        runs["a"]: facts.TagChanges({"okr.kr.acc": "counted", "okr.cycle": "q4"}, ["okr.krs", "okr.kr.none"]),
+        runs["b"]: facts.TagChanges({"okr.kr.acc": "excluded: run FAILED", "okr.kr.acc.value": "0.5"}, []),
+        runs["gone"]: facts.TagChanges({"okr.kr.acc": "counted"}, []),
+    }
+    return changes, runs
+
+
+def okr_tags(client: MlflowClient, run_id: str) -> dict[str, str]:
+    return {k: v for k, v in client.get_run(run_id).data.tags.items() if k.startswith(("okr.", "user"))}
+
+
+def test_sql_tag_writes_update_insert_and_delete_in_one_go(client) -> None:
+    changes, runs = tag_changes_case(client, "tag-writes-sql")
+    SqlFacts(client._tracking_client.store).write_tags(changes)
+    assert okr_tags(client, runs["a"]) == {"okr.kr.acc": "counted", "okr.cycle": "q4", "user": "kept"}
+    assert okr_tags(client, runs["b"]) == {"okr.kr.acc": "excluded: run FAILED", "okr.kr.acc.value": "0.5"}
+    assert okr_tags(client, runs["gone"]) == {"okr.kr.acc": "pending"}  # a deleted run is never tagged
+    # The same changes through the client (REST stores) give the same tags.
+    other, other_runs = tag_changes_case(client, "tag-writes-client")
+    del other[other_runs["gone"]]  # MLflow refuses tags on a deleted run; the writer never sends one
+    other[other_runs["a"]].remove.remove("okr.kr.none")  # the writer only removes tags a run has
+    SearchFacts(client).write_tags(other)
+    for name in ("a", "b"):
+        assert okr_tags(client, other_runs[name]) == okr_tags(client, runs[name])
+
+
+def test_a_tag_another_writer_inserts_meanwhile_is_updated(sql_server_uri) -> None:
+    from sqlalchemy import event
+
+    client = MlflowClient(sql_server_uri)
+    store = client._tracking_client.store
+    run_id = client.create_run(client.create_experiment("race")).info.run_id
+    raced = []
+
+    def insert_first(conn, cursor, statement, parameters, *args) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO TAGS") and not raced:
+            raced.append(statement)
+            client.set_tag(run_id, "okr.kr.acc", "pending")  # another connection, committed first
+
+    event.listen(store.engine, "before_cursor_execute", insert_first)
+    try:
+        SqlFacts(store).write_tags({run_id: facts.TagChanges({"okr.kr.acc": "counted"}, [])})
+    finally:
+        event.remove(store.engine, "before_cursor_execute", insert_first)
+    assert raced
+    assert client.get_run(run_id).data.tags["okr.kr.acc"] == "counted"

@@ -13,14 +13,16 @@ import mlflow
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mlflow.entities import Metric
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _get_store
 
 import mlflow_okr.store.live as live
+import mlflow_okr.store.schedule as schedule
 from mlflow_okr import compat, state
 from mlflow_okr.store import OkrHooks, flush
-from tests.live_fixtures import EXPERIMENT, assert_no_drift, kr_run, publish, use_okr_uri
+from tests.live_fixtures import EXPERIMENT, assert_no_drift, kr_run, live_spec_text, publish, use_okr_uri
 
 
 @pytest.fixture
@@ -426,6 +428,71 @@ def test_revising_run_by_run_equals_a_recompute(
     run_operations(okr_client, client, operations, keeper._settle_marks)
     keeper._settle_marks()
     assert_no_drift(client)  # compares the saved tallies too
+
+
+def keeper_counting_recounts(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch, spec_text: str
+) -> tuple[MlflowClient, str, live.LiveKrs, list[int]]:
+    """An okr+ client of a freshly published spec, its keeper, and a list that grows by one per recount."""
+    monkeypatch.setenv("MLFLOW_OKR_RUN_END_BUDGET", "0")
+    monkeypatch.setattr(schedule, "RECOUNT_PAUSE", 3600.0)  # no scheduled recount either
+    monkeypatch.setattr(schedule, "RECOUNT_INTERVAL", 3600.0)
+    publish(tracking_uri, spec_text)
+    okr_client = MlflowClient(use_okr_uri(tracking_uri))
+    experiment_id = okr_client.create_experiment(EXPERIMENT)
+    keeper = compat.store_of(okr_client)._okr_live
+    recounts: list[int] = []
+    recount_cycle = keeper._recount_cycle
+    monkeypatch.setattr(keeper, "_recount_cycle", lambda published: (recounts.append(1), recount_cycle(published)))
+    return okr_client, experiment_id, keeper, recounts
+
+
+def test_the_runner_up_takes_over_from_a_best_run_that_gets_worse_without_a_recount(
+    tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    okr_client, experiment_id, keeper, recounts = keeper_counting_recounts(
+        tracking_uri, monkeypatch, live_spec_text()
+    )
+    runs = [okr_client.create_run(experiment_id).info.run_id for _ in range(3)]
+    for run_id, value in zip(runs, [0.9, 0.8, 0.7]):
+        okr_client.log_batch(run_id, metrics=[Metric("val_acc", value, 0, 0), Metric("latency", 10, 0, 0)])
+    keeper._settle_marks()
+    assert kr_state(client, "acc")[0] == 0.9
+    okr_client.log_metric(runs[0], "val_acc", 0.75)  # the best run gets worse: the next one leads
+    keeper._settle_marks()
+    assert kr_state(client, "acc")[0] == 0.8
+    okr_client.set_terminated(runs[1], "KILLED")  # and leaves: the one after takes over
+    keeper._settle_marks()
+    assert kr_state(client, "acc")[0] == 0.75
+    assert recounts == []
+    assert_no_drift(client)
+
+
+def test_a_counted_runs_new_value_revises_a_mean_without_a_recount(
+    tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run keeps the value its mean counts in okr.kr.<id>.value: a new value is taken out and
+    # put in without reading the KR's other runs.
+    okr_client, experiment_id, keeper, recounts = keeper_counting_recounts(
+        tracking_uri, monkeypatch, live_spec_text().replace("aggregate: latest", "aggregate: mean")
+    )
+    runs = [okr_client.create_run(experiment_id).info.run_id for _ in range(3)]
+    for run_id, value in zip(runs, [0.9, 0.7, 0.6]):
+        okr_client.log_metric(run_id, "val_loss", value)
+    keeper._settle_marks()
+    assert run_tags(client, runs[1])["okr.kr.loss.value"] == "0.7"
+    okr_client.log_metric(runs[1], "val_loss", 0.3)  # neither the best (lowest) nor the worst run
+    okr_client.log_metric(runs[0], "val_loss", 0.8)
+    keeper._settle_marks()
+    assert recounts == []
+    assert kr_state(client, "loss")[0] == pytest.approx((0.8 + 0.3 + 0.6) / 3)
+    assert run_tags(client, runs[1])["okr.kr.loss.value"] == "0.3"
+    okr_client.set_terminated(runs[0], "FAILED")  # leaves the mean with the value it kept
+    keeper._settle_marks()
+    assert recounts == []
+    assert kr_state(client, "loss")[0] == pytest.approx((0.3 + 0.6) / 2)
+    assert "okr.kr.loss.value" not in run_tags(client, runs[0])
+    assert_no_drift(client)
 
 
 def test_exit_never_waits_long_on_a_stuck_backend(

@@ -21,6 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from mlflow.tracking import MlflowClient
@@ -37,7 +38,7 @@ from mlflow_okr.compute import (
 from mlflow_okr.engine import Verdict, verdict_from_tag
 from mlflow_okr.facts import reader_for
 from mlflow_okr.kr_state import read_kr_runs, settle_key_results, stored_tally
-from mlflow_okr.scope import CycleScan, plan_run_tags, write_run_tags
+from mlflow_okr.scope import CycleScan, RunTagWrites, plan_run_tags
 from mlflow_okr.spec import OkrSpec
 from mlflow_okr.store.definitions import KrRef, WatchedKrs, load_watched_krs, published_signature
 from mlflow_okr.store.schedule import ALL_KRS, Marks, Recounts
@@ -45,7 +46,7 @@ from mlflow_okr.store.schedule import ALL_KRS, Marks, Recounts
 logger = logging.getLogger("mlflow_okr")
 
 FLUSH_INTERVAL = 0.5  # seconds between two background revisions (marks coalesce meanwhile)
-SETTLE_REST_FACTOR = 3.0
+SETTLE_REST_FACTOR = 9.0  # the writer rests 9x its last settling: at most a tenth of the process
 # Run ends settle in the background by default, so they never stall the caller. With
 # MLFLOW_OKR_RUN_END_BUDGET=<seconds>, a run end settles in the caller's thread while the last
 # settling took less than that (for scripts and tests that read KR state right after a run ends).
@@ -92,6 +93,16 @@ def _database_gone(inner_uri: str) -> bool:
     return bool(path) and path != ":memory:" and not os.path.exists(path)
 
 
+@dataclass(frozen=True)
+class CachedScans:
+    """The cycles' scans as built for `watched`, over the experiments listed then, until `until`."""
+
+    watched: WatchedKrs
+    scans: dict[str, CycleScan]
+    experiment_ids: set[str]  # every experiment listed (source and okr/ ones)
+    until: float
+
+
 class LiveKrs:
     """The live KR state keeper of one tracking store (one per process and backend URI)."""
 
@@ -115,6 +126,7 @@ class LiveKrs:
         self._next_describe = 0.0  # written under _flush_lock
         self._last_settle_seconds = 0.0  # written under _flush_lock; a float read is atomic
         self._experiment_names: dict[str, str] = {}  # experiment id -> name; only ever grows
+        self._scans: CachedScans | None = None  # written under _flush_lock
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
 
@@ -268,8 +280,9 @@ class LiveKrs:
             except Exception as error:  # noqa: BLE001 - fail-open
                 fail_open(error)
             # Resting SETTLE_REST_FACTOR times as long as the last settling took keeps the writer
-            # to a quarter of the process (and of the database's time, in a busy server); recounts
-            # are spaced by the schedule's BACKGROUND_SHARE_FACTOR.
+            # to a tenth of the process (and of the database's time, in a busy server, where the
+            # settling slows down and the marks coalesce for longer); recounts are spaced by the
+            # schedule's BACKGROUND_SHARE_FACTOR.
             rest = max(FLUSH_INTERVAL, SETTLE_REST_FACTOR * self._last_settle_seconds)
             self._next_flush = time.monotonic() + rest
             with self._lock:
@@ -360,9 +373,9 @@ class LiveKrs:
             for experiment_id in sorted({experiment_id for experiment_id, _ in refs}):
                 published = watched.cycles.get(experiment_id)
                 if published is not None:
-                    self._recount_cycle(published)
+                    self._recount_cycle(published, scheduled=True)
 
-    def _recount_cycle(self, published: state.PublishedCycle) -> None:
+    def _recount_cycle(self, published: state.PublishedCycle, scheduled: bool = False) -> None:
         """Count the cycle's KRs from all their runs, as `sync` does, and write what moved.
 
         Every run in scope gets its okr.* tags reconciled on the way, so the tags (the verdicts
@@ -370,9 +383,13 @@ class LiveKrs:
         from older facts is repaired too.
         """
         started = time.monotonic()
-        reconcile = functools.partial(self._reconcile_run_tags, published.spec)
+        writes = RunTagWrites(self.client)
+        reconcile = functools.partial(self._reconcile_run_tags, published.spec, writes)
         computations, _ = compute_key_results(self.client, published.spec, on_run=reconcile)
-        written = self._write(published, computations)
+        writes.flush()
+        # A scheduled recount (writes paused) always refreshes the UI descriptions; one that stands
+        # in for a revision refreshes them as a revision does.
+        written = self._write(published, computations, revision=not scheduled)
         seconds = time.monotonic() - started
         with self._lock:
             for kr_id in computations:
@@ -383,31 +400,55 @@ class LiveKrs:
                     # once more, until a recount finds nothing to write.
                     self._recounts.revised(ref, time.monotonic())
 
-    def _reconcile_run_tags(self, spec: OkrSpec, run: Any, verdicts: dict[str, Verdict]) -> None:
+    def _reconcile_run_tags(
+        self, spec: OkrSpec, writes: RunTagWrites, run: Any, verdicts: dict[str, Verdict]
+    ) -> None:
         if not self._is_deleting(run.info.run_id):
-            write_run_tags(self.client, run, plan_run_tags(spec, run, verdicts))
+            writes.add(run, plan_run_tags(spec, run, verdicts))
 
     def _is_deleting(self, run_id: str) -> bool:
         with self._lock:
             return run_id in self._deleting
 
+    def _cycle_scans(self, watched: WatchedKrs, experiment_ids: set[str] | None = None) -> dict[str, CycleScan]:
+        """The scan of every published cycle, by experiment id of the cycle.
+
+        The source experiments are listed again every REFRESH_INTERVAL, or at once when a marked
+        run's experiment (`experiment_ids`) is not among those listed (a new experiment).
+        """
+        cached = self._scans
+        fresh = (
+            cached is not None
+            and cached.watched is watched
+            and time.monotonic() < cached.until
+            and (experiment_ids is None or experiment_ids <= cached.experiment_ids)
+        )
+        if not fresh:
+            experiments = state.source_experiments(self.client)
+            scans = {
+                experiment_id: CycleScan.build(self.client, published.spec, experiments=experiments)
+                for experiment_id, published in watched.cycles.items()
+            }
+            listed = {experiment.experiment_id for experiment in experiments} | watched.okr_experiment_ids
+            cached = self._scans = CachedScans(watched, scans, listed, time.monotonic() + REFRESH_INTERVAL)
+        return cached.scans
+
     def _settle(self, marks: Marks) -> None:
         """Tag the marked runs, revise the KRs their verdicts changed, and write what moved."""
         watched = self.watched
-        scans = {
-            experiment_id: CycleScan.build(self.client, published.spec)
-            for experiment_id, published in watched.cycles.items()
-        }
+        scans = self._cycle_scans(watched)
         keys = None
         for scan in scans.values():
             keys = scan.fact_keys() if keys is None else keys.merge(scan.fact_keys())
         if keys is None:
             return
         runs = reader_for(self.client, keys).get_runs(marks.runs, keys)
+        scans = self._cycle_scans(watched, {run.info.experiment_id for run in runs.values()})
         changes: dict[str, dict[str, list[VerdictChange]]] = {}  # cycle -> KR -> changes
         # Cycles to count afresh; all of them when a marked run is gone (`mlflow gc`): its start
         # time, and so its cycles, can no longer be read.
         recount = set(scans) if len(runs) < len(marks.runs) else set()
+        writes = RunTagWrites(self.client)
         for run_id, run in runs.items():
             if self._is_okr_run(run, watched):
                 continue
@@ -425,8 +466,9 @@ class LiveKrs:
                 if moved:
                     recount.add(experiment_id)
                     continue
-                for kr_id, change in self._run_changes(run, marks.runs[run_id], experiment_id, scan):
+                for kr_id, change in self._run_changes(run, marks.runs[run_id], experiment_id, scan, writes):
                     changes.setdefault(experiment_id, {}).setdefault(kr_id, []).append(change)
+        writes.flush()
         for experiment_id in recount:
             self._recount_cycle(watched.cycles[experiment_id])
         for experiment_id, kr_changes in changes.items():
@@ -434,25 +476,27 @@ class LiveKrs:
                 self._revise(watched.cycles[experiment_id], kr_changes)
 
     def _run_changes(
-        self, run: Any, krs: set[KrRef] | None, experiment_id: str, scan: CycleScan
+        self, run: Any, krs: set[KrRef] | None, experiment_id: str, scan: CycleScan, writes: RunTagWrites
     ) -> list[tuple[str, VerdictChange]]:
-        """Bring an active run's okr.* tags for this cycle up to date; return its verdict changes."""
+        """Plan an active run's okr.* tags for this cycle (into `writes`); return its verdict changes."""
         spec = scan.spec
         info = run.info
         verdicts = scan.verdicts(run)
         plan = plan_run_tags(spec, run, verdicts)
         if not self._is_deleting(info.run_id):
-            write_run_tags(self.client, run, plan)
+            writes.add(run, plan)
         marked = set(scan.scopes) if krs is ALL_KRS else {k for e, k in krs if e == experiment_id}
         found = []
         for kr_id in marked & set(scan.scopes):
-            old = verdict_from_tag(plan.current.get(state.source_tag(kr_id)))
+            old = verdict_from_tag(
+                plan.current.get(state.source_tag(kr_id)), plan.current.get(state.value_tag(kr_id))
+            )
             new = verdicts.get(kr_id)
             if old is None and new is None:
                 continue
             unchanged = old is not None and new is not None and old.tag_value == new.tag_value
-            if unchanged and new.state != "counted":
-                continue  # still pending or excluded for the same reason: the tally is unchanged
+            if unchanged and (new.state != "counted" or (kr_id in spec.summing_kr_ids and old.value == new.value)):
+                continue  # same verdict (and the same counted value of a sum): the tally is unchanged
             found.append((kr_id, VerdictChange(info.run_id, info.start_time, old, new)))
         return found
 
@@ -487,7 +531,7 @@ class LiveKrs:
         kr_runs: dict | None = None,
         revision: bool = False,
     ) -> set[str]:
-        """Settle these computations (`revision`: revised run by run); the ids of the KRs written."""
+        """Settle these computations (`revision`: while writes go on); the ids of the KRs written."""
         if not computations:
             return set()
         now = dt.datetime.now(dt.timezone.utc)
