@@ -187,13 +187,21 @@ def write_kr_status(
 
 
 def write_objective_scores(
-    client: MlflowClient, published: state.PublishedCycle, status: CycleStatus, force: bool = False
+    client: MlflowClient,
+    published: state.PublishedCycle,
+    status: CycleStatus,
+    force: bool = False,
+    objective_runs: dict[str, Run] | None = None,
 ) -> None:
+    """Log each objective's score where it moved (`objective_runs`: the runs as just read)."""
     for objective in status.objectives:
         run_id = published.objective_runs.get(objective.id)
         if run_id is None:
             continue
-        stored = client.get_run(run_id).data.metrics.get(state.METRIC_SCORE)
+        run = (objective_runs or {}).get(objective.id)
+        if run is None or run.info.run_id != run_id:
+            run = client.get_run(run_id)
+        stored = run.data.metrics.get(state.METRIC_SCORE)
         if force or stored is None or not same_value(stored, objective.score):
             state.log_kr_state(client, run_id, {state.METRIC_SCORE: objective.score}, {}, published.cycle)
 
@@ -228,15 +236,22 @@ def stored_kr_status(run: Run, kr: KeyResult) -> KeyResultStatus:
     )
 
 
-def read_kr_runs(client: MlflowClient, published: state.PublishedCycle) -> dict[str, Run]:
-    """Every live KR run of the cycle, by KR id, in one query."""
+def read_kr_runs(
+    client: MlflowClient, published: state.PublishedCycle, objective_runs: dict[str, Run] | None = None
+) -> dict[str, Run]:
+    """Every live KR run of the cycle, by KR id, in one query; the same query fills
+    `objective_runs` (by objective id) when given."""
     live_ids = {run_id: kr_id for kr_id, run_id in published.kr_runs.items()}
-    filter_string = f"tags.`{state.TAG_ROLE}` = 'kr'"
-    return {
-        live_ids[run.info.run_id]: run
-        for run in state.iter_runs(client, [published.experiment_id], filter_string)
-        if run.info.run_id in live_ids
-    }
+    objective_ids = {run_id: objective_id for objective_id, run_id in published.objective_runs.items()}
+    role = "!= ''" if objective_runs is not None else "= 'kr'"
+    kr_runs = {}
+    for run in state.iter_runs(client, [published.experiment_id], f"tags.`{state.TAG_ROLE}` {role}"):
+        run_id = run.info.run_id
+        if run_id in live_ids:
+            kr_runs[live_ids[run_id]] = run
+        elif objective_runs is not None and run_id in objective_ids:
+            objective_runs[objective_ids[run_id]] = run
+    return kr_runs
 
 
 @dataclass
@@ -257,6 +272,7 @@ def settle_key_results(
     check: bool = False,
     kr_runs: dict[str, Run] | None = None,
     describe: bool = True,
+    objective_runs: dict[str, Run] | None = None,
 ) -> Settled:
     """Compare recomputed KR statuses with the stored state and, unless `check`, write what differs.
 
@@ -264,7 +280,9 @@ def settle_key_results(
     objective scores then combine them with the stored state of the others. With `describe`, the
     descriptions MLflow's UI shows are brought up to date too.
     """
-    kr_runs = read_kr_runs(client, published) if kr_runs is None else kr_runs
+    if kr_runs is None:
+        objective_runs = {}
+        kr_runs = read_kr_runs(client, published, objective_runs)
     settled = Settled()
     for kr_id, status in statuses.items():
         run = kr_runs.get(kr_id)
@@ -282,7 +300,7 @@ def settle_key_results(
     }
     settled.status = cycle_status(published.spec, merged, now)
     if not check and (settled.written or len(statuses) == len(merged)):
-        write_objective_scores(client, published, settled.status)
+        write_objective_scores(client, published, settled.status, objective_runs=objective_runs)
         if describe:  # each description is written only if its text changed
             mlflow_ui.refresh_ui_notes(client, published, settled.status, kr_runs)
     return settled

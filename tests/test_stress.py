@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -26,6 +27,7 @@ from tests.conftest import IN_CYCLE_MS, requires_okr_store
 PROCESSES = 8
 THREADS = 4
 SHORT_SECONDS = 4.0
+START_TIMEOUT = 120.0  # seconds the clients wait for each other to have created their runs
 LONG_SECONDS = 60.0
 SPEC = """
 version: 1
@@ -71,6 +73,10 @@ def server_env() -> dict[str, str]:
         # A server settles run ends in its writer, as deployed (the suite's default settles them
         # in the caller; the checks here run after the server has stopped and settled).
         "MLFLOW_OKR_RUN_END_BUDGET": "0",
+        # MLflow's job runner (GenAI scorer jobs) starts beside a plain database URI only, and its
+        # start-up takes the CPU the first clients need: off for both servers, as the load compared
+        # is tracking writes.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
 
 
@@ -78,8 +84,14 @@ def server_env() -> dict[str, str]:
 # The writers: each thread owns one run; every write that returned is appended to a journal.
 
 
-def write_for(url: str, experiment_id: str, seconds: float, journal: Path, seed: int) -> None:
-    """One thread's work: a run of mixed writes until time is up, journaled once each returns."""
+def write_for(
+    url: str, experiment_id: str, seconds: float, journal: Path, seed: int, start: Any = None
+) -> None:
+    """One thread's work: a run of mixed writes until time is up, journaled once each returns.
+
+    With a `start` barrier, writing begins once every client has created its run, so all of them
+    write at once for the whole window.
+    """
     rng = random.Random(seed)
     client = MlflowClient(url)
     with open(journal, "a", encoding="utf-8") as out:
@@ -104,6 +116,11 @@ def write_for(url: str, experiment_id: str, seconds: float, journal: Path, seed:
         run = client.create_run(experiment_id, start_time=IN_CYCLE_MS + rng.randrange(10**6))
         run_id = run.info.run_id
         done("run", run_id, "", "")
+        if start is not None:
+            try:
+                start.wait(START_TIMEOUT)
+            except threading.BrokenBarrierError:
+                pass  # a client failed to start: the others write anyway
         deadline = time.monotonic() + seconds  # the window starts once the run exists
         step = 0
         while time.monotonic() < deadline:
@@ -132,12 +149,14 @@ def write_for(url: str, experiment_id: str, seconds: float, journal: Path, seed:
                     ("status", run_id, "", status))
 
 
-def writer_process(url: str, experiment_id: str, seconds: float, journal_dir: str, index: int) -> None:
+def writer_process(
+    url: str, experiment_id: str, seconds: float, journal_dir: str, index: int, start: Any = None
+) -> None:
     """One process: THREADS threads writing at once, each to its own journal file."""
     threads = [
         threading.Thread(
             target=write_for,
-            args=(url, experiment_id, seconds, Path(journal_dir) / f"p{index}-t{t}.jsonl", index * 100 + t),
+            args=(url, experiment_id, seconds, Path(journal_dir) / f"p{index}-t{t}.jsonl", index * 100 + t, start),
         )
         for t in range(THREADS)
     ]
@@ -210,10 +229,15 @@ def missing_writes(client: MlflowClient, journal: Journal) -> list[str]:
 
 
 def run_writers(url: str, experiment_id: str, seconds: float, journal_dir: Path) -> list:
-    """Start PROCESSES writer processes (forked: start-up is instant; each makes its own client)."""
+    """Start PROCESSES writer processes (forked: start-up is instant; each makes its own client).
+
+    They start writing together, once every client has its run: a server busy with the first
+    clients' writes would otherwise hold back the others' `create_run`.
+    """
     context = multiprocessing.get_context("fork")
+    start = context.Barrier(PROCESSES * THREADS)
     processes = [
-        context.Process(target=writer_process, args=(url, experiment_id, seconds, str(journal_dir), index))
+        context.Process(target=writer_process, args=(url, experiment_id, seconds, str(journal_dir), index, start))
         for index in range(PROCESSES)
     ]
     for process in processes:

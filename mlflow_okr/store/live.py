@@ -52,7 +52,7 @@ SETTLE_REST_FACTOR = 9.0  # the writer rests 9x its last settling: at most a ten
 # settling took less than that (for scripts and tests that read KR state right after a run ends).
 RUN_END_BUDGET = 0.0
 EXIT_FLUSH_TIMEOUT = 15.0  # seconds a process exit waits for the last settling
-DESCRIBE_INTERVAL = 5.0  # seconds between two refreshes of the UI descriptions by revisions
+DESCRIBE_INTERVAL = 15.0  # seconds between two refreshes of the UI descriptions by revisions
 REFRESH_INTERVAL = 2.0  # seconds between two checks for a newly applied spec
 SETTLE_ATTEMPTS = 3  # tries to settle the same marks before they are left to `mlflow-okr sync`
 IDLE_EXIT = 60.0  # seconds without work after which the writer thread ends (a new mark restarts it)
@@ -505,7 +505,8 @@ class LiveKrs:
         if any(kr_id not in published.kr_runs for kr_id in kr_changes):
             self.refresh()  # the spec was applied after we read it: pick up the new KR runs
             published = self.watched.cycles.get(published.experiment_id, published)
-        kr_runs = read_kr_runs(self.client, published)
+        objective_runs: dict[str, Any] = {}
+        kr_runs = read_kr_runs(self.client, published, objective_runs)
         computations: dict[str, KrComputation] = {}
         for kr_id, kr_changes_of_kr in kr_changes.items():
             kr = published.spec.find_key_result(kr_id)
@@ -518,7 +519,7 @@ class LiveKrs:
                 self._recount_cycle(published)  # counts every KR of the cycle afresh
                 return
             computations[kr_id] = KrComputation(kr, tally, baseline)
-        self._write(published, computations, kr_runs, revision=True)
+        self._write(published, computations, kr_runs, revision=True, objective_runs=objective_runs)
         now = time.monotonic()
         with self._lock:
             for kr_id in computations:
@@ -530,6 +531,7 @@ class LiveKrs:
         computations: dict[str, KrComputation],
         kr_runs: dict | None = None,
         revision: bool = False,
+        objective_runs: dict | None = None,
     ) -> set[str]:
         """Settle these computations (`revision`: while writes go on); the ids of the KRs written."""
         if not computations:
@@ -541,7 +543,7 @@ class LiveKrs:
         describe = not revision or time.monotonic() >= self._next_describe
         settled = settle_key_results(
             self.client, published, statuses, tally_texts(computations), now,
-            kr_runs=kr_runs, describe=describe,
+            kr_runs=kr_runs, describe=describe, objective_runs=objective_runs,
         )
         if describe and settled.written:
             self._next_describe = time.monotonic() + DESCRIBE_INTERVAL
