@@ -49,7 +49,9 @@ def all_clients_rate(journal_dir: Path) -> tuple[float, float]:
     return sum(first <= moment <= last for moment in moments) / (last - first), last - first
 
 
-def one_round(backend_uri: str, plain_uri: str, workdir: Path, seconds: float) -> tuple[test_stress.Journal, Path]:
+def one_round(
+    backend_uri: str, plain_uri: str, workdir: Path, seconds: float
+) -> tuple[test_stress.Journal, Path]:
     """Publish the stress spec, serve `backend_uri` with 2 workers, run the writers; the journal."""
     workdir.mkdir(parents=True)
     experiment_id = test_stress.publish(plain_uri, workdir)

@@ -338,7 +338,8 @@ class Tally:
             self.exact_sum += Fraction(value)
         for board, entries in self.boards.items():
             # Every counted run so far listed: the board is complete, so the new one joins it.
-            self._offer(board, entries, self._entry(board, run_id, value), complete=len(entries) == self.count)
+            entry = self._entry(board, run_id, value)
+            self._offer(board, entries, entry, complete=len(entries) == self.count)
         self.count += 1
         if self._latest:
             started = start_time or 0
@@ -364,7 +365,8 @@ class Tally:
             if not self._unlist(entries, run_id):
                 return False
             # The others are all listed when the board holds every counted run but this one.
-            self._offer(board, entries, self._entry(board, run_id, value), complete=len(entries) == self.count - 1)
+            entry = self._entry(board, run_id, value)
+            self._offer(board, entries, entry, complete=len(entries) == self.count - 1)
             if not entries:
                 return False
         if self.latest is not None and self.latest[1] == run_id:

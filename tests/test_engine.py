@@ -525,7 +525,8 @@ def test_a_sum_or_mean_is_revised_with_the_value_its_run_keeps_in_a_tag(aggregat
     old = verdict_from_tag("counted", value_text(0.5))
     assert old is not None and old.value == 0.5
     without_value = Tally.from_summary(rule, "maximize", tally.summary())
-    assert not revise_tally(without_value, [VerdictChange("run-b", 1, verdict_from_tag("counted"), Verdict("counted", "", 0.75))])
+    moved = Verdict("counted", "", 0.75)
+    assert not revise_tally(without_value, [VerdictChange("run-b", 1, verdict_from_tag("counted"), moved)])
     assert revise_tally(tally, [VerdictChange("run-b", 1, old, Verdict("counted", "", 0.75))])
     recount = Tally(rule, "maximize")
     for run_id, value in {**values, "run-b": 0.75}.items():
@@ -533,7 +534,8 @@ def test_a_sum_or_mean_is_revised_with_the_value_its_run_keeps_in_a_tag(aggregat
     assert tally.summary() == recount.summary()
     assert tally.current() == recount.current() == ((1.9 if aggregate == "sum" else 1.9 / 3), "run-c")
     # Leaving the count takes the kept value out too.
-    assert revise_tally(tally, [VerdictChange("run-a", 1, verdict_from_tag("counted", value_text(0.25)), None)])
+    leaving = verdict_from_tag("counted", value_text(0.25))
+    assert revise_tally(tally, [VerdictChange("run-a", 1, leaving, None)])
     remaining = Fraction(0.75) + Fraction(0.9)
     assert tally.current()[0] == float(remaining if aggregate == "sum" else remaining / 2)
     assert verdict_from_tag("counted", "not a number").value is None
@@ -558,4 +560,6 @@ def test_the_next_runner_up_takes_over_when_the_best_run_gets_worse() -> None:
         # The runner-up was not kept: the best run getting worse needs a recount.
         assert not revise_tally(short, [VerdictChange("a", 1, counted, Verdict("counted", "", 0.5))])
     assert not summaries_agree({"highest": [[0.9, "a"]]}, {"highest": [[0.9, "b"]]})
-    assert summaries_agree({"highest": [[0.9, "a"]], "count": 2}, {"highest": [[0.9, "a"], [0.8, "b"]], "count": 2})
+    revised = {"highest": [[0.9, "a"]], "count": 2}
+    recounted = {"highest": [[0.9, "a"], [0.8, "b"]], "count": 2}
+    assert summaries_agree(revised, recounted)

@@ -443,7 +443,11 @@ def keeper_counting_recounts(
     keeper = compat.store_of(okr_client)._okr_live
     recounts: list[int] = []
     recount_cycle = keeper._recount_cycle
-    monkeypatch.setattr(keeper, "_recount_cycle", lambda published: (recounts.append(1), recount_cycle(published)))
+    def counted_recount(published, **options):
+        recounts.append(1)
+        return recount_cycle(published, **options)
+
+    monkeypatch.setattr(keeper, "_recount_cycle", counted_recount)
     return okr_client, experiment_id, keeper, recounts
 
 
@@ -454,7 +458,7 @@ def test_the_runner_up_takes_over_from_a_best_run_that_gets_worse_without_a_reco
         tracking_uri, monkeypatch, live_spec_text()
     )
     runs = [okr_client.create_run(experiment_id).info.run_id for _ in range(3)]
-    for run_id, value in zip(runs, [0.9, 0.8, 0.7]):
+    for run_id, value in zip(runs, [0.9, 0.8, 0.7], strict=True):
         okr_client.log_batch(run_id, metrics=[Metric("val_acc", value, 0, 0), Metric("latency", 10, 0, 0)])
     keeper._settle_marks()
     assert kr_state(client, "acc")[0] == 0.9
@@ -477,7 +481,7 @@ def test_a_counted_runs_new_value_revises_a_mean_without_a_recount(
         tracking_uri, monkeypatch, live_spec_text().replace("aggregate: latest", "aggregate: mean")
     )
     runs = [okr_client.create_run(experiment_id).info.run_id for _ in range(3)]
-    for run_id, value in zip(runs, [0.9, 0.7, 0.6]):
+    for run_id, value in zip(runs, [0.9, 0.7, 0.6], strict=True):
         okr_client.log_metric(run_id, "val_loss", value)
     keeper._settle_marks()
     assert run_tags(client, runs[1])["okr.kr.loss.value"] == "0.7"

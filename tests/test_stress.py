@@ -28,6 +28,7 @@ PROCESSES = 8
 THREADS = 4
 SHORT_SECONDS = 4.0
 START_TIMEOUT = 120.0  # seconds the clients wait for each other to have created their runs
+SETTLE_DEADLINE = 120.0  # seconds the workers have to converge once the writes stop
 LONG_SECONDS = 60.0
 SPEC = """
 version: 1
@@ -156,7 +157,8 @@ def writer_process(
     threads = [
         threading.Thread(
             target=write_for,
-            args=(url, experiment_id, seconds, Path(journal_dir) / f"p{index}-t{t}.jsonl", index * 100 + t, start),
+            args=(url, experiment_id, seconds, Path(journal_dir) / f"p{index}-t{t}.jsonl", index * 100 + t,
+                  start),
         )
         for t in range(THREADS)
     ]
@@ -237,7 +239,9 @@ def run_writers(url: str, experiment_id: str, seconds: float, journal_dir: Path)
     context = multiprocessing.get_context("fork")
     start = context.Barrier(PROCESSES * THREADS)
     processes = [
-        context.Process(target=writer_process, args=(url, experiment_id, seconds, str(journal_dir), index, start))
+        context.Process(
+            target=writer_process, args=(url, experiment_id, seconds, str(journal_dir), index, start)
+        )
         for index in range(PROCESSES)
     ]
     for process in processes:
@@ -276,9 +280,15 @@ def stress(backend_uri: str, plain_uri: str, tmp_path: Path, server_factory, sec
             process.join(timeout=seconds + 120)
             assert process.exitcode == 0, f"writer process exited with {process.exitcode}"
         journal = Journal.read(journal_dir)
-    # The server has stopped: each worker settled its marks and recounted what it revised before
-    # it exited (the store's exit settling), so the state is final; no time window to wait out.
-    code, output = cli_check(plain_uri)
+        # The writes have stopped: each worker's writer settles its last marks and, once its KRs
+        # have had no write for RECOUNT_PAUSE, recounts them. The condition is the invariant itself
+        # (uvicorn ends a worker on SIGTERM without Python's exit hooks, so the check runs while
+        # the server is up); a lost mark would never converge and the deadline reports it.
+        deadline = time.monotonic() + SETTLE_DEADLINE
+        code, output = cli_check(plain_uri)
+        while code != 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            code, output = cli_check(plain_uri)
     if code != 0:  # what the workers said about KR settling, for the failure message
         said = [line for line in server.log().splitlines() if "okr" in line.lower() or "Error" in line]
         output += "\nserver log, lines about mlflow-okr and errors:\n" + "\n".join(said[-40:])

@@ -410,7 +410,9 @@ class LiveKrs:
         with self._lock:
             return run_id in self._deleting
 
-    def _cycle_scans(self, watched: WatchedKrs, experiment_ids: set[str] | None = None) -> dict[str, CycleScan]:
+    def _cycle_scans(
+        self, watched: WatchedKrs, experiment_ids: set[str] | None = None
+    ) -> dict[str, CycleScan]:
         """The scan of every published cycle, by experiment id of the cycle.
 
         The source experiments are listed again every REFRESH_INTERVAL, or at once when a marked
@@ -495,7 +497,8 @@ class LiveKrs:
             if old is None and new is None:
                 continue
             unchanged = old is not None and new is not None and old.tag_value == new.tag_value
-            if unchanged and (new.state != "counted" or (kr_id in spec.summing_kr_ids and old.value == new.value)):
+            same_sum = kr_id in spec.summing_kr_ids and old is not None and old.value == new.value
+            if unchanged and (new.state != "counted" or same_sum):
                 continue  # same verdict (and the same counted value of a sum): the tally is unchanged
             found.append((kr_id, VerdictChange(info.run_id, info.start_time, old, new)))
         return found
