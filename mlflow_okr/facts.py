@@ -24,8 +24,7 @@ from typing import Any
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from sqlalchemy import bindparam, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, delete, exc, insert, select, update
 
 from mlflow_okr import compat
 
@@ -167,7 +166,7 @@ class SqlFacts:
                 try:
                     _write_tag_rows(session, changes)
                     return
-                except IntegrityError:
+                except exc.IntegrityError:
                     # Another writer inserted one of these tags (or removed a run) since we read.
                     session.rollback()
                     if attempt + 1 == TAG_WRITE_ATTEMPTS:

@@ -7,6 +7,7 @@ okr.* tags on the way, and settles KR state with the same function the live stor
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -16,7 +17,7 @@ from pydantic import BaseModel
 
 from mlflow_okr import state
 from mlflow_okr.compute import ProgressCallback, compute_key_results, computed_statuses, tally_texts
-from mlflow_okr.engine import Verdict
+from mlflow_okr.engine import BOARDS, Verdict
 from mlflow_okr.kr_state import KrDrift, read_kr_runs, settle_key_results, stored_kr_status
 from mlflow_okr.results import CycleStatus, KeyResultStatus, cycle_status, restatus
 from mlflow_okr.scope import CycleScan, RunTagWrites, plan_run_tags
@@ -148,6 +149,28 @@ def hide_unreadable_best_run(client: MlflowClient, status: KeyResultStatus) -> K
     return status
 
 
+def _hide_in_tally(text: str, hidden: Any) -> str:
+    """A saved tally as the caller may see it: a run they may not read shows neither id nor value."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return RUN_ID.sub(lambda match: hidden(match.group(0)), text)
+    if not isinstance(data, dict):
+        return RUN_ID.sub(lambda match: hidden(match.group(0)), text)
+    for board in (*BOARDS, "latest"):
+        entries = data.get(board)
+        listed = [entries] if board == "latest" and entries else entries
+        if not isinstance(listed, list):
+            continue
+        shown = [
+            entry if not isinstance(entry, list) or len(entry) < 2 or hidden(str(entry[1])) != UNREADABLE_RUN
+            else UNREADABLE_RUN
+            for entry in listed
+        ]
+        data[board] = shown[0] if board == "latest" else shown
+    return json.dumps(data, sort_keys=True)
+
+
 def hide_unreadable_runs(client: MlflowClient, drift: list[KrDrift]) -> list[KrDrift]:
     """Drift as the caller may see it: a run they may not read is not named (best run, tally)."""
     readable: dict[str, bool] = {}
@@ -163,8 +186,7 @@ def hide_unreadable_runs(client: MlflowClient, drift: list[KrDrift]) -> list[KrD
             item = item.model_copy(update={"stored": hidden(item.stored)})
         elif item.field == "tally":
             texts = {
-                side: RUN_ID.sub(lambda match: hidden(match.group(0)), getattr(item, side) or "")
-                for side in ("stored", "computed")
+                side: _hide_in_tally(getattr(item, side) or "", hidden) for side in ("stored", "computed")
             }
             item = item.model_copy(update=texts)
         shown.append(item)
