@@ -46,7 +46,8 @@ from mlflow_okr.store.schedule import ALL_KRS, Marks, Recounts
 logger = logging.getLogger("mlflow_okr")
 
 FLUSH_INTERVAL = 0.5  # seconds between two background revisions (marks coalesce meanwhile)
-SETTLE_REST_FACTOR = 9.0  # the writer rests 9x its last settling: at most a tenth of the process
+SETTLE_REST_FACTOR = 9.0  # the writer rests 9x its recent settlings: at most a tenth of the process
+SETTLE_SMOOTHING = 0.3  # weight of the last settling in the recent duration the rest is based on
 # Run ends settle in the background by default, so they never stall the caller. With
 # MLFLOW_OKR_RUN_END_BUDGET=<seconds>, a run end settles in the caller's thread while the last
 # settling took less than that (for scripts and tests that read KR state right after a run ends).
@@ -124,7 +125,7 @@ class LiveKrs:
         self._next_refresh = 0.0
         self._next_flush = 0.0  # read and written by the writer thread only
         self._next_describe = 0.0  # written under _flush_lock
-        self._last_settle_seconds = 0.0  # written under _flush_lock; a float read is atomic
+        self._settle_seconds = 0.0  # recent settling time, smoothed; written under _flush_lock
         self._experiment_names: dict[str, str] = {}  # experiment id -> name; only ever grows
         self._scans: CachedScans | None = None  # written under _flush_lock
         if hasattr(os, "register_at_fork"):
@@ -217,7 +218,7 @@ class LiveKrs:
                 return
             self._mark(run_id, ALL_KRS)
             budget = run_end_budget()
-            if budget > 0 and self._last_settle_seconds <= budget:
+            if budget > 0 and self._settle_seconds <= budget:
                 self.flush()
         except Exception as error:  # noqa: BLE001 - fail-open
             fail_open(error)
@@ -279,11 +280,11 @@ class LiveKrs:
                 self._recount(time.monotonic())
             except Exception as error:  # noqa: BLE001 - fail-open
                 fail_open(error)
-            # Resting SETTLE_REST_FACTOR times as long as the last settling took keeps the writer
+            # Resting SETTLE_REST_FACTOR times as long as settling recently took keeps the writer
             # to a tenth of the process (and of the database's time, in a busy server, where the
             # settling slows down and the marks coalesce for longer); recounts are spaced by the
             # schedule's BACKGROUND_SHARE_FACTOR.
-            rest = max(FLUSH_INTERVAL, SETTLE_REST_FACTOR * self._last_settle_seconds)
+            rest = max(FLUSH_INTERVAL, SETTLE_REST_FACTOR * self._settle_seconds)
             self._next_flush = time.monotonic() + rest
             with self._lock:
                 if self._marks.runs:
@@ -359,7 +360,10 @@ class LiveKrs:
                         for _, kr in published.spec.key_results():
                             self._recounts.revised((experiment_id, kr.id), now)
                 raise
-            self._last_settle_seconds = time.monotonic() - started
+            # Smoothed, so one costly settling (a recount standing in for a revision, the UI
+            # descriptions) does not hold the next one back while a busy process still backs off.
+            seconds = time.monotonic() - started
+            self._settle_seconds += SETTLE_SMOOTHING * (seconds - self._settle_seconds)
 
     def _recount(self, now: float | None) -> None:
         """Recount the cycles of the KRs due at `now` (None: all scheduled) from all their runs.
