@@ -585,3 +585,16 @@ def test_a_run_being_deleted_is_never_tagged(
     assert client.search_runs([run.info.experiment_id], f"attributes.run_id = '{run_id}'") == []
     assert kr_state(client, "acc") == (None, 0.0, "0")
     assert_no_drift(client)
+
+
+def test_a_recount_waits_for_the_writes_to_its_whole_cycle_to_pause() -> None:
+    # A recount counts every KR of the cycle (seconds at 100,000 runs): a KR revised once must not
+    # start one while another KR of the same cycle is revised on every settling.
+    recounts = schedule.Recounts()
+    recounts.revised(("1", "latest-latency"), 0.0)
+    for moment in (0.5, 1.0, 1.5, 2.0, 2.5, 3.0):
+        recounts.revised(("1", "accuracy"), moment)
+        assert recounts.take(moment) == set()
+    recounts.revised(("2", "other-cycle"), 0.0)
+    assert recounts.take(3.0) == {("2", "other-cycle")}
+    assert recounts.take(3.0 + schedule.RECOUNT_PAUSE) == {("1", "latest-latency"), ("1", "accuracy")}

@@ -60,7 +60,10 @@ class Recounts:
         if busy and ref not in self.earliest_next:
             return math.inf
         by_interval = self.first_revised[ref] + RECOUNT_INTERVAL
-        due = by_interval if busy else min(self.last_revised[ref] + RECOUNT_PAUSE, by_interval)
+        # A recount counts the whole cycle, so the pause is the cycle's: a KR revised once stays
+        # waiting while another KR of its cycle is still being revised.
+        cycle_last = max(last for (cycle, _), last in self.last_revised.items() if cycle == ref[0])
+        due = by_interval if busy else min(cycle_last + RECOUNT_PAUSE, by_interval)
         return max(due, self.earliest_next.get(ref, 0.0))
 
     def revised(self, ref: KrRef, now: float) -> None:
