@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import sys
 from fractions import Fraction
-from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -463,8 +463,18 @@ run_event = st.tuples(
     leaders=st.sampled_from([1, 2, 8]),  # 1 and 2: boards that run dry and refill, over 5 runs
 )
 def test_a_tally_revised_run_by_run_equals_a_recount(aggregate, direction, events, leaders) -> None:
-    with mock.patch.object(engine, "LEADERS", leaders):
+    with boards_of(leaders):
         revise_and_recount(aggregate, direction, events)
+
+
+@contextlib.contextmanager
+def boards_of(leaders: int):
+    """Tallies keep `leaders` runs per extreme inside the block."""
+    kept, engine.LEADERS = engine.LEADERS, leaders
+    try:
+        yield
+    finally:
+        engine.LEADERS = kept
 
 
 def revise_and_recount(aggregate, direction, events) -> None:
@@ -552,7 +562,7 @@ def test_the_next_runner_up_takes_over_when_the_best_run_gets_worse() -> None:
     assert tally.current() == (0.8, "b")
     assert revise_tally(tally, [VerdictChange("b", 1, counted, Verdict("excluded", "run FAILED", 0.8))])
     assert tally.current() == (0.7, "c") and tally.count == 2
-    with mock.patch.object(engine, "LEADERS", 1):
+    with boards_of(1):
         short = Tally(RunRule("acc"), "maximize")
         for run_id, value in {"a": 0.9, "b": 0.8}.items():
             short.note(run_id, Verdict("counted", "", value), 1)
