@@ -154,8 +154,8 @@ def _hide_in_tally(text: str, hidden: Any) -> str:
     try:
         data = json.loads(text)
     except ValueError:
-        return RUN_ID.sub(lambda match: hidden(match.group(0)), text)
-    if not isinstance(data, dict):
+        data = None
+    if not isinstance(data, dict):  # not a saved tally: hide the run ids it names
         return RUN_ID.sub(lambda match: hidden(match.group(0)), text)
     for board in (*BOARDS, "latest"):
         entries = data.get(board)
