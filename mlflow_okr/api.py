@@ -36,7 +36,12 @@ def apply_spec(
     spec = _spec(spec)
     plan = _apply_spec(client, spec, dry_run=dry_run)
     if sync_after and not dry_run:
-        _sync(client, cycle=spec.cycle.name)
+        _sync(client, cycle=spec.cycle.name, team=spec.team or "")
+        # A KR id this set shares with an overlapping cycle renames that cycle's run tags too.
+        for other in state.published_sets(client):
+            if other.cycle.name != spec.cycle.name and other.spec._shared_kr_ids:
+                if {kr.id for _, kr in spec.key_results()} & other.spec._shared_kr_ids:
+                    _sync(client, cycle=other.cycle.name, team=other.team or "")
     return plan
 
 
@@ -46,23 +51,34 @@ def sync(
     check: bool = False,
     now: dt.datetime | None = None,
     progress: ProgressCallback | None = None,
+    team: str | None = None,
 ) -> SyncResult:
-    """Recompute every KR from the source runs; with `check`, only report drift."""
-    return _sync(state.make_client(tracking_uri), cycle=cycle, check=check, now=now, progress=progress)
+    """Recompute every KR of every set (or `team`'s) from the source runs; with `check`, only report drift."""
+    client = state.make_client(tracking_uri)
+    return _sync(client, cycle=cycle, check=check, now=now, progress=progress, team=team)
 
 
 def status(
-    tracking_uri: str | None = None, cycle: str | None = None, now: dt.datetime | None = None
+    tracking_uri: str | None = None,
+    cycle: str | None = None,
+    now: dt.datetime | None = None,
+    team: str | None = None,
 ) -> CycleStatus:
-    """The cycle's KRs as stored in MLflow, with statuses for `now`."""
-    return stored_cycle_status(state.make_client(tracking_uri), cycle=cycle, now=now)
+    """The current cycles' KRs (every set, or `team`'s) as stored in MLflow, with statuses for `now`.
+
+    The innermost current cycle is the result; enclosing ones are in `enclosing_cycles`.
+    """
+    return stored_cycle_status(state.make_client(tracking_uri), cycle=cycle, now=now, team=team)
 
 
 def status_frame(
-    tracking_uri: str | None = None, cycle: str | None = None, now: dt.datetime | None = None
+    tracking_uri: str | None = None,
+    cycle: str | None = None,
+    now: dt.datetime | None = None,
+    team: str | None = None,
 ) -> pd.DataFrame:
     """`status` as a pandas DataFrame, one row per KR."""
-    return _status_frame(status(tracking_uri, cycle, now))
+    return _status_frame(status(tracking_uri, cycle, now, team))
 
 
 class Checkin(BaseModel):
@@ -86,7 +102,7 @@ def checkin(
     if not math.isfinite(value):
         raise InputError(f"check-in value for KR {kr_id!r} must be a finite number, not {value!r}")
     client = state.make_client(tracking_uri)
-    published = state.load_published(client, cycle)
+    published = state.find_set_of_kr(state.current_sets(client, cycle), kr_id)
     kr = published.spec.find_key_result(kr_id)
     run = state.find_kr_run(client, published, kr_id)
     if kr is None or kr.source != "manual":
@@ -104,5 +120,5 @@ def checkin(
         count=previous + 1,
     )
     client.set_tag(run.info.run_id, state.TAG_CHECKIN, json.dumps(record.model_dump(mode="json")))
-    _sync(client, cycle=published.cycle.name)
+    _sync(client, cycle=published.cycle.name, team=published.team or "")
     return record

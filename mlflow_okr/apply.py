@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any, Literal
 
 from mlflow.entities import Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
-from mlflow_okr import mlflow_ui, state
-from mlflow_okr.errors import InputError
+from mlflow_okr import alignment, mlflow_ui, state
+from mlflow_okr.errors import InputError, SpecError
+from mlflow_okr.organization import set_status
 from mlflow_okr.spec import KeyResult, Objective, OkrSpec
-from mlflow_okr.sync import stored_cycle_status
 
 Action = Literal["create", "update", "retire", "restore", "unchanged"]
 RUNS_VIEW_TAGS = {mlflow_ui.EXPERIMENT_KIND_TAG: mlflow_ui.RUNS_VIEW_KIND}
@@ -28,6 +29,7 @@ class ApplyPlan(BaseModel):
     """What `apply` did, or with `dry_run` would do."""
 
     cycle: str
+    team: str | None = None
     experiment: str
     dry_run: bool
     steps: list[PlanStep]
@@ -37,7 +39,7 @@ class ApplyPlan(BaseModel):
         return [step for step in self.steps if step.action != "unchanged"]
 
 
-def _objective_tags(objective: Objective) -> dict[str, str]:
+def _objective_tags(objective: Objective, team: str | None) -> dict[str, str]:
     tags = {
         state.TAG_ROLE: "objective",
         state.TAG_OBJECTIVE_ID: objective.id,
@@ -48,6 +50,12 @@ def _objective_tags(objective: Objective) -> dict[str, str]:
     }
     if objective.owner:
         tags["okr.objective.owner"] = objective.owner
+    # Only sets that use them carry these, so a 0.1 spec re-applied changes no run.
+    if team:
+        tags[state.TAG_TEAM] = team
+    if objective.aligns_to:
+        tags["okr.objective.aligns_to"] = ",".join(objective.aligns_to)
+        tags[state.MLFLOW_RUN_NOTE] += f"\n\nAligns to: {', '.join(objective.aligns_to)}"
     return tags
 
 
@@ -106,8 +114,30 @@ class _Publisher:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
 
+    def check_against_other_sets(self) -> None:
+        """KR ids unique across the cycle's sets, and every `aligns_to` names one parent, no loop."""
+        others = [
+            spec for spec, _ in state.published_specs(self.client)
+            if (spec.cycle.name, spec.team) != (self.spec.cycle.name, self.spec.team)
+        ]
+        problems = []
+        for other in others:
+            if other.cycle.name != self.spec.cycle.name:
+                continue
+            for _, kr in other.key_results():
+                if self.spec.find_key_result(kr.id) is not None:
+                    owner = f"team {other.team!r}" if other.team else "the unnamed set"
+                    problems.append(
+                        f"{self.spec.where(*self.spec.locate_kr(kr.id))}: KR id {kr.id!r} is already used "
+                        f"by {owner} of cycle {other.cycle.name}; KR ids are unique across a cycle's sets"
+                    )
+        if problems:
+            raise SpecError(problems)
+        alignment.resolve(others, checked=self.spec)
+
     def publish(self) -> ApplyPlan:
-        name = state.cycle_experiment_name(self.spec.cycle.name)
+        self.check_against_other_sets()
+        name = state.cycle_experiment_name(self.spec.cycle.name, self.spec.team)
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None and experiment.lifecycle_stage != "active":
             raise InputError(
@@ -141,7 +171,7 @@ class _Publisher:
         if self.experiment_id is not None and not self.dry_run and spec_changed:
             # Definitions moved; state writes keep the descriptions current from here on.
             self._refresh_notes()
-        return ApplyPlan(cycle=self.spec.cycle.name, experiment=name, dry_run=self.dry_run, steps=self.steps)
+        return ApplyPlan(cycle=self.spec.cycle.name, team=self.spec.team, experiment=name, dry_run=self.dry_run, steps=self.steps)
 
     def _runs_view(self, experiment: Any, kind: str, item_id: str) -> None:
         """Experiments made before the tag existed get it at the next apply."""
@@ -154,13 +184,13 @@ class _Publisher:
 
     def _refresh_notes(self) -> None:
         """The experiment and KR run descriptions for the state stored now (the spec may have changed)."""
-        published = state.load_published(self.client, self.spec.cycle.name)
-        status = stored_cycle_status(self.client, self.spec.cycle.name)
+        published = state.load_published(self.client, self.spec.cycle.name, team=self.spec.team or "")
+        status = set_status(self.client, published, dt.datetime.now(dt.timezone.utc))
         mlflow_ui.refresh_ui_notes(self.client, published, status)
 
     def _objectives(self, objective_runs: dict[str, Run], kr_runs: dict[str, Run]) -> None:
         for objective in self.spec.objectives:
-            wanted = _objective_tags(objective)
+            wanted = _objective_tags(objective, self.spec.team)
             existing = objective_runs.get(objective.id)
             parent_id = existing.info.run_id if existing else "(new)"
             if existing is None:

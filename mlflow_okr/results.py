@@ -55,16 +55,27 @@ class ObjectiveStatus(BaseModel):
     title: str
     category: str
     owner: str | None = None
+    team: str | None = None
     score: float
+    # The objective's own KRs' weighted mean; `score` also counts its aligned children.
+    own_score: float | None = None
+    aligned_to: list[str] = []
+    aligned_children: list[str] = []
     key_results: list[KeyResultStatus]
 
 
 class CycleStatus(BaseModel):
-    """The whole cycle: `mlflow-okr status --format json` prints exactly this."""
+    """The whole cycle: `mlflow-okr status --format json` prints exactly this.
+
+    With several current cycles (annual, half, quarter) the innermost is this object and the
+    others follow in `enclosing_cycles`, innermost first.
+    """
 
     cycle: CycleInfo
     score: float
     objectives: list[ObjectiveStatus]
+    teams: list[str | None] = []
+    enclosing_cycles: list[CycleStatus] = []
 
     def key_results(self) -> list[KeyResultStatus]:
         return [kr for objective in self.objectives for kr in objective.key_results]
@@ -125,7 +136,9 @@ def cycle_status(
                 title=objective.title,
                 category=objective.category,
                 owner=objective.owner,
+                team=spec.team,
                 score=score,
+                own_score=score,
                 key_results=krs,
             )
         )
@@ -139,6 +152,7 @@ def cycle_status(
         ),
         score=cycle_score,
         objectives=objectives,
+        teams=[spec.team],
     )
 
 
@@ -159,30 +173,34 @@ def restatus(status: KeyResultStatus, spec: OkrSpec, now: dt.datetime) -> KeyRes
 
 STATUS_COLUMNS = [
     "objective", "kr", "kind", "metric", "baseline", "target", "direction", "current",
-    "progress", "status", "counted_runs", "best_run_id", "objective_score",
+    "progress", "status", "counted_runs", "best_run_id", "objective_score", "cycle", "team",
 ]
 
 
 def status_frame(status: CycleStatus) -> pd.DataFrame:
     """One row per KR, with its objective and score: for notebooks and CSV."""
     rows = []
-    for objective in status.objectives:
-        for kr in objective.key_results:
-            rows.append(
-                {
-                    "objective": objective.id,
-                    "kr": kr.id,
-                    "kind": kr.kind,
-                    "metric": kr.metric,
-                    "baseline": kr.baseline,
-                    "target": kr.target,
-                    "direction": kr.direction,
-                    "current": kr.current,
-                    "progress": kr.progress,
-                    "status": kr.status,
-                    "counted_runs": kr.counted_runs,
-                    "best_run_id": kr.best_run_id,
-                    "objective_score": objective.score,
-                }
-            )
+    for cycle in [status, *status.enclosing_cycles]:
+        for objective in cycle.objectives:
+            rows += [_status_row(cycle, objective, kr) for kr in objective.key_results]
     return pd.DataFrame(rows, columns=STATUS_COLUMNS)
+
+
+def _status_row(cycle: CycleStatus, objective: ObjectiveStatus, kr: KeyResultStatus) -> dict[str, Any]:
+    return {
+        "objective": objective.id,
+        "kr": kr.id,
+        "kind": kr.kind,
+        "metric": kr.metric,
+        "baseline": kr.baseline,
+        "target": kr.target,
+        "direction": kr.direction,
+        "current": kr.current,
+        "progress": kr.progress,
+        "status": kr.status,
+        "counted_runs": kr.counted_runs,
+        "best_run_id": kr.best_run_id,
+        "objective_score": objective.score,
+        "cycle": cycle.cycle.name,
+        "team": objective.team,
+    }

@@ -104,7 +104,7 @@ class CycleScan:
         managed = {state.TAG_KRS, state.TAG_CYCLE}
         for _, kr in self.spec.key_results():
             if kr.metric:
-                managed |= {state.source_tag(kr.id), state.value_tag(kr.id)}
+                managed |= _kr_tags(self.spec, kr.id)
         keys = FactKeys(tags=frozenset(managed))
         for scope in self.scopes.values():
             rule = scope.rule
@@ -134,18 +134,20 @@ def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Any | Non
     for other cycles' KRs, so that each cycle's sync leaves the other's ids alone.
     """
     counted = {kr_id for kr_id, verdict in verdicts.items() if verdict.state == "counted"}
+    listed = {spec.run_tag_id(kr_id) for kr_id in counted}
     if run is not None:
-        own = {kr.id for _, kr in spec.key_results()}
-        listed = run.data.tags.get(state.TAG_KRS, "").split(",")
-        counted |= {kr_id for kr_id in listed if kr_id and kr_id not in own}
-    tags = {state.source_tag(kr_id): verdict.tag_value for kr_id, verdict in verdicts.items()}
+        # Both spellings of an own KR are ours: a tag written before its id became shared is replaced.
+        own = {name for _, kr in spec.key_results() for name in (kr.id, spec.run_tag_id(kr.id))}
+        others = run.data.tags.get(state.TAG_KRS, "").split(",")
+        listed |= {name for name in others if name and name not in own}
+    tags = {state.source_tag(spec.run_tag_id(kr_id)): verdict.tag_value for kr_id, verdict in verdicts.items()}
     # A sum or mean KR is revised by taking the run's old value out: the run keeps it in a tag.
     for kr_id in counted & spec.summing_kr_ids:
         value = verdicts[kr_id].value
         assert value is not None
-        tags[state.value_tag(kr_id)] = value_text(value)
-    if counted:
-        tags[state.TAG_KRS] = ",".join(sorted(counted))
+        tags[state.value_tag(spec.run_tag_id(kr_id))] = value_text(value)
+    if listed:
+        tags[state.TAG_KRS] = ",".join(sorted(listed))
     if verdicts:
         tags[state.TAG_CYCLE] = spec.cycle.name
     return tags
@@ -155,8 +157,15 @@ def managed_run_tags(spec: OkrSpec, run: Any) -> dict[str, str]:
     """The okr.* tags of this cycle's KRs that `run` carries now."""
     keys = {state.TAG_KRS}
     for _, kr in spec.key_results():
-        keys |= {state.source_tag(kr.id), state.value_tag(kr.id)}
+        keys |= _kr_tags(spec, kr.id)
     return {key: value for key, value in run.data.tags.items() if key in keys}
+
+
+def _kr_tags(spec: OkrSpec, kr_id: str) -> set[str]:
+    """The tags a run may carry for KR `kr_id`: verdict and value, under its id and, once the id
+    is shared with another cycle, under `<id>/<cycle>` (the bare ones are then stale)."""
+    names = {kr_id, spec.run_tag_id(kr_id)}
+    return {state.source_tag(name) for name in names} | {state.value_tag(name) for name in names}
 
 
 @dataclass

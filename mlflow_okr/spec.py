@@ -15,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     WithJsonSchema,
     field_validator,
@@ -31,6 +32,8 @@ Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=64)]
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 RELATIVE_TARGET = re.compile(r"^\s*([+-])\s*(\d+(?:\.\d+)?)\s*%\s*$")
 CYCLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# An aligns_to entry: [<cycle>:][<team>/]<objective id>.
+OBJECTIVE_REF_PATTERN = r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*:)?(?:[a-z0-9][a-z0-9-]*/)?[a-z0-9][a-z0-9-]*$"
 
 Direction = Literal["maximize", "minimize"]
 Aggregate = Literal["best", "latest", "mean", "sum", "count", "min", "max"]
@@ -383,7 +386,21 @@ class Objective(StrictModel):
     title: str = Field(min_length=1)
     category: Literal["product", "operational", "research"]
     owner: str | None = None
+    aligns_to: list[Annotated[str, Field(pattern=OBJECTIVE_REF_PATTERN)]] = Field(
+        default_factory=list,
+        description="Objectives this one serves, in another set of the same cycle or of an enclosing "
+        "cycle: `<objective id>`, `<team>/<objective id>` or `<cycle>:[<team>/]<objective id>`.",
+    )
+    alignment_weight: Number = Field(
+        1.0, gt=0, description="This objective's weight in the score of each objective it aligns to."
+    )
     key_results: list[KeyResult] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _aligned_once(self) -> Objective:
+        if len(set(self.aligns_to)) != len(self.aligns_to):
+            raise _invalid("aligns_to names an objective twice", "aligns_to")
+        return self
 
 
 class Notify(StrictModel):
@@ -412,8 +429,19 @@ class OkrSpec(StrictModel):
     """The whole okrs.yaml file."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, title="mlflow-okr okrs.yaml")
+    # (file name, line map) of the file the spec was parsed from; errors found after parsing
+    # (alignment, KR ids shared with other sets) name the line too.
+    _source: tuple[str, Any] | None = PrivateAttr(default=None)
+    # KR ids that a KR of another published cycle overlapping this one also uses (set when read
+    # from MLflow): run tags name those KRs with their cycle, `okr.kr.<id>/<cycle>`.
+    _shared_kr_ids: frozenset[str] = PrivateAttr(default=frozenset())
 
     version: Literal[1]
+    team: Slug | None = Field(
+        None,
+        description="The team whose set this is; several teams' sets share a cycle. Without it the "
+        "file is the cycle's unnamed set.",
+    )
     cycle: CycleField
     status_thresholds: StatusThresholds = Field(default_factory=StatusThresholds)
     objectives: list[Objective] = Field(min_length=1)
@@ -466,6 +494,47 @@ class OkrSpec(StrictModel):
 
     def find_key_result(self, kr_id: str) -> KeyResult | None:
         return next((kr for _, kr in self.key_results() if kr.id == kr_id), None)
+
+    def __eq__(self, other: object) -> bool:
+        # What was read (the fields), not where it came from or what MLflow holds beside it.
+        if not isinstance(other, OkrSpec):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def __hash__(self) -> int:
+        return hash(spec_json_text(self))
+
+    def run_tag_id(self, kr_id: str) -> str:
+        """How source-run tags name KR `kr_id`: `<id>`, or `<id>/<cycle>` when the id is shared.
+
+        `tags."okr.kr.ctr" = 'counted'` finds the runs counted for KR ctr unless two overlapping
+        published cycles (an annual and a quarterly set) both have a KR ctr; then each carries
+        its cycle: `tags."okr.kr.ctr/2026-Q4" = 'counted'`.
+        """
+        return f"{kr_id}/{self.cycle.name}" if kr_id in self._shared_kr_ids else kr_id
+
+    def sharing(self, kr_ids: frozenset[str]) -> OkrSpec:
+        """This spec, knowing which of its KR ids other overlapping cycles use too."""
+        copy = self.model_copy()
+        copy._source = self._source
+        copy._shared_kr_ids = kr_ids & {kr.id for _, kr in self.key_results()}
+        return copy
+
+    def where(self, *path: Any) -> str:
+        """`file:line: key` of `path` in the file this spec was parsed from, for error messages."""
+        source = self.__pydantic_private__.get("_source") if self.__pydantic_private__ else None
+        if source is None:
+            return _format_path(path)
+        name, lines = source
+        return _located(path, "", lines, name).removesuffix(": ")
+
+    def locate_kr(self, kr_id: str) -> tuple[Any, ...]:
+        """The path of KR `kr_id`'s id in the file."""
+        for o_index, objective in enumerate(self.objectives):
+            for k_index, kr in enumerate(objective.key_results):
+                if kr.id == kr_id:
+                    return ("objectives", o_index, "key_results", k_index, "id")
+        return ()
 
     @functools.cached_property
     def summing_kr_ids(self) -> frozenset[str]:
@@ -661,6 +730,11 @@ def _problems(exc: ValidationError, lines: _LineMap, source: str) -> list[str]:
             if any(difflib.get_close_matches(typo, [key], n=1) for typo in unknown_keys.get(loc[:-1], [])):
                 continue
             message = f"missing required key {key!r}"
+        elif error["type"] == "string_pattern_mismatch" and context.get("pattern") == OBJECTIVE_REF_PATTERN:
+            message = (
+                f"{error['input']!r} is not an objective reference: use <objective id>, "
+                "<team>/<objective id> or <cycle>:<objective id>"
+            )
         elif error["type"] == "string_pattern_mismatch" and "a-z0-9" in str(context.get("pattern")):
             message = f"{error['input']!r} is not a valid id: use lowercase letters, digits and '-'"
         elif error["type"] == "literal_error":
@@ -706,9 +780,11 @@ def parse_spec(text: str, source: str = "okrs.yaml") -> OkrSpec:
             ]
         )
     try:
-        return OkrSpec.model_validate(data)
+        spec = OkrSpec.model_validate(data)
     except ValidationError as exc:
         raise SpecError(_problems(exc, lines, source)) from None
+    spec._source = (source, lines)
+    return spec
 
 
 def load_spec(path: str | Path) -> OkrSpec:
@@ -721,6 +797,13 @@ def load_spec(path: str | Path) -> OkrSpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError([f"{path}: cannot read the file: {exc}"]) from None
     return parse_spec(text, str(path))
+
+
+def spec_json_text(spec: OkrSpec) -> str:
+    """The spec as canonical JSON: what is published, hashed and compared."""
+    import json
+
+    return json.dumps(spec.model_dump(mode="json", exclude_none=True), sort_keys=True)
 
 
 def json_schema() -> dict[str, Any]:

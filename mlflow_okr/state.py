@@ -7,6 +7,7 @@ time and the tags `okr.status`, `okr.best_run_id`, `okr.counted_runs`.
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import hashlib
 import json
@@ -58,6 +59,7 @@ METRIC_SCORE = "okr.score"
 
 # Tags of source runs
 TAG_CYCLE = "okr.cycle"
+TAG_TEAM = "okr.team"  # experiment tag of a team's set okr/<cycle>/<team>
 TAG_KRS = "okr.krs"
 TAG_HYPOTHESIS = "okr.hypothesis"
 TAG_ARM = "okr.arm"
@@ -107,8 +109,9 @@ def is_okr_experiment_name(name: str) -> bool:
     return name.startswith(OKR_PREFIX)
 
 
-def cycle_experiment_name(cycle_name: str) -> str:
-    return OKR_PREFIX + cycle_name
+def cycle_experiment_name(cycle_name: str, team: str | None = None) -> str:
+    """`okr/<cycle>` for a cycle's unnamed set, `okr/<cycle>/<team>` for a team's set."""
+    return OKR_PREFIX + cycle_name + (f"/{team}" if team else "")
 
 
 def current_user() -> str:
@@ -159,6 +162,15 @@ class PublishedCycle:
     def cycle(self) -> Cycle:
         return self.spec.cycle
 
+    @property
+    def team(self) -> str | None:
+        return self.spec.team
+
+    @property
+    def label(self) -> str:
+        """`2026-Q4` for the unnamed set, `2026-Q4/team-a` for a team's."""
+        return self.cycle.name + (f"/{self.team}" if self.team else "")
+
     def objective_of(self, kr_id: str) -> Objective:
         return next(o for o in self.spec.objectives if any(k.id == kr_id for k in o.key_results))
 
@@ -185,6 +197,8 @@ def spec_tags(spec: OkrSpec) -> dict[str, str]:
     tags[TAG_SPEC_PARTS] = str(len(parts))
     tags[TAG_SPEC_HASH] = spec_hash(spec)
     tags[TAG_CYCLE] = spec.cycle.name
+    if spec.team:
+        tags[TAG_TEAM] = spec.team
     tags["okr.cycle.start"] = spec.cycle.start.isoformat()
     tags["okr.cycle.end"] = spec.cycle.end.isoformat()
     return tags
@@ -202,33 +216,111 @@ def list_cycle_experiments(client: MlflowClient) -> list[Any]:
     ]
 
 
-def load_published(
-    client: MlflowClient, cycle: str | None = None, now: float | None = None
-) -> PublishedCycle:
-    """The published cycle named `cycle`, or the one whose dates contain `now` (else the latest)."""
-    experiments = list_cycle_experiments(client)
-    if cycle is not None:
-        experiments = [e for e in experiments if e.name == cycle_experiment_name(cycle)]
-        if not experiments:
-            raise NotPublishedError(
-                f"cycle {cycle!r} is not published in this MLflow backend; "
-                "run `mlflow-okr apply okrs.yaml` first"
-            )
-    if not experiments:
-        raise NotPublishedError(
-            "no OKR cycle is published in this MLflow backend; run `mlflow-okr apply okrs.yaml`"
-        )
-    cycles = []
-    for experiment in experiments:
+def published_specs(
+    client: MlflowClient, cycle: str | None = None, team: str | None = None
+) -> list[tuple[OkrSpec, Any]]:
+    """Every published set's spec and experiment, optionally of one cycle and one team.
+
+    `team=""` selects the unnamed sets only; None selects every set.
+    """
+    every = []
+    for experiment in list_cycle_experiments(client):
         spec = _read_spec_tags(experiment.tags, experiment.name)
         if spec is not None:
-            cycles.append((spec, experiment))
-    if not cycles:
-        raise NotPublishedError("the okr/ experiments carry no readable spec; run `mlflow-okr apply`")
-    moment = now if now is not None else time.time()
-    current = [c for c in cycles if c[0].cycle.contains(int(moment * 1000))]
-    spec, experiment = (current or sorted(cycles, key=lambda c: c[0].cycle.end))[-1]
+            every.append((spec, experiment))
+    shared = shared_kr_ids([spec for spec, _ in every])
+    found = [
+        (spec.sharing(shared[spec.cycle.name]), experiment)
+        for spec, experiment in every
+        if (cycle is None or spec.cycle.name == cycle) and (team is None or (spec.team or "") == team)
+    ]
+    return sorted(found, key=lambda item: (item[0].cycle.start, item[0].cycle.name, item[0].team or ""))
+
+
+def shared_kr_ids(specs: list[OkrSpec]) -> dict[str, frozenset[str]]:
+    """Per cycle name, its KR ids that a KR of another, overlapping cycle uses too."""
+    from mlflow_okr.cycles import overlaps
+
+    ids: dict[str, tuple[Cycle, set[str]]] = {}
+    for spec in specs:
+        ids.setdefault(spec.cycle.name, (spec.cycle, set()))[1].update(kr.id for _, kr in spec.key_results())
+    return {
+        name: frozenset(
+            kr_id
+            for other, (other_cycle, other_ids) in ids.items()
+            if other != name and overlaps(cycle, other_cycle)
+            for kr_id in own & other_ids
+        )
+        for name, (cycle, own) in ids.items()
+    }
+
+
+def published_set(client: MlflowClient, spec: OkrSpec, experiment: Any) -> PublishedCycle:
+    """A set found by `published_specs`, with the run id of each objective and KR."""
     return _with_run_ids(client, spec, experiment.experiment_id)
+
+
+def published_sets(
+    client: MlflowClient, cycle: str | None = None, team: str | None = None
+) -> list[PublishedCycle]:
+    """Every published set (with its run ids), optionally of one cycle and one team."""
+    return [_with_run_ids(client, spec, e.experiment_id) for spec, e in published_specs(client, cycle, team)]
+
+
+def nothing_published(cycle: str | None, team: str | None) -> NotPublishedError:
+    if cycle is None and team is None:
+        return NotPublishedError(
+            "no OKR cycle is published in this MLflow backend; run `mlflow-okr apply okrs.yaml`"
+        )
+    if team is None:
+        return NotPublishedError(
+            f"cycle {cycle!r} is not published in this MLflow backend; run `mlflow-okr apply okrs.yaml` first"
+        )
+    where = f" of cycle {cycle!r}" if cycle else ""
+    return NotPublishedError(
+        f"team {team or '(unnamed)'!r} has no set{where} in this MLflow backend; "
+        "run `mlflow-okr apply` with its okrs.yaml first"
+    )
+
+
+def current_sets(
+    client: MlflowClient, cycle: str | None = None, team: str | None = None, now: float | None = None
+) -> list[PublishedCycle]:
+    """The sets of `cycle`, or of every cycle current at `now` (innermost first); raise if none."""
+    from mlflow_okr.cycles import current
+
+    found = published_specs(client, cycle, team)
+    if not found:
+        raise nothing_published(cycle, team)
+    if cycle is None:
+        moment = dt.datetime.fromtimestamp(now if now is not None else time.time(), dt.timezone.utc)
+        found = current(found, moment, lambda item: item[0].cycle)
+    return [_with_run_ids(client, spec, e.experiment_id) for spec, e in found]
+
+
+def load_published(
+    client: MlflowClient, cycle: str | None = None, now: float | None = None, team: str | None = None
+) -> PublishedCycle:
+    """One published set: of `cycle`, or of the innermost cycle current at `now`.
+
+    A cycle with several sets needs `team` ("" is the unnamed set); see `current_sets` for all.
+    """
+    sets = current_sets(client, cycle, team, now)
+    innermost = [s for s in sets if s.cycle.name == sets[0].cycle.name]
+    if len(innermost) > 1:
+        names = ", ".join(s.team or "(unnamed)" for s in innermost)
+        raise InputError(f"cycle {innermost[0].cycle.name} has several sets ({names}); name the team")
+    return innermost[0]
+
+
+def find_set_of_kr(sets: list[PublishedCycle], kr_id: str) -> PublishedCycle:
+    """The set whose spec has KR `kr_id` (KR ids are unique across a cycle's sets)."""
+    for published in sets:
+        if published.spec.find_key_result(kr_id) is not None:
+            return published
+    known = ", ".join(sorted(kr.id for s in sets for _, kr in s.spec.key_results())) or "none"
+    cycles = ", ".join(sorted({s.cycle.name for s in sets}))
+    raise InputError(f"unknown KR {kr_id!r} in cycle {cycles} (known: {known})")
 
 
 def _with_run_ids(client: MlflowClient, spec: OkrSpec, experiment_id: str) -> PublishedCycle:

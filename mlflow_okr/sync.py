@@ -18,8 +18,9 @@ from pydantic import BaseModel
 from mlflow_okr import state
 from mlflow_okr.compute import ProgressCallback, compute_key_results, computed_statuses, tally_texts
 from mlflow_okr.engine import BOARDS, Verdict
-from mlflow_okr.kr_state import KrDrift, read_kr_runs, settle_key_results, stored_kr_status
-from mlflow_okr.results import CycleStatus, KeyResultStatus, cycle_status, restatus
+from mlflow_okr.kr_state import KrDrift, read_kr_runs, settle_key_results
+from mlflow_okr.organization import organization_status
+from mlflow_okr.results import CycleStatus, cycle_status
 from mlflow_okr.scope import CycleScan, RunTagWrites, plan_run_tags
 from mlflow_okr.spec import OkrSpec, as_utc
 
@@ -38,9 +39,10 @@ class RunDrift(BaseModel):
 
 
 class SyncResult(BaseModel):
-    """What `sync` found and did."""
+    """What `sync` found and did, over every set it covered (`sets`: `2026-Q4`, `2026-Q4/team-a`)."""
 
     cycle: str
+    sets: list[str] = []
     runs_scanned: int
     kr_drift: list[KrDrift]
     run_drift: list[RunDrift]
@@ -63,7 +65,9 @@ def runs_left_behind(client: MlflowClient, spec: OkrSpec) -> Iterable[Any]:
     if not others:
         return
     seen: set[str] = set()
-    tags = [state.TAG_KRS] + [state.source_tag(kr.id) for _, kr in spec.key_results() if kr.metric]
+    tags = [state.TAG_KRS] + [
+        state.source_tag(name) for _, kr in spec.key_results() if kr.metric for name in {kr.id, spec.run_tag_id(kr.id)}
+    ]
     for tag in tags:
         for run in state.iter_runs(client, others, f"tags.`{tag}` LIKE '%'"):
             if run.info.run_id not in seen and spec.cycle.contains(run.info.start_time):
@@ -77,10 +81,35 @@ def sync(
     check: bool = False,
     now: dt.datetime | None = None,
     progress: ProgressCallback | None = None,
+    team: str | None = None,
 ) -> SyncResult:
-    """Recompute every KR of the cycle; write what drifted, or with `check` only report it."""
+    """Recompute every KR of every set of the cycle (default: of every current cycle), or of one
+    team's set; write what drifted, or with `check` only report it."""
     now = as_utc(now or dt.datetime.now(dt.timezone.utc))
-    published = state.load_published(client, cycle, now.timestamp())
+    sets = state.current_sets(client, cycle, team, now.timestamp())
+    results = [sync_set(client, published, check, now, progress) for published in sets]
+    computed = {(s.cycle.name, s.team): result.status for s, result in zip(sets, results, strict=True)}
+    status = organization_status(client, cycle, team, now, computed=computed)
+    return SyncResult(
+        cycle=sets[0].cycle.name,
+        sets=[published.label for published in sets],
+        runs_scanned=sum(result.runs_scanned for result in results),
+        kr_drift=[drift for result in results for drift in result.kr_drift],
+        run_drift=[drift for result in results for drift in result.run_drift][:MAX_DRIFT_SAMPLES],
+        run_drift_count=sum(result.run_drift_count for result in results),
+        written=not check,
+        status=status,
+    )
+
+
+def sync_set(
+    client: MlflowClient,
+    published: state.PublishedCycle,
+    check: bool,
+    now: dt.datetime,
+    progress: ProgressCallback | None = None,
+) -> SyncResult:
+    """Recompute every KR of one published set; its `status` is the set's own, not rolled up."""
     spec = published.spec
     run_drift: list[RunDrift] = []
     drift_count = 0
@@ -117,6 +146,7 @@ def sync(
     assert settled.status is not None
     return SyncResult(
         cycle=spec.cycle.name,
+        sets=[published.label],
         runs_scanned=scanned,
         kr_drift=hide_unreadable_runs(client, settled.drift),
         run_drift=run_drift,
@@ -127,26 +157,10 @@ def sync(
 
 
 def stored_cycle_status(
-    client: MlflowClient, cycle: str | None = None, now: dt.datetime | None = None
+    client: MlflowClient, cycle: str | None = None, now: dt.datetime | None = None, team: str | None = None
 ) -> CycleStatus:
-    """The cycle as the stored KR state says, with statuses for `now`."""
-    now = as_utc(now or dt.datetime.now(dt.timezone.utc))
-    published = state.load_published(client, cycle, now.timestamp())
-    statuses = {}
-    for _, kr in published.spec.key_results():
-        run_id = published.kr_runs.get(kr.id)
-        if run_id is None:
-            continue
-        stored = hide_unreadable_best_run(client, stored_kr_status(client.get_run(run_id), kr))
-        statuses[kr.id] = restatus(stored, published.spec, now)
-    return cycle_status(published.spec, statuses, now)
-
-
-def hide_unreadable_best_run(client: MlflowClient, status: KeyResultStatus) -> KeyResultStatus:
-    """Name the best run only to callers who may read it; the aggregate follows okr/<cycle>'s permission."""
-    if status.best_run_id and not state.can_read_run(client, status.best_run_id):
-        return status.model_copy(update={"best_run_id": None})
-    return status
+    """The current cycles (or `cycle`) as the stored KR state says, every set, parents rolled up."""
+    return organization_status(client, cycle, team, now)
 
 
 def _hide_in_tally(text: str, hidden: Any) -> str:

@@ -170,7 +170,7 @@ class BreachFinder:
         if spec_kr is None or spec_kr.metric is None or not spec_kr.guardrails:
             return [], 0
         cycle = self.published.cycle
-        tag = state.source_tag(kr.id)
+        tag = state.source_tag(self.published.spec.run_tag_id(kr.id))
         # The tag says which runs a guardrail excluded; the metric bound leaves only the runs that
         # would have beaten the current value, so a big store returns few rows.
         clauses = [
