@@ -21,7 +21,7 @@ from mlflow_okr.spec import Objective, OkrSpec
 REFERENCE = re.compile(r"^(?:(?P<cycle>[^:/]+):)?(?:(?P<team>[^:/]+)/)?(?P<id>[^:/]+)$")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class ObjectiveKey:
     """An objective, named across sets: its cycle, its set's team (None: unnamed set) and its id."""
 
@@ -160,6 +160,6 @@ def roll_up(
         scores[key] = weighted_mean(pairs)
         return scores[key]
 
-    for key in sorted(own):
+    for key in own:
         score(key)
     return scores

@@ -124,7 +124,8 @@ def organization_status(
                         }
                     )
                 )
-        assembled.append(_cycle_of(sets[0].spec, objectives, [s.team for s in sets], now))
+        if objectives or team is None:
+            assembled.append(_cycle_of(sets[0].spec, objectives, [s.team for s in sets], now))
     first, *rest = assembled
     return first.model_copy(update={"enclosing_cycles": rest})
 

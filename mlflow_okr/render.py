@@ -52,7 +52,16 @@ def kr_row(kr: KeyResultStatus) -> list[str]:
 
 
 def status_table(status: CycleStatus) -> str:
-    """The cycle as a table: objectives with their scores, KRs below each."""
+    """Every cycle shown (innermost first) as a table: objectives by team with their scores, KRs
+    below each; then the alignment tree when objectives align to others."""
+    blocks = [_cycle_table(cycle) for cycle in [status, *status.enclosing_cycles]]
+    tree = alignment_tree(status)
+    if tree:
+        blocks.append("Alignment (objective, score; children indented under the objective they serve)\n" + tree)
+    return "\n\n".join(blocks)
+
+
+def _cycle_table(status: CycleStatus) -> str:
     cycle = status.cycle
     lines = [
         f"Cycle {cycle.name} ({cycle.start} .. {cycle.end}), {cycle.elapsed:.0%} elapsed. "
@@ -60,9 +69,43 @@ def status_table(status: CycleStatus) -> str:
         "",
     ]
     rows: list[list[str]] = []
+    teams = {objective.team for objective in status.objectives}
+    shown_team: object = object()
     for objective in status.objectives:
-        rows.append([objective.id, f"score {objective.score:.2f}", "", "", "", "", ""])
+        if len(teams) > 1 and objective.team != shown_team:
+            shown_team = objective.team
+            rows.append([f"[team {objective.team}]" if objective.team else "[unnamed set]", "", "", "", "", "", ""])
+        score = f"score {objective.score:.2f}"
+        if objective.aligned_children and objective.own_score is not None:
+            score += f" (own KRs {objective.own_score:.2f})"
+        rows.append([objective.id, score, "", "", "", "", ""])
         rows.extend(kr_row(kr) for kr in objective.key_results)
     header = ["objective / KR", "status", "baseline", "current", "target", "progress", "runs"]
     lines.append(table(rows, header))
+    return "\n".join(lines)
+
+
+def alignment_tree(status: CycleStatus) -> str:
+    """Objectives that others align to, with their children indented below (deeper levels further)."""
+    objectives = {}
+    for cycle in [status, *status.enclosing_cycles]:
+        for objective in cycle.objectives:
+            ref = f"{cycle.cycle.name}:" + (f"{objective.team}/" if objective.team else "") + objective.id
+            objectives[ref] = objective
+    children = {ref: o.aligned_children for ref, o in objectives.items() if o.aligned_children}
+    if not children:
+        return ""
+    has_parent = {child for kids in children.values() for child in kids}
+    lines: list[str] = []
+
+    def walk(ref: str, depth: int, seen: frozenset[str]) -> None:
+        objective = objectives.get(ref)
+        score = f"{objective.score:.2f}" if objective is not None else "(not shown)"
+        lines.append(f"{'  ' * (depth + 1)}{ref}  {score}")
+        for child in children.get(ref, []):
+            if child not in seen:
+                walk(child, depth + 1, seen | {child})
+
+    for root in sorted(ref for ref in children if ref not in has_parent):
+        walk(root, 0, frozenset({root}))
     return "\n".join(lines)

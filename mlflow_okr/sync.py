@@ -51,6 +51,13 @@ class SyncResult(BaseModel):
     status: CycleStatus
 
     @property
+    def scope(self) -> str:
+        """`cycle 2026-Q4` for one unnamed set, else the sets: `sets 2026-Q4/team-a, 2026-Q4/team-b`."""
+        if len(self.sets) <= 1 and "/" not in "".join(self.sets):
+            return f"cycle {self.cycle}"
+        return "sets " + ", ".join(self.sets)
+
+    @property
     def drifted(self) -> bool:
         return bool(self.kr_drift) or self.run_drift_count > 0
 

@@ -69,7 +69,12 @@ tracking_uri_option = click.option(
     help="MLflow tracking URI (default: MLFLOW_TRACKING_URI). An okr+ prefix is accepted.",
 )
 cycle_option = click.option(
-    "--cycle", default=None, help="Cycle name, e.g. 2026-Q4 (default: the current cycle)."
+    "--cycle", default=None, help="Cycle name, e.g. 2026-Q4 (default: every cycle that contains today)."
+)
+team_option = click.option(
+    "--team",
+    default=None,
+    help="Only this team's set (its okrs.yaml's `team:`); '' is the unnamed set (default: every set).",
 )
 
 

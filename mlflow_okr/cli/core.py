@@ -17,6 +17,7 @@ from mlflow_okr.cli.common import (
     echo_json,
     format_option,
     handle_errors,
+    team_option,
     tracking_uri_option,
 )
 from mlflow_okr.templates import starter_spec
@@ -75,12 +76,16 @@ def apply(spec_file: Path, dry_run: bool, tracking_uri: str | None) -> None:
         click.echo(f"  {step.action:<9} {step.kind:<9} {step.id}{detail}")
 
 
+def _experiments(result) -> str:
+    return ", ".join(f"okr/{label}" for label in result.sets) or f"okr/{result.cycle}"
+
+
 def _sync_writes(result) -> str:
     """What `sync` wrote, in words: a first sync writes every field, which does not mean they were broken."""
     if not result.kr_drift and not result.run_drift_count:
         return "Nothing to write: the stored KR state and run tags were up to date."
     return (
-        f"Wrote {len(result.kr_drift)} KR state field(s) to okr/{result.cycle} and "
+        f"Wrote {len(result.kr_drift)} KR state field(s) to {_experiments(result)} and "
         f"{result.run_drift_count} okr.* tag(s) to source runs."
     )
 
@@ -88,23 +93,25 @@ def _sync_writes(result) -> str:
 @click.command()
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if the stored state drifted.")
 @cycle_option
+@team_option
 @as_of_option
 @tracking_uri_option
 @handle_errors
-def sync(check: bool, cycle: str | None, as_of, tracking_uri: str | None) -> None:
+def sync(check: bool, cycle: str | None, team: str | None, as_of, tracking_uri: str | None) -> None:
     """Recompute every KR from the source runs and repair the stored state."""
     from mlflow_okr import render
 
     counter = RunCounter("sync")
     result = mlflow_okr.sync(
-        tracking_uri=tracking_uri, cycle=cycle, check=check, now=as_of_datetime(as_of), progress=counter
+        tracking_uri=tracking_uri, cycle=cycle, check=check, now=as_of_datetime(as_of), progress=counter,
+        team=team,
     )
     counter.done()
     if check:
         if not result.drifted:
-            click.echo(f"No drift: cycle {result.cycle}, {result.runs_scanned} runs checked.")
+            click.echo(f"No drift: {result.scope}, {result.runs_scanned} runs checked.")
             return
-        lines = [f"Drift in cycle {result.cycle}:"]
+        lines = [f"Drift in {result.scope}:"]
         lines += [
             f"  KR {d.kr}: {d.field} stored {d.stored!r}, recomputed {d.computed!r}" for d in result.kr_drift
         ]
@@ -116,21 +123,22 @@ def sync(check: bool, cycle: str | None, as_of, tracking_uri: str | None) -> Non
             lines.append(f"  ... {result.run_drift_count - len(result.run_drift)} more run tag(s)")
         lines.append("Run `mlflow-okr sync` to repair.")
         raise CommandError("\n".join(lines), EXIT_CHECK_FAILED)
-    click.echo(f"Synced cycle {result.cycle}: {result.runs_scanned} runs scanned. {_sync_writes(result)}")
+    click.echo(f"Synced {result.scope}: {result.runs_scanned} runs scanned. {_sync_writes(result)}")
     click.echo(render.status_table(result.status))
 
 
 @click.command()
 @format_option("table", "json", "csv")
 @cycle_option
+@team_option
 @as_of_option
 @tracking_uri_option
 @handle_errors
-def status(output_format: str, cycle: str | None, as_of, tracking_uri: str | None) -> None:
-    """Print every objective and KR with its progress and status."""
+def status(output_format: str, cycle: str | None, team: str | None, as_of, tracking_uri: str | None) -> None:
+    """Print every objective and KR with its progress and status, for every cycle that contains today."""
     from mlflow_okr import render
 
-    current = mlflow_okr.status(tracking_uri=tracking_uri, cycle=cycle, now=as_of_datetime(as_of))
+    current = mlflow_okr.status(tracking_uri=tracking_uri, cycle=cycle, now=as_of_datetime(as_of), team=team)
     if output_format == "json":
         click.echo(current.model_dump_json(indent=2))
     elif output_format == "csv":

@@ -9,6 +9,7 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr import state
+from mlflow_okr.cycles import current as innermost_current
 from mlflow_okr.scope import RunFilter
 
 # A KR is named by the experiment id of its published cycle and its id.
@@ -32,10 +33,12 @@ class WatchedKrs:
     signature: tuple[tuple[str, str], ...] = ()
 
     def current_cycle(self, now: dt.datetime | None = None) -> state.PublishedCycle | None:
-        """The published cycle whose dates contain `now`."""
-        moment = int((now or dt.datetime.now(dt.timezone.utc)).timestamp() * 1000)
-        current = [c for c in self.cycles.values() if c.cycle.contains(moment)]
-        return sorted(current, key=lambda c: c.cycle.start)[-1] if current else None
+        """A set of the innermost published cycle whose dates contain `now` (`cycles.current`)."""
+        now = now or dt.datetime.now(dt.timezone.utc)
+        moment = int(now.timestamp() * 1000)
+        containing = [c for c in self.cycles.values() if c.cycle.contains(moment)]
+        current = innermost_current(containing, now, lambda published: published.cycle)
+        return current[0] if current else None
 
 
 def published_signature(client: MlflowClient) -> tuple[tuple[str, str], ...]:
@@ -60,10 +63,8 @@ def load_watched_krs(client: MlflowClient) -> WatchedKrs:
     tag_krs: dict[str, set[KrRef]] = {}
     param_krs: dict[str, set[KrRef]] = {}
     cycles = {}
-    for experiment_id, _ in signature:
-        experiment = client.get_experiment(experiment_id)
-        cycle_name = experiment.name[len(state.OKR_PREFIX):]
-        published = state.load_published(client, cycle_name)
+    for spec, experiment in state.published_specs(client):
+        published = state.published_set(client, spec, experiment)
         cycles[published.experiment_id] = published
         for _, kr in published.spec.key_results():
             if kr.metric is None:

@@ -1,0 +1,209 @@
+"""An organization on one MLflow: team sets of one cycle, alignment roll-up, nested cycles."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import mlflow
+import pytest
+
+from mlflow_okr import cycles, state
+from mlflow_okr.spec import parse_cycle
+from mlflow_okr.sync import sync
+from tests.conftest import invoke, make_run, requires_okr_store
+
+AS_OF = ("--as-of", "2026-11-15")
+
+
+def team_spec(team: str | None, objective: str, kr_id: str, metric: str, extra: str = "") -> str:
+    team_line = f"team: {team}\n" if team else ""
+    return (
+        f"version: 1\n{team_line}cycle: 2026-Q4\nobjectives:\n  - id: {objective}\n"
+        f"    title: {objective.title()}\n    category: product\n{extra}    key_results:\n"
+        f"      - {{id: {kr_id}, metric: {metric}, experiments: [train], baseline: 0.5, target: 0.9}}\n"
+    )
+
+
+COMPANY = """\
+version: 1
+cycle: 2026
+objectives:
+  - id: grow
+    title: Grow the business
+    category: product
+    key_results:
+      - {id: revenue, source: manual, target: 100}
+"""
+
+
+def apply(runner, write_spec, text: str, name: str):
+    return invoke(runner, "apply", str(write_spec(text, name)))
+
+
+def status_json(runner, *args: str) -> dict:
+    result = invoke(runner, "status", "--format", "json", *AS_OF, *args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_a_second_teams_apply_keeps_the_first_teams_okrs(client, runner, write_spec):
+    assert apply(runner, write_spec, team_spec("team-a", "reco", "ctr", "ctr"), "a.yaml").exit_code == 0
+    result = apply(runner, write_spec, team_spec("team-b", "fraud", "recall", "recall"), "b.yaml")
+    assert result.exit_code == 0, result.output
+    assert "okr/2026-Q4/team-b" in result.output
+    assert "retire" not in result.output
+    sets = {published.label: published for published in state.published_sets(client)}
+    assert set(sets) == {"2026-Q4/team-a", "2026-Q4/team-b"}
+    assert list(sets["2026-Q4/team-a"].kr_runs) == ["ctr"]
+    assert sets["2026-Q4/team-a"].retired_kr_runs == {}
+    payload = status_json(runner)
+    assert [(o["team"], o["id"]) for o in payload["objectives"]] == [("team-a", "reco"), ("team-b", "fraud")]
+    narrowed = status_json(runner, "--team", "team-b")
+    assert [o["id"] for o in narrowed["objectives"]] == ["fraud"]
+    table = invoke(runner, "status", *AS_OF).output
+    assert "[team team-a]" in table and "[team team-b]" in table
+
+
+def test_a_kr_id_another_team_uses_is_refused_with_the_line(client, runner, write_spec):
+    assert apply(runner, write_spec, team_spec("team-a", "reco", "ctr", "ctr"), "a.yaml").exit_code == 0
+    path = write_spec(team_spec("team-b", "fraud", "ctr", "recall"), "b.yaml")
+    result = invoke(runner, "apply", str(path))
+    assert result.exit_code == 2
+    assert result.output == (
+        f"Error: {path}:9: objectives[0].key_results[0].id: KR id 'ctr' is already used by team "
+        "'team-a' of cycle 2026-Q4; KR ids are unique across a cycle's sets\n"
+    )
+    assert client.get_experiment_by_name("okr/2026-Q4/team-b") is None
+
+
+def test_an_unnamed_set_stays_where_0_1_put_it(client, runner, write_spec):
+    text = team_spec(None, "reco", "ctr", "ctr")
+    assert apply(runner, write_spec, text, "okrs.yaml").exit_code == 0
+    experiment = client.get_experiment_by_name("okr/2026-Q4")
+    assert state.TAG_TEAM not in experiment.tags
+    again = apply(runner, write_spec, text, "okrs.yaml")
+    assert "0 change(s)" in again.output
+    assert status_json(runner)["objectives"][0]["team"] is None
+
+
+@pytest.mark.parametrize(
+    ("aligns_to", "message"),
+    [
+        ("[nothing]", "aligns_to 'nothing' names no objective of another set of cycle 2026-Q4"),
+        ("[2026-Q4:grow]", "aligns_to '2026-Q4:grow' names no objective"),
+    ],
+)
+def test_an_unknown_parent_is_refused_with_file_and_line(client, runner, write_spec, aligns_to, message):
+    assert apply(runner, write_spec, COMPANY, "company.yaml").exit_code == 0
+    path = write_spec(team_spec("team-a", "reco", "ctr", "ctr", f"    aligns_to: {aligns_to}\n"), "a.yaml")
+    result = invoke(runner, "apply", str(path))
+    assert result.exit_code == 2
+    assert result.output.startswith(f"Error: {path}:8: objectives[0].aligns_to[0]: {message}")
+
+
+def test_an_alignment_loop_is_refused(client, runner, write_spec):
+    first = team_spec("team-a", "reco", "ctr", "ctr", "    aligns_to: [team-b/fraud]\n")
+    second = team_spec("team-b", "fraud", "recall", "recall", "    aligns_to: [team-a/reco]\n")
+    plain_second = team_spec("team-b", "fraud", "recall", "recall")
+    assert apply(runner, write_spec, plain_second, "b0.yaml").exit_code == 0
+    assert apply(runner, write_spec, first, "a.yaml").exit_code == 0
+    path = write_spec(second, "b.yaml")
+    result = invoke(runner, "apply", str(path))
+    assert result.exit_code == 2
+    assert result.output == (
+        f"Error: {path}:8: objectives[0].aligns_to: alignment loop 2026-Q4:team-b/fraud -> "
+        "2026-Q4:team-a/reco -> 2026-Q4:team-b/fraud; an objective cannot serve itself\n"
+    )
+
+
+def test_a_company_objective_rolls_up_its_teams_scores(client, runner, write_spec):
+    experiment = client.create_experiment("train")
+    make_run(client, experiment, {"ctr": 0.7, "recall": 0.8})  # progress 0.5 and 0.75
+    assert apply(runner, write_spec, COMPANY, "company.yaml").exit_code == 0
+    team_a = team_spec("team-a", "reco", "ctr", "ctr", "    aligns_to: [grow]\n    alignment_weight: 2\n")
+    team_b = team_spec("team-b", "fraud", "recall", "recall", "    aligns_to: [2026:grow]\n")
+    assert apply(runner, write_spec, team_a, "a.yaml").exit_code == 0
+    assert apply(runner, write_spec, team_b, "b.yaml").exit_code == 0
+    assert invoke(runner, "checkin", "revenue", "20").exit_code == 0  # progress 0.2
+    payload = status_json(runner)
+    assert payload["cycle"]["name"] == "2026-Q4"
+    reco, fraud = payload["objectives"]
+    assert (reco["score"], fraud["score"]) == (pytest.approx(0.5, abs=1e-12), pytest.approx(0.75, abs=1e-12))
+    assert reco["aligned_to"] == fraud["aligned_to"] == ["2026:grow"]
+    (company,) = payload["enclosing_cycles"]
+    (grow,) = company["objectives"]
+    assert company["cycle"]["name"] == "2026"
+    assert grow["own_score"] == 0.2
+    # (0.2 x 1 + 0.5 x 2 + 0.75 x 1) / 4
+    assert grow["score"] == pytest.approx((0.2 + 2 * reco["score"] + fraud["score"]) / 4, abs=1e-15)
+    assert grow["aligned_children"] == ["2026-Q4:team-a/reco", "2026-Q4:team-b/fraud"]
+    table = invoke(runner, "status", *AS_OF).output
+    assert "  2026:grow  0.49\n    2026-Q4:team-a/reco  0.50\n    2026-Q4:team-b/fraud  0.75" in table
+    assert not sync(client, check=True, now=dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)).drifted
+
+
+def test_the_current_cycles_are_innermost_first():
+    year, half, quarter = parse_cycle("2026"), parse_cycle("2026-H2"), parse_cycle("2026-Q4")
+    now = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
+    assert [c.name for c in cycles.current_cycles([year, quarter, half], now)] == ["2026-Q4", "2026-H2", "2026"]
+    after = dt.datetime(2027, 2, 1, tzinfo=dt.timezone.utc)
+    assert [c.name for c in cycles.current_cycles([year, quarter, half], after)] == ["2026-Q4"]
+
+
+def test_overlapping_cycles_give_one_answer_everywhere(client, runner, write_spec):
+    from mlflow_okr.store.definitions import load_watched_krs
+
+    for cycle in ("2026", "2026-Q4", "2026-H2"):
+        text = team_spec(None, "reco", f"ctr-{cycle.lower()}", "ctr").replace("cycle: 2026-Q4", f"cycle: {cycle}")
+        assert apply(runner, write_spec, text, f"{cycle}.yaml").exit_code == 0
+    now = dt.datetime.now(dt.timezone.utc)
+    expected = [c.name for c in cycles.current_cycles([parse_cycle(n) for n in ("2026", "2026-Q4", "2026-H2")], now)]
+    watched = load_watched_krs(client).current_cycle(now)
+    assert watched is not None and watched.cycle.name == expected[0]
+    assert state.load_published(client, now=now.timestamp()).cycle.name == expected[0]
+    payload = json.loads(invoke(runner, "status", "--format", "json").output)
+    assert [payload["cycle"]["name"]] + [c["cycle"]["name"] for c in payload["enclosing_cycles"]] == expected
+
+
+def test_a_kr_id_two_nested_cycles_share_is_tagged_with_its_cycle(client, runner, write_spec):
+    experiment = client.create_experiment("train")
+    run_id = make_run(client, experiment, {"ctr": 0.7})
+    quarter = team_spec(None, "reco", "ctr", "ctr")
+    assert apply(runner, write_spec, quarter, "q.yaml").exit_code == 0
+    assert client.get_run(run_id).data.tags["okr.kr.ctr"] == "counted"
+    year = quarter.replace("cycle: 2026-Q4", "cycle: 2026")
+    assert apply(runner, write_spec, year, "y.yaml").exit_code == 0
+    tags = client.get_run(run_id).data.tags
+    assert "okr.kr.ctr" not in tags
+    assert tags["okr.kr.ctr/2026-Q4"] == tags["okr.kr.ctr/2026"] == "counted"
+    assert tags["okr.krs"] == "ctr/2026,ctr/2026-Q4"
+    found = client.search_runs([experiment], "tags.`okr.kr.ctr/2026` = 'counted'")
+    assert [run.info.run_id for run in found] == [run_id]
+    for cycle in ("2026", "2026-Q4"):
+        assert invoke(runner, "sync", "--check", "--cycle", cycle, *AS_OF).exit_code == 0
+
+
+@requires_okr_store
+def test_live_writes_keep_every_teams_set_and_the_roll_up_current(client, tracking_uri, runner, write_spec):
+    today = dt.datetime.now(dt.timezone.utc).date()
+    window = f"{{name: live, start: {today - dt.timedelta(days=30)}, end: {today + dt.timedelta(days=30)}}}"
+    outer = f"{{name: live-year, start: {today - dt.timedelta(days=60)}, end: {today + dt.timedelta(days=60)}}}"
+    company = COMPANY.replace("cycle: 2026", f"cycle: {outer}")
+    assert invoke(runner, "apply", str(write_spec(company, "company.yaml"))).exit_code == 0
+    for team, objective, kr_id in (("team-a", "reco", "ctr"), ("team-b", "fraud", "recall")):
+        text = team_spec(team, objective, kr_id, kr_id, "    aligns_to: [grow]\n")
+        text = text.replace("cycle: 2026-Q4", f"cycle: {window}")
+        assert invoke(runner, "apply", str(write_spec(text, f"{team}.yaml"))).exit_code == 0
+    mlflow.set_tracking_uri("okr+" + tracking_uri)
+    mlflow.set_experiment("train")
+    with mlflow.start_run() as run:
+        mlflow.log_metrics({"ctr": 0.7, "recall": 0.9})
+    assert client.get_run(run.info.run_id).data.tags["okr.cycle"] == "live"
+    mlflow.set_tracking_uri(tracking_uri)
+    payload = json.loads(invoke(runner, "status", "--format", "json").output)
+    scores = {o["id"]: o["score"] for o in payload["objectives"]}
+    assert scores == {"reco": pytest.approx(0.5, abs=1e-12), "fraud": 1.0}
+    (grow,) = payload["enclosing_cycles"][0]["objectives"]
+    assert grow["score"] == pytest.approx((0 + scores["reco"] + 1.0) / 3, abs=1e-15)
+    assert not sync(client, check=True).drifted
