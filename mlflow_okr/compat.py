@@ -96,3 +96,140 @@ def rebuild_async_queue(store: Any) -> None:
 
     if hasattr(store, "_async_logging_queue"):
         store._async_logging_queue = AsyncLoggingQueue(logging_func=store.log_batch)
+
+
+# -- the server deployment (`mlflow server --app-name okr` over a plain backend URI) ----------------
+
+
+def server_tracking_store_registry() -> Any:
+    """The store registry `mlflow server` builds its tracking store from (one per process).
+
+    `mlflow.server.handlers._tracking_store_registry`: module-private; its `register(scheme,
+    builder)` and `get_store_builder(uri)` are StoreRegistry's public methods. The server's builder
+    for SQL schemes picks `WorkspaceAwareSqlAlchemyStore` under `--enable-workspaces` and passes the
+    read replica URI, which the client registry does not; checked on 3.16.0 and 3.17.2.
+    """
+    from mlflow.server import handlers
+
+    return handlers._tracking_store_registry
+
+
+def registered_builder(registry: Any, scheme: str) -> Any:
+    """The builder `registry` holds for exactly `scheme`, or None (StoreRegistry._registry)."""
+    return registry._registry.get(scheme)
+
+
+def built_server_tracking_store() -> Any:
+    """The server's tracking store if this process built it already, else None.
+
+    `mlflow.server.handlers._tracking_store`: module-private, set by `_get_tracking_store`;
+    checked on 3.16.0 and 3.17.2.
+    """
+    from mlflow.server import handlers
+
+    return handlers._tracking_store
+
+
+def server_tracking_store() -> Any:
+    """The server's tracking store, built now if no request built it yet (`_get_tracking_store`)."""
+    from mlflow.server import handlers
+
+    return handlers._get_tracking_store()
+
+
+def server_backend_store_uri() -> str | None:
+    """`--backend-store-uri` as `mlflow server` hands it to its workers (an environment variable)."""
+    import os
+
+    from mlflow.server.constants import BACKEND_STORE_URI_ENV_VAR
+
+    return os.environ.get(BACKEND_STORE_URI_ENV_VAR)
+
+
+def in_server_worker() -> bool:
+    """Whether this process is a worker that `mlflow server` started (uvicorn, gunicorn, waitress).
+
+    `_MLFLOW_SGI_NAME`: private environment variable `mlflow server` sets for its workers only,
+    not for its own process; checked on 3.16.0 and 3.17.2.
+    """
+    from mlflow.environment_variables import _MLFLOW_SGI_NAME
+
+    return bool(_MLFLOW_SGI_NAME.get())
+
+
+def wrap_lifespan(fastapi_app: Any, on_startup: Any, on_shutdown: Any) -> None:
+    """Run `on_startup()` after and `on_shutdown()` before MLflow's own lifespan, in a thread each.
+
+    MLflow's FastAPI app has its own lifespan context (so `add_event_handler` would be ignored);
+    Starlette's `Router.lifespan_context` is the attribute it is kept in (Starlette 0.4x-1.x,
+    MLflow 3.16.0 and 3.17.2). uvicorn runs the shutdown half on SIGTERM before it re-raises the
+    signal, which ends the worker without Python's exit hooks.
+    """
+    from contextlib import asynccontextmanager
+
+    import anyio
+
+    inner = fastapi_app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(app: Any):
+        async with inner(app) as state:
+            await anyio.to_thread.run_sync(on_startup)
+            try:
+                yield state
+            finally:
+                await anyio.to_thread.run_sync(on_shutdown)
+
+    fastapi_app.router.lifespan_context = lifespan
+
+
+def active_workspace() -> str | None:
+    """The MLflow workspace of this request or thread, None when workspaces are off.
+
+    `mlflow.utils.workspace_context.get_request_workspace` and `MLFLOW_ENABLE_WORKSPACES`: checked
+    on 3.16.0 and 3.17.2.
+    """
+    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
+    from mlflow.utils.workspace_context import get_request_workspace
+
+    if not MLFLOW_ENABLE_WORKSPACES.get():
+        return None
+    return get_request_workspace()
+
+
+def workspace_scope(workspace: str | None) -> Any:
+    """A context manager in which MLflow's stores act for `workspace` (a no-op for None).
+
+    `ServerWorkspaceContext` sets the request-scoped context variable only, never the process
+    environment, so two writer threads of different workspaces do not see each other's; a new
+    thread starts without it. Checked on 3.16.0 and 3.17.2.
+    """
+    from contextlib import nullcontext
+
+    if workspace is None:
+        return nullcontext()
+    from mlflow.utils.workspace_context import ServerWorkspaceContext
+
+    return ServerWorkspaceContext(workspace)
+
+
+def experiment_workspace_column() -> Any:
+    """`SqlExperiment.workspace`, the column that puts an experiment in a workspace, or None."""
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment
+
+    return getattr(SqlExperiment, "workspace", None)
+
+
+def server_workspaces() -> list[str | None]:
+    """Every workspace of this server's workspace store; [None] when workspaces are off.
+
+    `mlflow.server.workspace_helpers._get_workspace_store`: module-private, memoized per process;
+    `list_workspaces()` is the workspace store's public method. Checked on 3.16.0 and 3.17.2.
+    """
+    from mlflow.environment_variables import MLFLOW_ENABLE_WORKSPACES
+
+    if not MLFLOW_ENABLE_WORKSPACES.get():
+        return [None]
+    from mlflow.server.workspace_helpers import _get_workspace_store
+
+    return [workspace.name for workspace in _get_workspace_store().list_workspaces()]

@@ -36,6 +36,21 @@ class MlflowServer:
         return self.log_path.read_text(errors="replace")
 
 
+# The two server deployments of mlflow-okr, which must give the same results:
+# "okr-app": `mlflow server --backend-store-uri <plain uri> --app-name okr` (the README's);
+# "okr-uri": `mlflow server --backend-store-uri okr+<plain uri>` (the first one, kept working).
+DEPLOYMENTS = ("okr-app", "okr-uri")
+
+
+def deployment_args(deployment: str, plain_uri: str, auth: bool = False) -> tuple[str, str | None]:
+    """The backend store URI and server app of `deployment` for the backend at `plain_uri`."""
+    if deployment == "okr-app":
+        return plain_uri, "okr-auth" if auth else "okr"
+    if deployment == "okr-uri":
+        return "okr+" + plain_uri, "basic-auth" if auth else None
+    raise ValueError(f"unknown deployment {deployment!r}; one of {DEPLOYMENTS}")
+
+
 def _wait_until_ready(url: str, process: subprocess.Popen, log_path: Path, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

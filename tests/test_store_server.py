@@ -1,5 +1,6 @@
-"""Server mode: `mlflow server --backend-store-uri okr+sqlite://` with 2 workers, and an
-`okr+http://` client-side hook against a plain server. Real server subprocesses."""
+"""Server mode, in both deployments (`--app-name okr` over a plain URI, and an `okr+sqlite://`
+backend URI) with 2 workers, and an `okr+http://` client-side hook against a plain server. Real
+server subprocesses."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from mlflow_okr import state
 from mlflow_okr.store import OkrHooks
 from mlflow_okr.sync import sync
 from tests.live_fixtures import CYCLE, EXPERIMENT, kr_run, publish
-from tests.servers import mlflow_server
+from tests.servers import DEPLOYMENTS, deployment_args, mlflow_server
 
 pytestmark = pytest.mark.server
 
@@ -61,10 +62,12 @@ def _assert_live_state(client: MlflowClient, runs: dict[str, str]) -> None:
     assert tags["failed"]["okr.kr.acc"] == "excluded: run FAILED"
 
 
-def test_server_mode_updates_krs_for_any_client(tmp_path: Path) -> None:
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_server_mode_updates_krs_for_any_client(tmp_path: Path, deployment: str) -> None:
     database = f"sqlite:///{tmp_path / 'server.db'}"
     publish(database)
-    with mlflow_server("okr+" + database, tmp_path, workers=2) as server:
+    backend, app_name = deployment_args(deployment, database)
+    with mlflow_server(backend, tmp_path, workers=2, app_name=app_name) as server:
         mlflow.set_tracking_uri(server.url)  # the plain MLflow client: the hooks run in the server
         try:
             runs = _log_three_runs()

@@ -1,9 +1,12 @@
-"""The board inside `mlflow server`: the `okr` and `okr-auth` server apps (entry point group mlflow.app).
+"""The server deployment: the `okr` and `okr-auth` server apps (entry point group mlflow.app).
 
-`mlflow server --app-name okr` serves MLflow's UI and API as usual and the board at `/okr/`, read
-from the server's own backend store. `--app-name okr-auth` is MLflow's basic-auth app plus the
-board; there the board reads through the server's REST API with each viewer's own credentials, so
-MLflow's permissions decide what every viewer sees, exactly as for `mlflow-okr status`.
+`mlflow server --backend-store-uri postgresql://... --app-name okr` serves MLflow's UI and API as
+usual, hooks the server's tracking store so that every write updates KRs live (the backend URI
+stays MLflow's own, so workspaces, jobs and trace rollups work: `store/serving.py`), settles on
+shutdown, and serves the board at `/okr/`, read from the server's own backend store.
+`--app-name okr-auth` is MLflow's basic-auth app plus all of that; there the board reads through
+the server's REST API with each viewer's own credentials, so MLflow's permissions decide what
+every viewer sees, exactly as for `mlflow-okr status`.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from typing import Any
 
 from flask import Flask, request
 
+from mlflow_okr import compat
 from mlflow_okr.board.app import board_blueprint
 from mlflow_okr.board.credentials import forwarding
 from mlflow_okr.errors import OkrError
+from mlflow_okr.store.serving import catch_up_at_start, install_server_hooks, settle_at_shutdown
 
 BOARD_PREFIX = "/okr"
 BOARD_ROUTES = ("/", "/api/status", "/api/board")
@@ -40,15 +45,32 @@ def _ui_url() -> str:
     return _static_prefix() + "/"
 
 
-def _served(app: Flask) -> Any:
-    """What `mlflow server` runs: the Flask app, wrapped in MLflow's FastAPI app under uvicorn."""
+def _uvicorn() -> bool:
     from mlflow.environment_variables import _MLFLOW_SGI_NAME  # checked on MLflow 3.17.2
 
-    if _MLFLOW_SGI_NAME.get() == "uvicorn":
+    return _MLFLOW_SGI_NAME.get() == "uvicorn"
+
+
+def _hooked(served: Any) -> Any:
+    """`served` (what the worker runs) with the server's tracking store hooked.
+
+    Under uvicorn, the FastAPI app's lifespan catches up on work killed workers left and settles
+    this worker's pending KR updates when it stops; gunicorn and waitress run the Flask app, whose
+    workers end through Python's exit hooks, which settle them.
+    """
+    install_server_hooks()
+    if _uvicorn():
+        compat.wrap_lifespan(served, on_startup=catch_up_at_start, on_shutdown=settle_at_shutdown)
+    return served
+
+
+def _served(app: Flask) -> Any:
+    """What `mlflow server` runs: the Flask app, wrapped in MLflow's FastAPI app under uvicorn."""
+    if _uvicorn():
         from mlflow.server.fastapi_app import create_fastapi_app
 
-        return create_fastapi_app(app)
-    return app
+        return _hooked(create_fastapi_app(app))
+    return _hooked(app)
 
 
 def create_app() -> Any:
@@ -89,11 +111,10 @@ def _allow_authenticated_viewers(paths: list[str]) -> None:
 
 def create_auth_app() -> Any:
     """`mlflow server --app-name okr-auth`: MLflow's basic-auth app plus the board at /okr/."""
-    from mlflow.environment_variables import _MLFLOW_SGI_NAME
     from mlflow.server import app
     from mlflow.server.auth import create_app as create_basic_auth_app
 
-    if _MLFLOW_SGI_NAME.get() != "uvicorn" and not os.environ.get(SERVER_URL_ENV):
+    if not _uvicorn() and not os.environ.get(SERVER_URL_ENV):
         # gunicorn and waitress may take SERVER_NAME from the client's Host header.
         raise OkrError(
             f"okr-auth under gunicorn or waitress needs {SERVER_URL_ENV}, the URL at which this "
@@ -110,4 +131,4 @@ def create_auth_app() -> Any:
     prefix = _static_prefix() + BOARD_PREFIX
     app.register_blueprint(blueprint, url_prefix=prefix)
     _allow_authenticated_viewers([prefix + route for route in BOARD_ROUTES])
-    return create_basic_auth_app(app)
+    return _hooked(create_basic_auth_app(app))

@@ -15,6 +15,7 @@ from typing import Any
 from mlflow.entities import RunStatus
 
 from mlflow_okr import compat, state
+from mlflow_okr.store.keepers import Keepers
 from mlflow_okr.store.live import LiveKrs, fail_open
 
 _hooked_classes: dict[type, type] = {}
@@ -38,7 +39,12 @@ def _is_terminal(run_status: Any) -> bool:
 class OkrHooks:
     """Mixed in before the inner store's class: each write first runs there, then is noted."""
 
-    _okr_live: LiveKrs
+    _okr_keepers: Keepers
+
+    @property
+    def _okr_live(self) -> LiveKrs:
+        """The keeper of the workspace this write is made in (the only one without workspaces)."""
+        return self._okr_keepers.current()
 
     def log_metric(self, run_id, metric):
         result = super().log_metric(run_id, metric)
@@ -111,7 +117,8 @@ class OkrHooks:
         """Settle every pending KR update now (queued async writes first)."""
         try:
             self.flush_async_logging()
-            self._okr_live.flush()
+            for keeper in self._okr_keepers.all():
+                keeper.flush()
         except Exception as error:  # noqa: BLE001 - fail-open
             fail_open(error)
 
@@ -125,9 +132,13 @@ def hooked_class(store_class: type) -> type:
 
 
 def wrap_store(store: Any, inner_uri: str) -> Any:
-    """Turn a freshly built inner store into its hooked subclass, in place."""
+    """Turn a freshly built inner store into its hooked subclass, in place.
+
+    In a worker of `mlflow server` the keepers are durable (`unsettled.py`): a worker killed
+    with pending KR updates leaves markers that the next one settles.
+    """
     compat.swap_class(store, hooked_class(type(store)))
-    store._okr_live = LiveKrs(inner_uri)
+    store._okr_keepers = Keepers(inner_uri, durable=compat.in_server_worker())
     # The inner store built its async queue around its own `log_batch`; rebuild it around the
     # hooked one so async writes (`synchronous=False`, autologging) update KRs too.
     compat.rebuild_async_queue(store)
@@ -140,7 +151,14 @@ def _flush_at_exit(store: Any) -> None:
         store.flush_async_logging()
     except Exception as error:  # noqa: BLE001 - fail-open
         fail_open(error)
-    store._okr_live.flush_at_exit()
+    for keeper in store._okr_keepers.all():
+        keeper.flush_at_exit()
+
+
+def settle_at_exit(store: Any) -> None:
+    """Settle what `store` has pending, as at process exit (a server worker that is stopping)."""
+    if isinstance(store, OkrHooks):
+        _flush_at_exit(store)
 
 
 def build_tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any:

@@ -26,7 +26,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state
+from mlflow_okr import compat, state
 from mlflow_okr.compute import (
     KrComputation,
     VerdictChange,
@@ -42,6 +42,7 @@ from mlflow_okr.scope import CycleScan, RunTagWrites, plan_run_tags
 from mlflow_okr.spec import OkrSpec
 from mlflow_okr.store.definitions import KrRef, WatchedKrs, load_watched_krs, published_signature
 from mlflow_okr.store.schedule import ALL_KRS, Marks, Recounts
+from mlflow_okr.store.unsettled import HEARTBEAT, Markers, Owner, orphaned_markers, remove_marker
 
 logger = logging.getLogger("mlflow_okr")
 
@@ -105,10 +106,18 @@ class CachedScans:
 
 
 class LiveKrs:
-    """The live KR state keeper of one tracking store (one per process and backend URI)."""
+    """The live KR state keeper of one tracking store and MLflow workspace (one per process).
 
-    def __init__(self, inner_uri: str):
+    `workspace`: the MLflow workspace it keeps (None: workspaces are off); its own threads act in
+    it, since a new thread starts outside any request's workspace. `durable`: a server worker's
+    keeper, which marks its pending work in the backend (`unsettled.py`) so that another worker
+    settles it if this process is killed, and catches up on what killed ones left.
+    """
+
+    def __init__(self, inner_uri: str, workspace: str | None = None, durable: bool = False):
         self.inner_uri = inner_uri
+        self.workspace = workspace
+        self.durable = durable
         self._client: MlflowClient | None = None
         self._watched: WatchedKrs | None = None
         self._lock = threading.Lock()  # guards _marks, _recounts, _deleting, _restored and _thread
@@ -128,6 +137,9 @@ class LiveKrs:
         self._settle_seconds = 0.0  # recent settling time, smoothed; written under _flush_lock
         self._experiment_names: dict[str, str] = {}  # experiment id -> name; only ever grows
         self._scans: CachedScans | None = None  # written under _flush_lock
+        self._markers: Markers | None = None  # a durable keeper's markers, made on first use
+        self._catch_up_due = threading.Event()  # look for markers whose owners are gone
+        self._next_catch_up = 0.0  # read and written by the writer thread only
         if hasattr(os, "register_at_fork"):
             os.register_at_fork(after_in_child=self._after_fork)
 
@@ -141,6 +153,7 @@ class LiveKrs:
         self._recounts = Recounts()
         self._wake = threading.Event()
         self._thread = None
+        self._markers = None  # the parent's markers name the parent; the child writes its own
 
     # -- definitions ------------------------------------------------------------------------
 
@@ -234,8 +247,60 @@ class LiveKrs:
                 self._restored.add(run_id)
 
     def _mark(self, run_id: str, krs: set[KrRef] | None) -> None:
-        with self._lock:
-            self._marks.add(run_id, krs)
+        if not self.durable:
+            with self._lock:
+                self._marks.add(run_id, krs)
+        else:
+            markers = self._durable_markers()
+            experiment_ids = set(self.watched.cycles) if krs is ALL_KRS else {e for e, _ in krs}
+            with markers.lock:
+                # The marker stands before the mark it covers, and cannot be removed in between.
+                markers.ensure(experiment_ids)
+                with self._lock:
+                    self._marks.add(run_id, krs)
+        self._ensure_thread()
+        self._wake.set()
+
+    def _durable_markers(self) -> Markers:
+        if self._markers is None:
+            with self._lock:
+                if self._markers is None:
+                    self._markers = Markers(self.client, Owner.this_process())
+        return self._markers
+
+    def _remove_markers_if_settled(self) -> None:
+        """Remove this process's markers once nothing is marked, being settled or due a recount."""
+        markers = self._markers
+        if markers is None or not markers.standing:
+            return
+        with self._flush_lock, markers.lock:
+            with self._lock:
+                settled = not self._marks.runs and not self._recounts.last_revised
+            if settled:
+                markers.remove()
+
+    def catch_up(self) -> None:
+        """Count afresh the cycles that carry a marker whose owner is gone, then remove it.
+
+        A durable keeper does this when its server starts and every HEARTBEAT while it works;
+        it costs one listing of the cycle experiments unless a killed worker left work.
+        """
+        with compat.workspace_scope(self.workspace), self._flush_lock:
+            owner = self._durable_markers().owner
+            orphans = orphaned_markers(state.list_cycle_experiments(self.client), owner, time.time())
+            if not orphans:
+                return
+            self.refresh()
+            for experiment_id, keys in sorted(orphans.items()):
+                published = self.watched.cycles.get(experiment_id)
+                if published is not None:
+                    self._recount_cycle(published)
+                for key in keys:
+                    remove_marker(self.client, experiment_id, key)
+
+    def start_catch_up(self) -> None:
+        """Have the writer thread catch up (`catch_up`) now, without waiting for it."""
+        self._catch_up_due.set()
         self._ensure_thread()
         self._wake.set()
 
@@ -254,6 +319,10 @@ class LiveKrs:
             return bool(self._marks.runs or self._recounts.last_revised)
 
     def _run(self) -> None:
+        with compat.workspace_scope(self.workspace):
+            self._write_until_idle()
+
+    def _write_until_idle(self) -> None:
         while not self._stop.is_set():
             timeout = IDLE_EXIT
             with self._lock:
@@ -266,7 +335,12 @@ class LiveKrs:
             if _database_gone(self.inner_uri):
                 self.close()  # nothing this writer does can land any more
                 return
-            if not woken and not self._has_work() and not self._refresh_due.is_set():
+            if (
+                not woken
+                and not self._has_work()
+                and not self._refresh_due.is_set()
+                and not self._catch_up_due.is_set()
+            ):
                 return  # idle: the next mark starts a new writer
             delay = self._next_flush - time.monotonic()
             if delay > 0 and self._stop.wait(delay):
@@ -278,6 +352,7 @@ class LiveKrs:
                     self.refresh()
                 self._settle_marks()
                 self._recount(time.monotonic())
+                self._keep_markers()
             except Exception as error:  # noqa: BLE001 - fail-open
                 fail_open(error)
             # Resting SETTLE_REST_FACTOR times as long as settling recently took keeps the writer
@@ -289,6 +364,18 @@ class LiveKrs:
             with self._lock:
                 if self._marks.runs:
                     self._wake.set()
+
+    def _keep_markers(self) -> None:
+        """A durable keeper's upkeep: refresh or remove its markers, catch up on gone owners'."""
+        if not self.durable:
+            return
+        self._remove_markers_if_settled()
+        if self._markers is not None and self._markers.standing:
+            self._markers.refresh()
+        if self._catch_up_due.is_set() or time.monotonic() >= self._next_catch_up:
+            self._catch_up_due.clear()
+            self._next_catch_up = time.monotonic() + HEARTBEAT
+            self.catch_up()
 
     def close(self) -> None:
         """Stop the writer and drop what it had left; `mlflow-okr sync` repairs the rest."""
@@ -323,7 +410,9 @@ class LiveKrs:
         for _ in range(SETTLE_ATTEMPTS):
             try:
                 self.flush()
-                self._recount(None)  # the verification of what the first recount wrote
+                with compat.workspace_scope(self.workspace):
+                    self._recount(None)  # the verification of what the first recount wrote
+                self._remove_markers_if_settled()
                 return
             except Exception as error:  # noqa: BLE001 - fail-open
                 fail_open(error)
@@ -333,9 +422,10 @@ class LiveKrs:
     def flush(self) -> None:
         """Settle every marked run and recount every revised KR now: afterwards the stored KR
         state equals a recompute of what this process wrote."""
-        with self._flush_lock:
+        with compat.workspace_scope(self.workspace), self._flush_lock:
             self._settle_marks()
             self._recount(None)
+        self._remove_markers_if_settled()
 
     def _settle_marks(self) -> None:
         with self._flush_lock:
@@ -495,7 +585,8 @@ class LiveKrs:
         found = []
         for kr_id in marked & set(scan.scopes):
             old = verdict_from_tag(
-                plan.current.get(state.source_tag(kr_id)), plan.current.get(state.value_tag(kr_id))
+                plan.current.get(state.source_tag(spec.run_tag_id(kr_id))),
+                plan.current.get(state.value_tag(spec.run_tag_id(kr_id))),
             )
             new = verdicts.get(kr_id)
             if old is None and new is None:
