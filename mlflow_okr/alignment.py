@@ -98,7 +98,8 @@ def resolve(specs: Iterable[OkrSpec], checked: OkrSpec | None = None) -> Alignme
                 if not found:
                     problems.append(
                         f"{where}: aligns_to {reference!r} names no objective of another set of "
-                        f"cycle {spec.cycle.name} or of a cycle that encloses it; publish the parent's set first"
+                        f"cycle {spec.cycle.name} or of a cycle that encloses it; "
+                        "publish the parent's set first"
                     )
                 else:
                     options = ", ".join(key.ref for key in found)

@@ -171,7 +171,13 @@ class _Publisher:
         if self.experiment_id is not None and not self.dry_run and spec_changed:
             # Definitions moved; state writes keep the descriptions current from here on.
             self._refresh_notes()
-        return ApplyPlan(cycle=self.spec.cycle.name, team=self.spec.team, experiment=name, dry_run=self.dry_run, steps=self.steps)
+        return ApplyPlan(
+            cycle=self.spec.cycle.name,
+            team=self.spec.team,
+            experiment=name,
+            dry_run=self.dry_run,
+            steps=self.steps,
+        )
 
     def _runs_view(self, experiment: Any, kind: str, item_id: str) -> None:
         """Experiments made before the tag existed get it at the next apply."""

@@ -17,7 +17,14 @@ from mlflow_okr.cycles import current
 from mlflow_okr.engine import weighted_mean
 from mlflow_okr.errors import InputError
 from mlflow_okr.kr_state import read_kr_runs, stored_kr_status
-from mlflow_okr.results import CycleInfo, CycleStatus, KeyResultStatus, ObjectiveStatus, cycle_status, restatus
+from mlflow_okr.results import (
+    CycleInfo,
+    CycleStatus,
+    KeyResultStatus,
+    ObjectiveStatus,
+    cycle_status,
+    restatus,
+)
 from mlflow_okr.spec import OkrSpec, as_utc
 
 
@@ -87,7 +94,8 @@ def organization_status(
         teams = {spec.team or "" for spec, _ in chosen}
         if team not in teams:
             named = ", ".join(sorted(t or "(unnamed)" for t in teams)) or "none"
-            raise InputError(f"team {team or '(unnamed)'!r} has no set in {cycle or 'the current cycles'} (sets: {named})")
+            where = cycle or "the current cycles"
+            raise InputError(f"team {team or '(unnamed)'!r} has no set in {where} (sets: {named})")
     if not chosen:
         raise state.nothing_published(cycle, team)
     links = alignment.resolve(spec for spec, _ in specs)
@@ -99,7 +107,9 @@ def organization_status(
         for s in shown + extra
     }
     own = {
-        alignment.ObjectiveKey(name, set_team, objective.id): [(kr.progress, kr.weight) for kr in objective.key_results]
+        alignment.ObjectiveKey(name, set_team, objective.id): [
+            (kr.progress, kr.weight) for kr in objective.key_results
+        ]
         for (name, set_team), status in statuses.items()
         for objective in status.objectives
     }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mlflow_okr.engine import SUCCESS_GRADE
-from mlflow_okr.results import CycleStatus, KeyResultStatus
+from mlflow_okr.results import CycleStatus, KeyResultStatus, alignment_rows
 
 STATUS_MARKS = {
     "achieved": "✔ achieved",
@@ -57,7 +57,8 @@ def status_table(status: CycleStatus) -> str:
     blocks = [_cycle_table(cycle) for cycle in [status, *status.enclosing_cycles]]
     tree = alignment_tree(status)
     if tree:
-        blocks.append("Alignment (objective, score; children indented under the objective they serve)\n" + tree)
+        heading = "Alignment (objective, score; children indented under the objective they serve)"
+        blocks.append(heading + "\n" + tree)
     return "\n\n".join(blocks)
 
 
@@ -74,7 +75,8 @@ def _cycle_table(status: CycleStatus) -> str:
     for objective in status.objectives:
         if len(teams) > 1 and objective.team != shown_team:
             shown_team = objective.team
-            rows.append([f"[team {objective.team}]" if objective.team else "[unnamed set]", "", "", "", "", "", ""])
+            label = f"[team {objective.team}]" if objective.team else "[unnamed set]"
+            rows.append([label, "", "", "", "", "", ""])
         score = f"score {objective.score:.2f}"
         if objective.aligned_children and objective.own_score is not None:
             score += f" (own KRs {objective.own_score:.2f})"
@@ -87,25 +89,9 @@ def _cycle_table(status: CycleStatus) -> str:
 
 def alignment_tree(status: CycleStatus) -> str:
     """Objectives that others align to, with their children indented below (deeper levels further)."""
-    objectives = {}
-    for cycle in [status, *status.enclosing_cycles]:
-        for objective in cycle.objectives:
-            ref = f"{cycle.cycle.name}:" + (f"{objective.team}/" if objective.team else "") + objective.id
-            objectives[ref] = objective
-    children = {ref: o.aligned_children for ref, o in objectives.items() if o.aligned_children}
-    if not children:
-        return ""
-    has_parent = {child for kids in children.values() for child in kids}
-    lines: list[str] = []
+    rows = alignment_rows(status)
+    return "\n".join(f"{'  ' * (depth + 1)}{ref}  {number_or_unknown(score)}" for depth, ref, score in rows)
 
-    def walk(ref: str, depth: int, seen: frozenset[str]) -> None:
-        objective = objectives.get(ref)
-        score = f"{objective.score:.2f}" if objective is not None else "(not shown)"
-        lines.append(f"{'  ' * (depth + 1)}{ref}  {score}")
-        for child in children.get(ref, []):
-            if child not in seen:
-                walk(child, depth + 1, seen | {child})
 
-    for root in sorted(ref for ref in children if ref not in has_parent):
-        walk(root, 0, frozenset({root}))
-    return "\n".join(lines)
+def number_or_unknown(score: float | None) -> str:
+    return f"{score:.2f}" if score is not None else "(not shown)"

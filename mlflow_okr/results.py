@@ -90,6 +90,35 @@ class CycleStatus(BaseModel):
         return counts
 
 
+def alignment_rows(status: CycleStatus) -> list[tuple[int, str, float | None]]:
+    """The alignment tree as (depth, objective reference, score) rows: each objective others
+    align to, its children below it one level deeper. Empty when nothing aligns."""
+    scores: dict[str, float] = {}
+    children: dict[str, list[str]] = {}
+    for cycle in [status, *status.enclosing_cycles]:
+        for objective in cycle.objectives:
+            ref = f"{cycle.cycle.name}:" + (f"{objective.team}/" if objective.team else "") + objective.id
+            scores[ref] = objective.score
+            if objective.aligned_children:
+                children[ref] = objective.aligned_children
+            for parent in objective.aligned_to:
+                children.setdefault(parent, [])
+                if ref not in children[parent]:
+                    children[parent].append(ref)
+    has_parent = {child for kids in children.values() for child in kids}
+    rows: list[tuple[int, str, float | None]] = []
+
+    def walk(ref: str, depth: int, seen: frozenset[str]) -> None:
+        rows.append((depth, ref, scores.get(ref)))
+        for child in children.get(ref, []):
+            if child not in seen:
+                walk(child, depth + 1, seen | {child})
+
+    for root in sorted(ref for ref in children if ref not in has_parent):
+        walk(root, 0, frozenset({root}))
+    return rows
+
+
 def kr_identity(kr: KeyResult) -> dict[str, Any]:
     """The fields of a KeyResultStatus that come from the KR's definition."""
     return {"id": kr.id, "title": kr.title, "kind": kr.kind, "metric": kr.metric, "unit": kr.unit}

@@ -140,7 +140,9 @@ def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Any | Non
         own = {name for _, kr in spec.key_results() for name in (kr.id, spec.run_tag_id(kr.id))}
         others = run.data.tags.get(state.TAG_KRS, "").split(",")
         listed |= {name for name in others if name and name not in own}
-    tags = {state.source_tag(spec.run_tag_id(kr_id)): verdict.tag_value for kr_id, verdict in verdicts.items()}
+    tags = {
+        state.source_tag(spec.run_tag_id(kr_id)): verdict.tag_value for kr_id, verdict in verdicts.items()
+    }
     # A sum or mean KR is revised by taking the run's old value out: the run keeps it in a tag.
     for kr_id in counted & spec.summing_kr_ids:
         value = verdicts[kr_id].value

@@ -36,6 +36,7 @@ class Draft(BaseModel):
     """A suggested okrs.yaml: its text (with a comment per KR), cycle and what it came from."""
 
     cycle: str
+    team: str | None = None
     source_cycle: str
     key_results: int
     text: str
@@ -394,6 +395,7 @@ def render(
         "# observed this cycle, projected over the next, reaches 70% of the way to the target.",
         "# Review every number before `mlflow-okr apply`.",
         "version: 1",
+        *([f"team: {spec.team}"] if spec.team else []),
         f"cycle: {_yaml_value(cycle_value)}",
         f"status_thresholds: {_yaml_value(spec.status_thresholds.model_dump())}",
     ]
@@ -402,11 +404,13 @@ def render(
     lines.append("objectives:")
     for objective, krs in objectives:
         header = (
-            objective.model_dump(exclude_none=True, include={"id", "title", "category", "owner"})
+            objective.model_dump(exclude_none=True, include={"id", "title", "category", "owner", "aligns_to"})
             if isinstance(objective, Objective)
             else objective
         )
-        ordered = {key: header[key] for key in ("id", "title", "category", "owner") if key in header}
+        ordered = {
+            key: header[key] for key in ("id", "title", "category", "owner", "aligns_to") if header.get(key)
+        }
         lines += _emit_mapping(ordered, "    ", "  - ")
         lines.append("    key_results:")
         for fields, comments in krs:
@@ -415,16 +419,39 @@ def render(
     return "\n".join(lines) + "\n"
 
 
+def suggest_next_cycles(
+    next_cycle: str | None = None,
+    from_cycle: str | None = None,
+    tracking_uri: str | None = None,
+    now: dt.datetime | None = None,
+    team: str | None = None,
+) -> list[Draft]:
+    """Draft next cycle's okrs.yaml of every set of the cycle (or `team`'s), one draft per set."""
+    client = state.make_client(tracking_uri)
+    now = now or dt.datetime.now(dt.timezone.utc)
+    sets = state.current_sets(client, from_cycle, team, now.timestamp())
+    innermost = [s for s in sets if s.cycle.name == sets[0].cycle.name]
+    return [_draft(client, published, next_cycle, now) for published in innermost]
+
+
 def suggest_next_cycle(
     next_cycle: str | None = None,
     from_cycle: str | None = None,
     tracking_uri: str | None = None,
     now: dt.datetime | None = None,
+    team: str | None = None,
 ) -> Draft:
-    """Draft next cycle's okrs.yaml from the published cycle's KR history and the ledger."""
-    client = state.make_client(tracking_uri)
-    now = now or dt.datetime.now(dt.timezone.utc)
-    published = state.load_published(client, from_cycle, now.timestamp())
+    """Draft next cycle's okrs.yaml of one set from the published cycle's KR history and the ledger."""
+    drafts = suggest_next_cycles(next_cycle, from_cycle, tracking_uri, now, team)
+    if len(drafts) > 1:
+        teams = ", ".join(draft.team or "(unnamed)" for draft in drafts)
+        raise InputError(f"cycle {drafts[0].source_cycle} has several sets ({teams}); name the team")
+    return drafts[0]
+
+
+def _draft(
+    client: MlflowClient, published: state.PublishedCycle, next_cycle: str | None, now: dt.datetime
+) -> Draft:
     cycle, cycle_value = _next_cycle(next_cycle, published.cycle)
     drafter = _Drafter(client, published, cycle, int(now.timestamp() * 1000))
     spec = published.spec
@@ -451,6 +478,7 @@ def suggest_next_cycle(
     draft_spec = parse_spec(text, f"suggested okrs.yaml for {cycle.name}")
     return Draft(
         cycle=cycle.name,
+        team=published.team,
         source_cycle=published.cycle.name,
         key_results=len(draft_spec.key_results()),
         text=text,

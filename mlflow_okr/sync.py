@@ -73,7 +73,10 @@ def runs_left_behind(client: MlflowClient, spec: OkrSpec) -> Iterable[Any]:
         return
     seen: set[str] = set()
     tags = [state.TAG_KRS] + [
-        state.source_tag(name) for _, kr in spec.key_results() if kr.metric for name in {kr.id, spec.run_tag_id(kr.id)}
+        state.source_tag(name)
+        for _, kr in spec.key_results()
+        if kr.metric
+        for name in {kr.id, spec.run_tag_id(kr.id)}
     ]
     for tag in tags:
         for run in state.iter_runs(client, others, f"tags.`{tag}` LIKE '%'"):

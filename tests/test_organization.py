@@ -146,7 +146,8 @@ def test_a_company_objective_rolls_up_its_teams_scores(client, runner, write_spe
 def test_the_current_cycles_are_innermost_first():
     year, half, quarter = parse_cycle("2026"), parse_cycle("2026-H2"), parse_cycle("2026-Q4")
     now = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
-    assert [c.name for c in cycles.current_cycles([year, quarter, half], now)] == ["2026-Q4", "2026-H2", "2026"]
+    current = cycles.current_cycles([year, quarter, half], now)
+    assert [c.name for c in current] == ["2026-Q4", "2026-H2", "2026"]
     after = dt.datetime(2027, 2, 1, tzinfo=dt.timezone.utc)
     assert [c.name for c in cycles.current_cycles([year, quarter, half], after)] == ["2026-Q4"]
 
@@ -155,10 +156,12 @@ def test_overlapping_cycles_give_one_answer_everywhere(client, runner, write_spe
     from mlflow_okr.store.definitions import load_watched_krs
 
     for cycle in ("2026", "2026-Q4", "2026-H2"):
-        text = team_spec(None, "reco", f"ctr-{cycle.lower()}", "ctr").replace("cycle: 2026-Q4", f"cycle: {cycle}")
+        text = team_spec(None, "reco", f"ctr-{cycle.lower()}", "ctr")
+        text = text.replace("cycle: 2026-Q4", f"cycle: {cycle}")
         assert apply(runner, write_spec, text, f"{cycle}.yaml").exit_code == 0
     now = dt.datetime.now(dt.timezone.utc)
-    expected = [c.name for c in cycles.current_cycles([parse_cycle(n) for n in ("2026", "2026-Q4", "2026-H2")], now)]
+    published = [parse_cycle(name) for name in ("2026", "2026-Q4", "2026-H2")]
+    expected = [c.name for c in cycles.current_cycles(published, now)]
     watched = load_watched_krs(client).current_cycle(now)
     assert watched is not None and watched.cycle.name == expected[0]
     assert state.load_published(client, now=now.timestamp()).cycle.name == expected[0]
@@ -188,7 +191,8 @@ def test_a_kr_id_two_nested_cycles_share_is_tagged_with_its_cycle(client, runner
 def test_live_writes_keep_every_teams_set_and_the_roll_up_current(client, tracking_uri, runner, write_spec):
     today = dt.datetime.now(dt.timezone.utc).date()
     window = f"{{name: live, start: {today - dt.timedelta(days=30)}, end: {today + dt.timedelta(days=30)}}}"
-    outer = f"{{name: live-year, start: {today - dt.timedelta(days=60)}, end: {today + dt.timedelta(days=60)}}}"
+    days = dt.timedelta(days=60)
+    outer = f"{{name: live-year, start: {today - days}, end: {today + days}}}"
     company = COMPANY.replace("cycle: 2026", f"cycle: {outer}")
     assert invoke(runner, "apply", str(write_spec(company, "company.yaml"))).exit_code == 0
     for team, objective, kr_id in (("team-a", "reco", "ctr"), ("team-b", "fraud", "recall")):

@@ -56,6 +56,7 @@ def board_blueprint(
     cycle: str | None = None,
     name: str = "okr_board",
     reading: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    team: str | None = None,
 ) -> Blueprint:
     """The board's routes; `tracking_uri()` and `ui_url()` are asked on every request.
 
@@ -65,6 +66,9 @@ def board_blueprint(
 
     def chosen_cycle() -> str | None:
         return request.args.get("cycle") or cycle
+
+    def chosen_team() -> str | None:
+        return request.args.get("team", team)
 
     @blueprint.get("/")
     def page() -> Response:
@@ -83,13 +87,13 @@ def board_blueprint(
     @blueprint.get("/api/status")
     def status() -> Response:
         with reading():
-            current = data.cycle_status(tracking_uri(), chosen_cycle(), _as_of())
+            current = data.cycle_status(tracking_uri(), chosen_cycle(), _as_of(), chosen_team())
         return _no_store(jsonify(data.status_json(current)))
 
     @blueprint.get("/api/board")
     def board() -> Response:
         with reading():
-            state = data.board_state(tracking_uri(), ui_url(), chosen_cycle(), _as_of())
+            state = data.board_state(tracking_uri(), ui_url(), chosen_cycle(), _as_of(), chosen_team())
         return _no_store(jsonify(state))
 
     @blueprint.errorhandler(OkrError)
@@ -104,7 +108,10 @@ def board_blueprint(
 
 
 def create_board_app(
-    tracking_uri: str | None = None, ui_url: str | None = None, cycle: str | None = None
+    tracking_uri: str | None = None,
+    ui_url: str | None = None,
+    cycle: str | None = None,
+    team: str | None = None,
 ) -> Flask:
     """The board as its own Flask app (what `mlflow-okr board` serves), reading `tracking_uri`."""
     if ui_url is not None and not ui_url.lower().startswith(("http://", "https://")):
@@ -112,5 +119,5 @@ def create_board_app(
         raise InputError(f"MLflow UI URL {ui_url!r} must start with http:// or https://")
     app = Flask("mlflow_okr.board")
     app.json.sort_keys = False
-    app.register_blueprint(board_blueprint(lambda: tracking_uri, lambda: ui_url, cycle))
+    app.register_blueprint(board_blueprint(lambda: tracking_uri, lambda: ui_url, cycle, team=team))
     return app

@@ -32,10 +32,13 @@ def default_ui_url(tracking_uri: str | None) -> str | None:
 
 
 def cycle_status(
-    tracking_uri: str | None, cycle: str | None = None, now: dt.datetime | None = None
+    tracking_uri: str | None,
+    cycle: str | None = None,
+    now: dt.datetime | None = None,
+    team: str | None = None,
 ) -> CycleStatus:
-    """Exactly what `mlflow-okr status` reports for the same store, cycle and moment."""
-    return api.status(tracking_uri=tracking_uri, cycle=cycle, now=now)
+    """Exactly what `mlflow-okr status` reports for the same store, cycle, moment and team."""
+    return api.status(tracking_uri=tracking_uri, cycle=cycle, now=now, team=team)
 
 
 def status_json(status: CycleStatus) -> dict[str, Any]:
@@ -48,14 +51,22 @@ def board_state(
     ui_url: str | None,
     cycle: str | None = None,
     now: dt.datetime | None = None,
+    team: str | None = None,
 ) -> dict[str, Any]:
-    """Everything the board page renders: the status object plus history, links, check-ins, ledger."""
-    status = cycle_status(tracking_uri, cycle, now)
+    """Everything the board page renders: the status object plus history, links, check-ins, ledger.
+
+    KRs of the enclosing cycles are detailed too (by id, the innermost cycle's first), so a person
+    can drill from a company objective down to a team's KR and the runs that moved it.
+    """
+    status = cycle_status(tracking_uri, cycle, now, team)
     client = state.make_client(tracking_uri)
     key_results: dict[str, Any] = {}
     checkins = []
-    for objective in status.objectives:
+    objectives = [o for shown in [status, *status.enclosing_cycles] for o in shown.objectives]
+    for objective in objectives:
         for kr in objective.key_results:
+            if kr.id in key_results:
+                continue
             details, checkin = _kr_details(client, kr, ui_url)
             key_results[kr.id] = details
             if checkin is not None:

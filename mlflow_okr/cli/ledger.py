@@ -16,6 +16,7 @@ from mlflow_okr.cli.common import (
     echo_json,
     format_option,
     handle_errors,
+    team_option,
     tracking_uri_option,
 )
 
@@ -400,26 +401,44 @@ def verify(tracking_uri: str | None) -> None:
 @click.option("--from-cycle", default=None, help="The published cycle to learn from (default: the current).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the draft okrs.yaml here (default: standard output).")
+@team_option
 @as_of_option
 @tracking_uri_option
 @handle_errors
-def suggest(next_cycle, from_cycle, output: Path | None, as_of, tracking_uri: str | None) -> None:
-    """Draft next cycle's okrs.yaml from this cycle's track record (targets for ~70% attainment)."""
-    from mlflow_okr.suggest import suggest_next_cycle
+def suggest(
+    next_cycle, from_cycle, output: Path | None, team: str | None, as_of, tracking_uri: str | None
+) -> None:
+    """Draft next cycle's okrs.yaml from this cycle's track record (targets for ~70% attainment).
 
-    draft = suggest_next_cycle(
-        next_cycle=next_cycle, from_cycle=from_cycle, tracking_uri=tracking_uri, now=as_of_datetime(as_of)
+    A cycle with several teams' sets gets one draft per set; with -o FILE each is written to
+    FILE's name with `-<team>` added (okrs.yaml -> okrs-team-a.yaml).
+    """
+    from mlflow_okr.suggest import suggest_next_cycles
+
+    drafts = suggest_next_cycles(
+        next_cycle=next_cycle, from_cycle=from_cycle, tracking_uri=tracking_uri, now=as_of_datetime(as_of),
+        team=team,
     )
+    several = len(drafts) > 1
     if output is None:
-        click.echo(draft.text, nl=False)
+        for draft in drafts:
+            if several:
+                click.echo(f"# ---- {draft.team or 'unnamed set'}: save as its own okrs.yaml")
+            click.echo(draft.text, nl=False)
         return
-    if output.exists():
-        raise CommandError(f"{output} already exists; choose another -o path or remove it")
-    output.write_text(draft.text, encoding="utf-8")
-    click.echo(
-        f"Wrote {output}: cycle {draft.cycle}, {draft.key_results} KRs drafted from {draft.source_cycle}. "
-        f"Review it, then: mlflow-okr validate {output}"
-    )
+    paths = [
+        output.with_name(f"{output.stem}-{draft.team or 'unnamed'}{output.suffix}") if several else output
+        for draft in drafts
+    ]
+    for path in paths:
+        if path.exists():
+            raise CommandError(f"{path} already exists; choose another -o path or remove it")
+    for path, draft in zip(paths, drafts, strict=True):
+        path.write_text(draft.text, encoding="utf-8")
+        click.echo(
+            f"Wrote {path}: cycle {draft.cycle}, {draft.key_results} KRs drafted from {draft.source_cycle}. "
+            f"Review it, then: mlflow-okr validate {path}"
+        )
 
 
 COMMANDS = [ledger_group, suggest]

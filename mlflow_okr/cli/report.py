@@ -14,6 +14,7 @@ from mlflow_okr.cli.common import (
     cycle_option,
     format_option,
     handle_errors,
+    team_option,
     tracking_uri_option,
 )
 
@@ -40,6 +41,7 @@ from mlflow_okr.cli.common import (
     help="Exit 1 when the cycle grade is below this (e.g. 0.7), for CI gates.",
 )
 @cycle_option
+@team_option
 @as_of_option
 @tracking_uri_option
 @handle_errors
@@ -49,6 +51,7 @@ def report(
     ui_url: str | None,
     fail_under: float | None,
     cycle: str | None,
+    team: str | None,
     as_of,
     tracking_uri: str | None,
 ) -> None:
@@ -59,7 +62,7 @@ def report(
     if ui_url and not ui_url.lower().startswith(("http://", "https://")):
         raise CommandError(f"--ui-url {ui_url!r} must start with http:// or https://")
     client = state.make_client(tracking_uri)
-    result = build_report(client, cycle=cycle, now=as_of_datetime(as_of), ui_url=ui_url)
+    result = build_report(client, cycle=cycle, now=as_of_datetime(as_of), ui_url=ui_url, team=team)
     document = render(result, output_format)
     if output is None:
         click.echo(document, nl=False)

@@ -124,19 +124,23 @@ def _checked_links(client: MlflowClient, kr: str | None, objective: str | None) 
     if kr is None and objective is None:
         return None
     try:
-        published = state.load_published(client)
+        sets = _innermost_sets(client)
     except NotPublishedError:
         return objective  # nothing to check against yet
-    spec = published.spec
     if kr is not None:
-        if spec.find_key_result(kr) is None:
-            known = ", ".join(k.id for _, k in spec.key_results())
-            raise InputError(f"unknown KR {kr!r} in cycle {spec.cycle.name} (known: {known})")
+        published = state.find_set_of_kr(sets, kr)
         objective = objective or published.objective_of(kr).id
-    if objective is not None and objective not in {o.id for o in spec.objectives}:
-        known = ", ".join(o.id for o in spec.objectives)
-        raise InputError(f"unknown objective {objective!r} in cycle {spec.cycle.name} (known: {known})")
+    objectives = [o.id for s in sets for o in s.spec.objectives]
+    if objective is not None and objective not in objectives:
+        known = ", ".join(objectives)
+        raise InputError(f"unknown objective {objective!r} in cycle {sets[0].cycle.name} (known: {known})")
     return objective
+
+
+def _innermost_sets(client: MlflowClient, cycle: str | None = None, now: float | None = None):
+    """Every set of `cycle`, or of the innermost current cycle."""
+    sets = state.current_sets(client, cycle, now=now)
+    return [s for s in sets if s.cycle.name == sets[0].cycle.name]
 
 
 def _source_run(client: MlflowClient, run_id: str):
@@ -256,7 +260,7 @@ def _cycle_scope(client: MlflowClient, cycle: str | None) -> tuple[str | None, C
     Without a published cycle the whole ledger is one family.
     """
     try:
-        published = state.load_published(client, cycle)
+        published = _innermost_sets(client, cycle)[0]
     except NotPublishedError:
         if cycle is not None:
             raise
@@ -337,10 +341,11 @@ def _linked_kr(client: MlflowClient, hypothesis: Hypothesis) -> KeyResult | None
     if hypothesis.kr is None:
         return None
     try:
-        published = state.load_published(client)
+        sets = _innermost_sets(client)
     except NotPublishedError:
         return None
-    return published.spec.find_key_result(hypothesis.kr)
+    found = (s.spec.find_key_result(hypothesis.kr) for s in sets)
+    return next((kr for kr in found if kr is not None), None)
 
 
 @store.retrying
@@ -517,17 +522,17 @@ def refresh_ledger_krs(
     refreshed = []
     for moment in sorted(set(moments_ms)):
         try:
-            published = state.load_published(client, now=moment / 1000)
+            sets = _innermost_sets(client, now=moment / 1000)
         except NotPublishedError:
             return refreshed
-        name = published.cycle.name
-        has_ledger_kr = any(
-            kr.source == "ledger" and (not significant_only or kr.count_only == "significant")
-            for _, kr in published.spec.key_results()
-        )
-        if name not in refreshed and published.cycle.contains(moment) and has_ledger_kr:
-            sync(client, cycle=name)
-            refreshed.append(name)
+        for published in sets:
+            has_ledger_kr = any(
+                kr.source == "ledger" and (not significant_only or kr.count_only == "significant")
+                for _, kr in published.spec.key_results()
+            )
+            if published.label not in refreshed and published.cycle.contains(moment) and has_ledger_kr:
+                sync(client, cycle=published.cycle.name, team=published.team or "")
+                refreshed.append(published.label)
     return refreshed
 
 

@@ -14,7 +14,7 @@ from mlflow_okr.report import text
 from mlflow_okr.report.charts import trend_data_uri
 from mlflow_okr.report.model import Hypothesis, Report, RunLink
 from mlflow_okr.report.style import STYLESHEET
-from mlflow_okr.results import KeyResultStatus, ObjectiveStatus
+from mlflow_okr.results import KeyResultStatus, ObjectiveStatus, alignment_rows
 
 
 def e(value: object) -> str:
@@ -209,12 +209,29 @@ def _next_cycle(report: Report) -> str:
     )
 
 
+def _alignment(report: Report) -> str:
+    """The alignment tree: each objective others serve, with those objectives nested below it."""
+    rows = alignment_rows(report.status)
+    if not rows:
+        return ""
+    items = "".join(
+        f'<li style="margin-left:{depth * 1.5}em"><code>{e(ref)}</code> '
+        f"{e(text.grade(score)) if score is not None else '—'}</li>"
+        for depth, ref, score in rows
+    )
+    return (
+        '<section class="alignment"><h2>Alignment</h2><p class=muted>Each objective\'s score counts '
+        f"the objectives that serve it, listed below it.</p><ul>{items}</ul></section>"
+    )
+
+
 def render_html(report: Report) -> str:
     """The whole report as one HTML document."""
     body = (
         _header(report)
         + _objectives_table(report)
         + "".join(_objective(report, objective) for objective in report.status.objectives)
+        + _alignment(report)
         + _ledger(report)
         + _next_cycle(report)
     )

@@ -9,7 +9,7 @@ from mlflow_okr.render import bar, number
 from mlflow_okr.report import text
 from mlflow_okr.report.charts import sparkline
 from mlflow_okr.report.model import Hypothesis, Report, RunLink
-from mlflow_okr.results import KeyResultStatus
+from mlflow_okr.results import KeyResultStatus, alignment_rows
 
 
 def md(value: object) -> str:
@@ -115,6 +115,8 @@ def render_markdown(report: Report) -> str:
     for objective in status.objectives:
         lines += [f"### {md(objective.title)}", ""]
         owner = f" · owner {md(objective.owner)}" if objective.owner else ""
+        owner += f" · team {md(objective.team)}" if objective.team else ""
+        owner += "".join(f" · serves `{md(parent)}`" for parent in objective.aligned_to)
         lines += [
             f"`{md(objective.id)}` · {md(objective.category)}{owner} "
             f"· score **{text.grade(objective.score)}**",
@@ -134,6 +136,15 @@ def render_markdown(report: Report) -> str:
         lines += _table(header, _kr_rows(report, objective.key_results), "llrrrlrrl") + [""]
         evidence = [line for kr in objective.key_results for line in _evidence(report, kr)]
         lines += evidence + ([""] if evidence else [])
+    rows = alignment_rows(status)
+    if rows:
+        note = "Each objective's score counts the objectives that serve it, listed below it."
+        lines += ["## Alignment", "", note, ""]
+        lines += [
+            f"{'  ' * depth}- `{md(ref)}` {text.grade(score) if score is not None else '—'}"
+            for depth, ref, score in rows
+        ]
+        lines += [""]
     if report.ledger is not None:
         lines += ["## Hypotheses resolved this cycle", ""]
         record = [f"- {md(line)}" for line in text.track_record(report)]

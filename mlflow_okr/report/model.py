@@ -313,16 +313,20 @@ def build_report(
     cycle: str | None = None,
     now: dt.datetime | None = None,
     ui_url: str | None = None,
+    team: str | None = None,
 ) -> Report:
-    """Assemble the quarter-end report of `cycle` (default: the current one) as of `now`."""
+    """Assemble the quarter-end report of `cycle` (default: the innermost current one) as of `now`,
+    over every set of the cycle or `team`'s; parents of enclosing cycles show in the alignment."""
     now = now or dt.datetime.now(dt.timezone.utc)
-    status = stored_cycle_status(client, cycle=cycle, now=now)
-    published = state.load_published(client, status.cycle.name, now.timestamp())
-    finder = BreachFinder(client, published, ui_url)
+    status = stored_cycle_status(client, cycle=cycle, now=now, team=team)
+    sets = state.current_sets(client, status.cycle.name, team, now.timestamp())
+    published = sets[0]
+    finders = {s.experiment_id: BreachFinder(client, s, ui_url) for s in sets}
     details = {}
     for kr in status.key_results():
-        spec_kr = published.spec.find_key_result(kr.id)
-        breaches, breach_count = finder.find(kr)
+        kr_set = state.find_set_of_kr(sets, kr.id)
+        spec_kr = kr_set.spec.find_key_result(kr.id)
+        breaches, breach_count = finders[kr_set.experiment_id].find(kr)
         details[kr.id] = KeyResultDetail(
             best_run=best_run(client, kr, ui_url),
             guardrail_breaches=breaches,
@@ -337,7 +341,7 @@ def build_report(
         details=details,
         ledger=ledger,
         track_record=record,
-        next_cycle=next_cycle(client, _tracking_uri(client), status.cycle.name, now),
+        next_cycle=next_cycle(client, _tracking_uri(client), status.cycle.name, now, team),
         as_of=now,
         generated_at=dt.datetime.now(dt.timezone.utc),
         ui_url=ui_url,

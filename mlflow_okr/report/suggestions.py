@@ -38,14 +38,21 @@ def _number_text(value: object) -> str:
     return "—" if value is None else str(value)
 
 
-def next_cycle(client: MlflowClient, tracking_uri: str, cycle: str, now: dt.datetime) -> NextCycle | None:
-    """The draft for the cycle after `cycle`; None when `mlflow_okr.suggest` is not available."""
+def next_cycle(
+    client: MlflowClient, tracking_uri: str, cycle: str, now: dt.datetime, team: str | None = None
+) -> NextCycle | None:
+    """The draft for the cycle after `cycle` (of `team`'s set); None when `mlflow_okr.suggest` is
+    not available, or the cycle has several sets and no team was named (one draft per team:
+    `mlflow-okr suggest`)."""
     try:
         suggest = importlib.import_module("mlflow_okr.suggest")
     except ImportError:
         return None
     try:
-        draft = suggest.suggest_next_cycle(from_cycle=cycle, tracking_uri=tracking_uri, now=now)
+        drafts = suggest.suggest_next_cycles(from_cycle=cycle, tracking_uri=tracking_uri, now=now, team=team)
+        if len(drafts) != 1:
+            return None
+        draft = drafts[0]
         spec = parse_spec(draft.text, f"suggested okrs.yaml for {draft.cycle}")
     except Exception as exc:  # the report stands without this section; say why it is missing
         logger.warning("mlflow-okr report: next-cycle suggestions are unavailable: %s", exc)
