@@ -85,29 +85,37 @@ def report(
 @click.command()
 @click.option("--test", "send_test", is_flag=True, help="Send a test message to every configured webhook.")
 @cycle_option
+@team_option
 @tracking_uri_option
 @handle_errors
-def notify(send_test: bool, cycle: str | None, tracking_uri: str | None) -> None:
-    """Check the `notify:` webhooks of the published cycle (KR transitions are sent automatically)."""
+def notify(send_test: bool, cycle: str | None, team: str | None, tracking_uri: str | None) -> None:
+    """Check the `notify:` webhooks of the published sets (KR transitions are sent automatically)."""
     from mlflow_okr import notify as notifications
     from mlflow_okr import state
 
-    published = state.load_published(state.make_client(tracking_uri), cycle)
-    config = published.spec.notify
-    if config is None or not config.webhooks:
+    sets = state.current_sets(state.make_client(tracking_uri), cycle, team)
+    configured = [published for published in sets if published.spec.notify and published.spec.notify.webhooks]
+    if not configured:
+        names = ", ".join(published.label for published in sets)
         raise CommandError(
-            f"no webhooks are configured for cycle {published.cycle.name}: add a `notify:` section "
+            f"no webhooks are configured for {names}: add a `notify:` section "
             "with `webhooks:` to okrs.yaml and run `mlflow-okr apply`"
         )
-    click.echo(
-        f"Cycle {published.cycle.name}: {len(config.webhooks)} webhook(s), "
-        f"transitions reported: {', '.join(config.transitions)}."
-    )
+    results: dict[str, bool] = {}
+    for published in configured:
+        config = published.spec.notify
+        assert config is not None
+        label = f"Cycle {published.cycle.name}" + (f", team {published.team}" if published.team else "")
+        transitions = ", ".join(config.transitions)
+        click.echo(f"{label}: {len(config.webhooks)} webhook(s), transitions reported: {transitions}.")
+        if not send_test:
+            continue
+        answers = notifications.send_test_message(config, published.cycle.name)
+        for webhook, ok in answers.items():
+            click.echo(f"  {'ok    ' if ok else 'FAILED'} {notifications.describe_webhook(webhook)}")
+        results.update(answers)
     if not send_test:
         return
-    results = notifications.send_test_message(config, published.cycle.name)
-    for webhook, ok in results.items():
-        click.echo(f"  {'ok    ' if ok else 'FAILED'} {notifications.describe_webhook(webhook)}")
     answered = sum(results.values())
     summary = f"{answered} of {len(results)} webhook(s) answered."
     if answered < len(results):
