@@ -302,3 +302,52 @@ def test_hostile_text_in_okrs_yaml_stays_text(tmp_path, tracking_uri):
     bad.write_text(f"version: !!python/object/apply:os.system ['touch {marker}']\n", encoding="utf-8")
     result = runner.invoke(cli, ["validate", str(bad)])
     assert result.exit_code == 2 and not marker.exists()
+
+
+TEAM_SPEC = """\
+version: 1
+team: {team}
+cycle: 2026-Q4
+objectives:
+  - id: {objective}
+    title: {title}
+    category: operational
+    key_results:
+      - {{id: {kr}, source: manual, target: 10}}
+"""
+
+
+def test_a_team_lead_writes_its_own_set_and_not_another_teams(auth_server, tmp_path, monkeypatch):
+    from mlflow.server import get_app_client
+
+    url = auth_server
+    admin_env = as_user(ADMIN, ADMIN_PASSWORD, url)
+    for key, value in admin_env.items():
+        monkeypatch.setenv(key, value)
+    admin = MlflowClient(url)
+    paths = {}
+    for team, objective, kr in (("team-a", "alerts", "alerts-live"), ("team-b", "fraud", "fraud-rules")):
+        paths[team] = tmp_path / f"{team}.yaml"
+        paths[team].write_text(TEAM_SPEC.format(team=team, objective=objective, title=objective, kr=kr))
+        result = run_cli(admin_env, "apply", str(paths[team]))
+        assert result.exit_code == 0, result.output
+    auth = get_app_client("basic-auth", tracking_uri=url)
+    auth.create_user(READER, READER_PASSWORD)
+    team_a = admin.get_experiment_by_name("okr/2026-Q4/team-a").experiment_id
+    team_b = admin.get_experiment_by_name("okr/2026-Q4/team-b").experiment_id
+    auth.grant_user_permission(READER, "experiment", team_a, "EDIT")
+    auth.grant_user_permission(READER, "experiment", team_b, "READ")
+    lead_env = as_user(READER, READER_PASSWORD, url)
+
+    assert run_cli(lead_env, "checkin", "alerts-live", "3").exit_code == 0
+    refused = run_cli(lead_env, "checkin", "fraud-rules", "7")
+    assert refused.exit_code == 2 and "Permission denied" in refused.output, refused.output
+    paths["team-b"].write_text(paths["team-b"].read_text().replace("title: fraud", "title: taken over"))
+    refused = run_cli(lead_env, "apply", str(paths["team-b"]))
+    assert refused.exit_code == 2 and "Permission denied" in refused.output, refused.output
+
+    status = json.loads(run_cli(admin_env, "status", "--format", "json", "--as-of", "2026-11-15").output)
+    objectives = {o["id"]: o for o in status["objectives"]}
+    assert objectives["alerts"]["key_results"][0]["current"] == 3.0
+    assert objectives["fraud"]["key_results"][0]["current"] is None
+    assert objectives["fraud"]["title"] == "fraud"
