@@ -6,6 +6,7 @@ import datetime as dt
 import textwrap
 
 import mlflow
+from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr import state
@@ -79,3 +80,54 @@ def assert_no_drift(client: MlflowClient) -> None:
     """`mlflow-okr sync --check` finds nothing to repair."""
     result = sync(client, cycle=CYCLE, check=True)
     assert not result.drifted, (result.kr_drift, result.run_drift)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random write sequences for the invariant: whatever happens, once settled, sync --check finds nothing.
+
+RUNS = 3
+operation = st.one_of(
+    st.tuples(
+        st.just("metric"),
+        st.integers(0, RUNS - 1),
+        st.sampled_from(["val_acc", "latency", "val_loss"]),
+        st.sampled_from([0.4, 0.6, 0.8, 0.95, 30.0, 70.0]),
+    ),
+    st.tuples(st.just("tag"), st.integers(0, RUNS - 1), st.sampled_from(["prod", "dev", None])),
+    st.tuples(st.just("end"), st.integers(0, RUNS - 1), st.sampled_from(["FINISHED", "FAILED", "KILLED"])),
+    st.tuples(st.just("delete"), st.integers(0, RUNS - 1)),
+    st.tuples(st.just("restore"), st.integers(0, RUNS - 1)),
+    st.tuples(st.just("flush"),),
+)
+
+
+def run_operations(okr_client: MlflowClient, client: MlflowClient, operations, settle) -> None:
+    """Apply a random sequence of writes through okr+; `settle` stands for the "flush" operation."""
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = [okr_client.create_run(experiment_id).info.run_id for _ in range(RUNS)]
+    deleted: set[str] = set()
+    for op in operations:
+        if op[0] == "flush":
+            settle()
+            continue
+        run_id = runs[op[1]]
+        if op[0] == "restore":
+            if run_id in deleted:
+                okr_client.restore_run(run_id)
+                deleted.discard(run_id)
+            continue
+        if run_id in deleted:
+            continue
+        if op[0] == "metric":
+            okr_client.log_metric(run_id, op[2], op[3])
+        elif op[0] == "tag":
+            if op[2] is None:
+                okr_client.set_tag(run_id, "stage", "none")
+                okr_client.delete_tag(run_id, "stage")
+            else:
+                okr_client.set_tag(run_id, "stage", op[2])
+        elif op[0] == "end":
+            okr_client.set_terminated(run_id, op[2])
+        elif op[0] == "delete":
+            okr_client.delete_run(run_id)
+            deleted.add(run_id)

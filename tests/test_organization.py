@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 
 import mlflow
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mlflow.tracking import MlflowClient
 
-from mlflow_okr import cycles, state
+from mlflow_okr import cycles, state, vocabulary
 from mlflow_okr.spec import parse_cycle
-from mlflow_okr.sync import sync
+from mlflow_okr.store import flush
+from mlflow_okr.sync import stored_cycle_status, sync
 from tests.conftest import invoke, make_run, requires_okr_store
+from tests.live_fixtures import EXPERIMENT, live_spec_text, operation, publish, run_operations, use_okr_uri
+from tests.servers import DEPLOYMENTS, deployment_args, mlflow_server
 
 AS_OF = ("--as-of", "2026-11-15")
 
@@ -81,7 +88,7 @@ def test_an_unnamed_set_stays_where_0_1_put_it(client, runner, write_spec):
     text = team_spec(None, "reco", "ctr", "ctr")
     assert apply(runner, write_spec, text, "okrs.yaml").exit_code == 0
     experiment = client.get_experiment_by_name("okr/2026-Q4")
-    assert state.TAG_TEAM not in experiment.tags
+    assert vocabulary.TAG_TEAM not in experiment.tags
     again = apply(runner, write_spec, text, "okrs.yaml")
     assert "0 change(s)" in again.output
     assert status_json(runner)["objectives"][0]["team"] is None
@@ -211,3 +218,126 @@ def test_live_writes_keep_every_teams_set_and_the_roll_up_current(client, tracki
     (grow,) = payload["enclosing_cycles"][0]["objectives"]
     assert grow["score"] == pytest.approx((0 + scores["reco"] + 1.0) / 3, abs=1e-15)
     assert not sync(client, check=True).drifted
+
+
+# ---------------------------------------------------------------------------------------------
+# The invariant over an organization: several sets of a cycle, an enclosing cycle whose KR shares
+# an id with the inner cycle's (qualified run tags), and an objective aligned across cycles.
+
+
+def organization_texts() -> list[str]:
+    """The live fixtures' unnamed set, a company set of an enclosing cycle, and a team set."""
+    today = dt.datetime.now(dt.timezone.utc).date()
+    quarter, half = dt.timedelta(days=45), dt.timedelta(days=90)
+    year = f"{{name: live-year, start: {today - half}, end: {today + half}}}"
+    live = f"{{name: live, start: {today - quarter}, end: {today + quarter}}}"
+    company = (
+        f"version: 1\ncycle: {year}\nobjectives:\n  - id: company-quality\n    title: Company quality\n"
+        "    category: product\n    key_results:\n"
+        "      - {id: acc, metric: val_acc, experiments: [train-*], baseline: 0.5, target: 1.0}\n"
+    )
+    team = (
+        f"version: 1\nteam: vision\ncycle: {live}\nobjectives:\n  - id: vision-quality\n"
+        "    title: Vision quality\n    category: product\n    aligns_to: [live-year:company-quality]\n"
+        "    key_results:\n"
+        "      - {id: acc-mean, metric: val_acc, experiments: [train-*], baseline: 0.5, target: 1.0,\n"
+        "         aggregate: mean}\n"
+    )
+    return [live_spec_text(), company, team]
+
+
+@pytest.fixture
+def organization_uri(tracking_uri: str) -> str:
+    for text in organization_texts():
+        publish(tracking_uri, text)
+    uri = use_okr_uri(tracking_uri)
+    mlflow.set_experiment(EXPERIMENT)
+    return uri
+
+
+def wait_for(condition, seconds: float = 60.0) -> bool:
+    """Poll `condition` until it holds or `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.5)
+    return condition()
+
+
+def objective_scores(status) -> dict[str, float]:
+    return {
+        f"{cycle.cycle.name}:{objective.team}/{objective.id}": objective.score
+        for cycle in [status, *status.enclosing_cycles]
+        for objective in cycle.objectives
+    }
+
+
+@requires_okr_store
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(operations=st.lists(operation, min_size=1, max_size=12))
+def test_an_organizations_live_state_equals_a_recompute(organization_uri, client, operations):
+    run_operations(MlflowClient(organization_uri), client, operations, flush)
+    flush()
+    result = sync(client, check=True)
+    assert sorted(result.sets) == ["live", "live-year", "live/vision"]
+    assert not result.drifted, (result.kr_drift, result.run_drift)
+    stored = stored_cycle_status(client)
+    assert objective_scores(stored) == objective_scores(result.status)
+    for run in client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id]):
+        assert "okr.kr.acc" not in run.data.tags  # shared by live and live-year: qualified
+
+
+def okr_state(client) -> dict[str, tuple]:
+    """Every okr.* tag and every metric of every run in the store, by run id."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return {
+        run.info.run_id: (
+            {k: v for k, v in run.data.tags.items() if k.startswith("okr.") or k == "mlflow.note.content"},
+            dict(run.data.metrics),
+        )
+        for run in client.search_runs(experiments, max_results=1000)
+    }
+
+
+def test_a_0_1_spec_on_a_store_of_this_release_changes_nothing(client, runner):
+    """examples/okrs.yaml is a spec written for 0.1: no team, no alignment, one cycle."""
+    from pathlib import Path
+
+    spec = Path(__file__).resolve().parent.parent / "examples" / "okrs.yaml"
+    experiment = client.create_experiment("reco-ranker")
+    make_run(client, experiment, {"online_ctr": 0.07, "p99_latency_ms": 30, "precision": 0.95})
+    assert invoke(runner, "apply", str(spec)).exit_code == 0
+    before = okr_state(client)
+    cycle_tags = client.get_experiment_by_name("okr/2026-Q4").tags
+    again = invoke(runner, "apply", str(spec))
+    assert again.exit_code == 0 and "0 change(s)" in again.output, again.output
+    assert okr_state(client) == before
+    assert client.get_experiment_by_name("okr/2026-Q4").tags == cycle_tags
+    assert invoke(runner, "sync", "--check", *AS_OF).exit_code == 0
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_a_server_keeps_every_set_and_the_roll_up_current(tmp_path, deployment):
+    database = f"sqlite:///{tmp_path / 'server.db'}"
+    for text in organization_texts():
+        publish(database, text)
+    backend, app_name = deployment_args(deployment, database)
+    with mlflow_server(backend, tmp_path, workers=2, app_name=app_name) as server:
+        mlflow.set_tracking_uri(server.url)  # a plain client: the hooks run in the server
+        try:
+            mlflow.set_experiment(EXPERIMENT)
+            with mlflow.start_run() as run:
+                mlflow.log_metrics({"val_acc": 0.7, "latency": 12})
+        finally:
+            mlflow.set_tracking_uri(None)
+        client = MlflowClient(database)
+        assert wait_for(lambda: not sync(client, check=True).drifted), sync(client, check=True).kr_drift
+    tags = client.get_run(run.info.run_id).data.tags
+    assert tags["okr.kr.acc/live"] == tags["okr.kr.acc/live-year"] == tags["okr.kr.acc-mean"] == "counted"
+    stored = stored_cycle_status(client)
+    scores = objective_scores(stored)
+    # acc (live-year) 0.4 and vision-quality's acc-mean 0.4 roll up into company-quality.
+    assert scores["live:vision/vision-quality"] == pytest.approx(0.4)
+    assert scores["live-year:None/company-quality"] == pytest.approx(0.4)

@@ -20,9 +20,18 @@ from mlflow.tracking._tracking_service.utils import _get_store
 
 import mlflow_okr.store.live as live
 import mlflow_okr.store.schedule as schedule
-from mlflow_okr import compat, state
+from mlflow_okr import compat, vocabulary
 from mlflow_okr.store import OkrHooks, flush
-from tests.live_fixtures import EXPERIMENT, assert_no_drift, kr_run, live_spec_text, publish, use_okr_uri
+from tests.live_fixtures import (
+    EXPERIMENT,
+    assert_no_drift,
+    kr_run,
+    live_spec_text,
+    operation,
+    publish,
+    run_operations,
+    use_okr_uri,
+)
 
 
 @pytest.fixture
@@ -36,9 +45,9 @@ def okr_uri(tracking_uri: str) -> str:
 
 def kr_state(client: MlflowClient, kr_id: str) -> tuple[float | None, float | None, str]:
     run = kr_run(client, kr_id)
-    counted = run.data.tags.get(state.TAG_COUNTED, "0")
-    value = run.data.metrics.get(state.METRIC_VALUE) if counted != "0" else None
-    return value, run.data.metrics.get(state.METRIC_PROGRESS), counted
+    counted = run.data.tags.get(vocabulary.TAG_COUNTED, "0")
+    value = run.data.metrics.get(vocabulary.METRIC_VALUE) if counted != "0" else None
+    return value, run.data.metrics.get(vocabulary.METRIC_PROGRESS), counted
 
 
 def run_tags(client: MlflowClient, run_id: str) -> dict[str, str]:
@@ -129,10 +138,10 @@ def test_failing_the_best_run_recomputes(okr_uri: str, client: MlflowClient, end
     with mlflow.start_run() as best:
         mlflow.log_metrics({"val_acc": 0.95, "latency": 10})
         flush()
-        assert kr_run(client, "acc").data.tags[state.TAG_BEST_RUN] == best.info.run_id
+        assert kr_run(client, "acc").data.tags[vocabulary.TAG_BEST_RUN] == best.info.run_id
         mlflow.end_run(end_status)
     assert kr_state(client, "acc")[:2] == (0.6, pytest.approx(0.2))
-    assert kr_run(client, "acc").data.tags[state.TAG_BEST_RUN] == steady.info.run_id
+    assert kr_run(client, "acc").data.tags[vocabulary.TAG_BEST_RUN] == steady.info.run_id
     assert run_tags(client, best.info.run_id)["okr.kr.acc"] == f"excluded: run {end_status}"
     assert_no_drift(client)
 
@@ -359,54 +368,6 @@ def test_plain_sqlite_users_see_no_change(tracking_uri: str, client: MlflowClien
 
 # ---------------------------------------------------------------------------------------------
 # The invariant: whatever happens, once settled, sync --check finds nothing to repair.
-
-RUNS = 3
-operation = st.one_of(
-    st.tuples(
-        st.just("metric"),
-        st.integers(0, RUNS - 1),
-        st.sampled_from(["val_acc", "latency", "val_loss"]),
-        st.sampled_from([0.4, 0.6, 0.8, 0.95, 30.0, 70.0]),
-    ),
-    st.tuples(st.just("tag"), st.integers(0, RUNS - 1), st.sampled_from(["prod", "dev", None])),
-    st.tuples(st.just("end"), st.integers(0, RUNS - 1), st.sampled_from(["FINISHED", "FAILED", "KILLED"])),
-    st.tuples(st.just("delete"), st.integers(0, RUNS - 1)),
-    st.tuples(st.just("restore"), st.integers(0, RUNS - 1)),
-    st.tuples(st.just("flush"),),
-)
-
-
-def run_operations(okr_client: MlflowClient, client: MlflowClient, operations, settle) -> None:
-    """Apply a random sequence of writes through okr+; `settle` stands for the "flush" operation."""
-    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    runs = [okr_client.create_run(experiment_id).info.run_id for _ in range(RUNS)]
-    deleted: set[str] = set()
-    for op in operations:
-        if op[0] == "flush":
-            settle()
-            continue
-        run_id = runs[op[1]]
-        if op[0] == "restore":
-            if run_id in deleted:
-                okr_client.restore_run(run_id)
-                deleted.discard(run_id)
-            continue
-        if run_id in deleted:
-            continue
-        if op[0] == "metric":
-            okr_client.log_metric(run_id, op[2], op[3])
-        elif op[0] == "tag":
-            if op[2] is None:
-                okr_client.set_tag(run_id, "stage", "none")
-                okr_client.delete_tag(run_id, "stage")
-            else:
-                okr_client.set_tag(run_id, "stage", op[2])
-        elif op[0] == "end":
-            okr_client.set_terminated(run_id, op[2])
-        elif op[0] == "delete":
-            okr_client.delete_run(run_id)
-            deleted.add(run_id)
-
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations=st.lists(operation, min_size=1, max_size=12))
