@@ -194,3 +194,61 @@ def test_a_new_best_shows_within_seconds_without_a_reload(served, driver):
     assert "bigger-model" in css(driver, '[data-kr="acc"] a.best-run')[0].text
     assert driver.execute_script("return document.body.dataset.loadedOnce") == "yes"
     assert console_errors(driver) == []
+
+
+def organization_store(directory: Path) -> tuple[str, str]:
+    """A company set of an enclosing cycle and two team sets aligned to it, with one counted run
+    per team KR: (tracking URI, the run that moved team-a's KR)."""
+    import datetime as dt
+
+    from mlflow_okr.api import apply_spec
+    from mlflow_okr.spec import parse_spec
+    from tests.conftest import make_run
+
+    uri = f"sqlite:///{directory / 'org.db'}"
+    today = dt.datetime.now(dt.timezone.utc).date()
+    around = lambda name, days: (  # noqa: E731
+        f"{{name: {name}, start: {today - dt.timedelta(days=days)}, end: {today + dt.timedelta(days=days)}}}"
+    )
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("org-train")
+    now_ms = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+    moved = make_run(client, experiment, {"ctr": 0.07}, start_time=now_ms, name="ranker-v2")
+    make_run(client, experiment, {"recall": 0.8}, start_time=now_ms, name="rules-v3")
+    company = (
+        f"version: 1\ncycle: {around('year', 90)}\nobjectives:\n  - id: grow\n    title: Grow the business\n"
+        "    category: product\n    key_results:\n      - {id: revenue, source: manual, target: 100}\n"
+    )
+    apply_spec(parse_spec(company), tracking_uri=uri)
+    teams = (("team-a", "reco", "ctr", "ctr"), ("team-b", "fraud", "recall", "recall"))
+    for team, objective, kr, metric in teams:
+        text = (
+            f"version: 1\nteam: {team}\ncycle: {around('quarter', 45)}\n"
+            f"objectives:\n  - id: {objective}\n"
+            f"    title: {team} {objective}\n    category: product\n    aligns_to: [grow]\n    key_results:\n"
+            f"      - {{id: {kr}, metric: {metric}, experiments: [org-train], baseline: 0.05, target: 0.09}}\n"
+        )
+        apply_spec(parse_spec(text), tracking_uri=uri)
+    return uri, moved
+
+
+def test_a_person_drills_from_a_company_objective_to_the_run_that_moved_a_team_kr(tmp_path, driver):
+    from selenium.webdriver.common.by import By
+
+    uri, moved = organization_store(tmp_path)
+    with servers.mlflow_server(uri, tmp_path / "server", app_name="okr") as server:
+        open_board(driver, server.url + "/okr/")
+        headings = [heading.text for heading in css(driver, "h2.team")]
+        assert headings == ["quarter · team team-a", "quarter · team team-b", "year · unnamed set"]
+        company = css(driver, 'section[id="year:grow"]')[0]
+        children = [link.get_attribute("href").split("#", 1)[1] for link in company.find_elements(
+            By.CSS_SELECTOR, "a.aligned-child")]
+        assert children == ["quarter:team-a/reco", "quarter:team-b/fraud"]
+        company.find_elements(By.CSS_SELECTOR, "a.aligned-child")[0].click()
+        wait(driver, lambda d: d.current_url.endswith("#quarter:team-a/reco"))
+        team_objective = css(driver, 'section[id="quarter:team-a/reco"]')[0]
+        assert [card.get_attribute("data-kr") for card in team_objective.find_elements(
+            By.CSS_SELECTOR, "[data-kr]")] == ["ctr"]
+        best = team_objective.find_elements(By.CSS_SELECTOR, '[data-kr="ctr"] a.best-run')[0]
+        assert "ranker-v2" in best.text and moved in best.get_attribute("href")
+        assert console_errors(driver) == []
