@@ -227,7 +227,8 @@ def organization_store(directory: Path) -> tuple[str, str]:
             f"objectives:\n  - id: {objective}\n"
             f"    title: {team} {objective}\n    category: product\n    aligns_to: [grow]\n"
             "    key_results:\n"
-            f"      - {{id: {kr}, metric: {metric}, experiments: [org-train], baseline: 0.05, target: 0.09}}\n"
+            f"      - {{id: {kr}, metric: {metric}, experiments: [org-train],\n"
+            "         baseline: 0.05, target: 0.09}\n"
         )
         apply_spec(parse_spec(text), tracking_uri=uri)
     return uri, moved
