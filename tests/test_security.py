@@ -60,6 +60,14 @@ def as_user(username: str, password: str, url: str) -> dict[str, str]:
             "MLFLOW_TRACKING_URI": url}
 
 
+def as_admin(url: str, monkeypatch) -> tuple[dict[str, str], MlflowClient]:
+    """The admin's environment, set for this process too, and a client as the admin."""
+    admin_env = as_user(ADMIN, ADMIN_PASSWORD, url)
+    for key, value in admin_env.items():
+        monkeypatch.setenv(key, value)
+    return admin_env, MlflowClient(url)
+
+
 def run_cli(env: dict[str, str], *args: str):
     """The CLI as that user would run it: their credentials in MLflow's usual environment variables."""
     result = CliRunner().invoke(cli, list(args), env=env, catch_exceptions=True)
@@ -87,10 +95,7 @@ def test_reader_sees_nothing_of_an_experiment_it_cannot_read(auth_server, tmp_pa
     from mlflow.server import get_app_client
 
     url = auth_server
-    admin_env = as_user(ADMIN, ADMIN_PASSWORD, url)
-    for key, value in admin_env.items():
-        monkeypatch.setenv(key, value)
-    admin = MlflowClient(url)
+    admin_env, admin = as_admin(url, monkeypatch)
     public_id = admin.create_experiment("public-train")
     secret_id = admin.create_experiment("secret-train")
     public_run = make_run(admin, public_id, {"public_acc": 0.7, "shared_acc": 0.6}, tags={"kind": "open"})
@@ -321,10 +326,7 @@ def test_a_team_lead_writes_its_own_set_and_not_another_teams(auth_server, tmp_p
     from mlflow.server import get_app_client
 
     url = auth_server
-    admin_env = as_user(ADMIN, ADMIN_PASSWORD, url)
-    for key, value in admin_env.items():
-        monkeypatch.setenv(key, value)
-    admin = MlflowClient(url)
+    admin_env, admin = as_admin(url, monkeypatch)
     paths = {}
     for team, objective, kr in (("team-a", "alerts", "alerts-live"), ("team-b", "fraud", "fraud-rules")):
         paths[team] = tmp_path / f"{team}.yaml"
