@@ -46,6 +46,8 @@ _EXPORTS = {
     "load_spec": "mlflow_okr.spec",
     "parse_spec": "mlflow_okr.spec",
     "suggest_next_cycle": "mlflow_okr.suggest",
+    "CheckReport": "mlflow_okr.checks",
+    "check_okrs": "mlflow_okr.practice",
 }
 
 __all__ = sorted(_EXPORTS)

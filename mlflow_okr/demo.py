@@ -51,6 +51,7 @@ objectives:
       - id: recall
         title: Raise recall on malignant cases from 0.90 to 0.99 without hurting precision
         metric: val_recall
+        measures: product                 # missed cancers: what the clinicians' workflow sees
         experiments: [demo-screening]
         baseline: 0.90
         target: 0.99
@@ -97,6 +98,11 @@ objectives:
         baseline: {{filter: "tags.role = 'baseline'", experiments: [demo-forecast]}}
         target: "-10%"
         direction: minimize
+      - id: validated-learnings
+        title: Validate a forecasting hypothesis in the ledger
+        source: ledger
+        linked_to: forecast-mae
+        target: 1
 """
 
 

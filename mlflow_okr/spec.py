@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from mlflow_okr.check_codes import KR_CHECK_CODES, CheckCode, Measure
 from mlflow_okr.engine import Bound, RunRule, infer_direction
 from mlflow_okr.errors import SpecError
 
@@ -236,6 +237,15 @@ class KeyResult(StrictModel):
         description="Ledger KRs: `significant` counts only validated hypotheses whose Benjamini-Hochberg "
         "q-value across the cycle's evaluated hypotheses is at most 0.05.",
     )
+    measures: Measure | None = Field(
+        None,
+        description="What the KR measures: a `business` or `product` outcome, or a `model` metric. "
+        "Default: `model` for metric KRs, `business` for manual KRs; ledger KRs measure learning.",
+    )
+    # None, not [], when absent: the published spec (and its hash) of a file without it is unchanged.
+    allow: list[CheckCode] | None = Field(
+        None, description="OKR check codes not to warn about for this KR (okr-implausible-target)."
+    )
 
     @field_validator("target")
     @classmethod
@@ -255,6 +265,16 @@ class KeyResult(StrictModel):
 
     @model_validator(mode="after")
     def _one_kind(self) -> KeyResult:
+        for code in self.allow or []:
+            if code not in KR_CHECK_CODES:
+                raise _invalid(
+                    f"{code} is about an objective; allow it on the objective, not on a KR", "allow"
+                )
+        if self.source == "ledger" and self.measures is not None:
+            raise _invalid(
+                "a `source: ledger` KR measures learning (validated hypotheses); it takes no measures",
+                "measures",
+            )
         if self.source == "metric":
             self._check_metric_kr()
         else:
@@ -362,6 +382,14 @@ class KeyResult(StrictModel):
     def label(self) -> str:
         return self.title or self.id
 
+    @property
+    def measure(self) -> Literal["business", "product", "model", "learning"]:
+        """What the KR measures: as written, else a metric read from runs is a model metric, a
+        check-in a business outcome, a ledger count learning."""
+        if self.source == "ledger":
+            return "learning"
+        return self.measures or ("business" if self.source == "manual" else "model")
+
 
 def relative_direction(target: str) -> Direction:
     match = RELATIVE_TARGET.match(target)
@@ -393,6 +421,9 @@ class Objective(StrictModel):
     )
     alignment_weight: Number = Field(
         1.0, gt=0, description="This objective's weight in the score of each objective it aligns to."
+    )
+    allow: list[CheckCode] | None = Field(
+        None, description="OKR check codes not to warn about for this objective and its KRs."
     )
     key_results: list[KeyResult] = Field(min_length=1)
 

@@ -56,7 +56,7 @@ def test_demo_spec_has_every_category_and_kind():
     spec = parse_spec(demo.demo_spec("2026-Q4"), "demo okrs.yaml")
     assert {objective.category for objective in spec.objectives} == {"product", "operational", "research"}
     krs = {kr.id: kr for _, kr in spec.key_results()}
-    assert {kr.kind for kr in krs.values()} == {"metric", "maintain", "manual"}
+    assert {kr.kind for kr in krs.values()} == {"metric", "maintain", "manual", "ledger"}
     assert isinstance(krs["f1-vs-first-model"].target, str) and isinstance(krs["forecast-mae"].target, str)
     assert krs["p99-latency"].resolve(10)[1] == "minimize"
     assert krs["recall"].guardrails and krs["p99-latency"].filter

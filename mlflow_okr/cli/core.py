@@ -20,6 +20,7 @@ from mlflow_okr.cli.common import (
     team_option,
     tracking_uri_option,
 )
+from mlflow_okr.cli.practice import report_checks, strict_option
 from mlflow_okr.templates import starter_spec
 
 spec_argument = click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
@@ -42,15 +43,23 @@ def init(path: Path, cycle: str | None, force: bool) -> None:
 
 @click.command()
 @spec_argument
+@strict_option
+@tracking_uri_option
 @handle_errors
-def validate(spec_file: Path) -> None:
-    """Check SPEC_FILE against the okrs.yaml format; exit 2 with file:line errors if invalid."""
+def validate(spec_file: Path, strict: bool, tracking_uri: str | None) -> None:
+    """Check SPEC_FILE against the okrs.yaml format; exit 2 with file:line errors if invalid.
+
+    Then run the OKR checks (okr-bau, okr-no-business-proxy, ...): warnings, or exit 1 with
+    --strict. Targets are checked against the track record only with a tracking URI.
+    """
     spec = mlflow_okr.load_spec(spec_file)
     krs = spec.key_results()
     click.echo(
         f"{spec_file}: valid. Cycle {spec.cycle.name} ({spec.cycle.start} .. {spec.cycle.end}), "
         f"{len(spec.objectives)} objectives, {len(krs)} key results."
     )
+    checks = mlflow_okr.check_okrs(spec, tracking_uri=tracking_uri, track_record=tracking_uri is not None)
+    report_checks(checks, strict)
 
 
 @click.command()
@@ -62,11 +71,16 @@ def schema() -> None:
 @click.command()
 @spec_argument
 @click.option("--dry-run", is_flag=True, help="Print the plan; change nothing.")
+@strict_option
 @tracking_uri_option
 @handle_errors
-def apply(spec_file: Path, dry_run: bool, tracking_uri: str | None) -> None:
-    """Publish SPEC_FILE to the okr/<cycle> experiment: one run per objective and KR."""
+def apply(spec_file: Path, dry_run: bool, strict: bool, tracking_uri: str | None) -> None:
+    """Publish SPEC_FILE to the okr/<cycle> experiment: one run per objective and KR.
+
+    The OKR checks run first; with --strict a warning stops the apply (exit 1).
+    """
     spec = mlflow_okr.load_spec(spec_file)
+    report_checks(mlflow_okr.check_okrs(spec, tracking_uri=tracking_uri), strict)
     plan = mlflow_okr.apply_spec(spec, tracking_uri=tracking_uri, dry_run=dry_run)
     verb = "Would apply" if dry_run else "Applied"
     changes = plan.changes

@@ -1,0 +1,27 @@
+"""The Python API of the practice commands: OKR checks, effort and the weekly review.
+
+Like `api.py`, a facade at the edge: these take a tracking URI, the modules they call take a
+client (`checks`, `effort`, `review`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from mlflow_okr import state
+from mlflow_okr.checks import CheckReport, check_spec
+from mlflow_okr.spec import OkrSpec, load_spec
+
+
+def check_okrs(
+    spec: OkrSpec | str | Path,
+    tracking_uri: str | None = None,
+    track_record: bool = True,
+    now: dt.datetime | None = None,
+) -> CheckReport:
+    """The OKR checks of a spec (or okrs.yaml path); with `track_record`, targets are checked
+    against the earlier cycles and the ledger in the backend at `tracking_uri`."""
+    spec = spec if isinstance(spec, OkrSpec) else load_spec(spec)
+    client = state.make_client(tracking_uri) if track_record else None
+    return check_spec(spec, client, now)
