@@ -11,7 +11,9 @@ from pathlib import Path
 
 from mlflow_okr import state
 from mlflow_okr.checks import CheckReport, check_spec
+from mlflow_okr.results import CycleStatus
 from mlflow_okr.spec import OkrSpec, load_spec
+from mlflow_okr.sync import stored_cycle_status
 
 
 def check_okrs(
@@ -25,3 +27,18 @@ def check_okrs(
     spec = spec if isinstance(spec, OkrSpec) else load_spec(spec)
     client = state.make_client(tracking_uri) if track_record else None
     return check_spec(spec, client, now)
+
+
+def effort_status(
+    tracking_uri: str | None = None,
+    cycle: str | None = None,
+    now: dt.datetime | None = None,
+    team: str | None = None,
+) -> CycleStatus:
+    """`status`, with the effort of each KR, objective, owner and team, and the cycle's runs that
+    count for no KR (`unaligned`)."""
+    from mlflow_okr.effort import with_effort
+
+    client = state.make_client(tracking_uri)
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return with_effort(client, stored_cycle_status(client, cycle=cycle, now=now, team=team), now)

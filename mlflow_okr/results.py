@@ -14,6 +14,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from mlflow_okr.engine import Scored, status_of, weighted_mean
+from mlflow_okr.practice_results import Confidence, CycleEffort, Effort, Unaligned, optional_field
 from mlflow_okr.spec import KeyResult, OkrSpec
 
 
@@ -48,6 +49,8 @@ class KeyResultStatus(BaseModel):
     guardrail_breaches: int = 0
     run_id: str | None = None
     notes: list[str] = []
+    confidence: Confidence | None = optional_field("Chance of reaching the target by the cycle's end.")
+    effort: Effort | None = optional_field("Runs, people, run-hours and improving runs (status --effort).")
 
 
 class ObjectiveStatus(BaseModel):
@@ -62,6 +65,7 @@ class ObjectiveStatus(BaseModel):
     aligned_to: list[str] = []
     aligned_children: list[str] = []
     key_results: list[KeyResultStatus]
+    effort: Effort | None = optional_field("Its KRs' effort, each run once (status --effort).")
 
 
 class CycleStatus(BaseModel):
@@ -76,6 +80,8 @@ class CycleStatus(BaseModel):
     objectives: list[ObjectiveStatus]
     teams: list[str | None] = []
     enclosing_cycles: list[CycleStatus] = []
+    effort: CycleEffort | None = optional_field("All the cycle's runs, by owner and team (status --effort).")
+    unaligned: Unaligned | None = optional_field("The cycle's runs that count for no KR (status --effort).")
 
     def key_results(self) -> list[KeyResultStatus]:
         return [kr for objective in self.objectives for kr in objective.key_results]

@@ -20,7 +20,7 @@ from mlflow_okr.cli.common import (
     team_option,
     tracking_uri_option,
 )
-from mlflow_okr.cli.practice import report_checks, strict_option
+from mlflow_okr.cli.practice import print_effort, report_checks, strict_option
 from mlflow_okr.templates import starter_spec
 
 spec_argument = click.argument("spec_file", type=click.Path(dir_okay=False, path_type=Path))
@@ -143,15 +143,25 @@ def sync(check: bool, cycle: str | None, team: str | None, as_of, tracking_uri: 
 
 @click.command()
 @format_option("table", "json", "csv")
+@click.option(
+    "--effort", is_flag=True,
+    help="Runs, people, run-hours and improving runs per KR, objective, owner and team; and the "
+    "cycle's runs that count for no KR.",
+)
 @cycle_option
 @team_option
 @as_of_option
 @tracking_uri_option
 @handle_errors
-def status(output_format: str, cycle: str | None, team: str | None, as_of, tracking_uri: str | None) -> None:
+def status(
+    output_format: str, effort: bool, cycle: str | None, team: str | None, as_of, tracking_uri: str | None
+) -> None:
     """Print every objective and KR with its progress and status, for every cycle that contains today."""
     from mlflow_okr import render
 
+    if effort:
+        print_effort(tracking_uri, cycle, as_of_datetime(as_of), team, output_format)
+        return
     current = mlflow_okr.status(tracking_uri=tracking_uri, cycle=cycle, now=as_of_datetime(as_of), team=team)
     if output_format == "json":
         click.echo(current.model_dump_json(indent=2))

@@ -31,3 +31,22 @@ def report_checks(report: Any, strict: bool) -> None:
         )
     for warning in report.warnings:
         click.echo(f"warning: {warning.line()}", err=True)
+
+
+def print_effort(
+    tracking_uri: str | None, cycle: str | None, now: Any, team: str | None, output_format: str
+) -> None:
+    """`status --effort` in the asked format."""
+    from mlflow_okr.practice import effort_status
+
+    current = effort_status(tracking_uri=tracking_uri, cycle=cycle, now=now, team=team)
+    if output_format == "json":
+        click.echo(current.model_dump_json(indent=2))
+    elif output_format == "csv":
+        from mlflow_okr.effort_views import effort_frame
+
+        click.echo(effort_frame(current).to_csv(index=False), nl=False)
+    else:
+        from mlflow_okr.effort_views import effort_table
+
+        click.echo(effort_table(current))

@@ -1,0 +1,157 @@
+"""Effort: runs, people, run-hours and improving runs per KR, objective, owner and team, and the
+cycle's unaligned runs, equal to a hand count on a store with known runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlflow_okr import effort, practice
+from mlflow_okr.api import apply_spec, sync
+from mlflow_okr.spec import parse_cycle, parse_spec
+from tests.conftest import NOW, invoke
+
+HOUR_MS = 3_600_000
+NOV_1 = parse_cycle("2026-Q4").start_ms + 31 * 24 * HOUR_MS
+SPEC = """
+version: 1
+cycle: 2026-Q4
+objectives:
+  - id: reco
+    title: Better recommendations
+    category: product
+    owner: reco-team
+    key_results:
+      - {id: ctr, metric: online_ctr, measures: product, experiments: [reco], baseline: 0.05, target: 0.08}
+      - {id: csat, metric: csat, measures: business, experiments: [reco], maintain: {min: 4.0}}
+  - id: ops
+    title: Fast serving
+    category: operational
+    owner: platform
+    key_results:
+      - {id: latency, metric: p99, experiments: [serving], baseline: 100, target: 50}
+      - {id: on-call, source: manual, target: 1}
+"""
+
+
+def run(client, experiment_id, user, start_hour, hours=None, metrics=None, status="FINISHED") -> str:
+    """A run by `user` starting `start_hour` hours after 2026-11-01, lasting `hours` (None: running)."""
+    start = NOV_1 + int(start_hour * HOUR_MS)
+    created = client.create_run(experiment_id, start_time=start, tags={"mlflow.user": user})
+    run_id = created.info.run_id
+    for key, value in (metrics or {}).items():
+        client.log_metric(run_id, key, value, timestamp=start + 1000)
+    if hours is not None:
+        client.set_terminated(run_id, status, end_time=start + int(hours * HOUR_MS))
+    return run_id
+
+
+@pytest.fixture
+def store(client):
+    """Known runs: who, how long, which KR; the hand count is in each test."""
+    apply_spec(parse_spec(SPEC), tracking_uri=client.tracking_uri)
+    reco = client.create_experiment("reco")
+    serving = client.create_experiment("serving")
+    scratch = client.create_experiment("scratch")
+    runs = {
+        "r1": run(client, reco, "ann", 0, 2, {"online_ctr": 0.06, "csat": 4.5}),
+        "r2": run(client, reco, "bob", 10, 1, {"online_ctr": 0.055, "csat": 4.2}),
+        # Still running at NOW (2026-11-15 00:00): 12 hours so far.
+        "r3": run(client, reco, "ann", 13 * 24 + 12, None, {"online_ctr": 0.07, "csat": 4.1}),
+        "r4": run(client, reco, "bob", 20, 5, {"online_ctr": 0.09, "csat": 4.9}),  # deleted below
+        "r5": run(client, reco, "carol", 30, 3, {"online_ctr": 0.1, "csat": 4.9}, status="FAILED"),
+        "s1": run(client, serving, "carol", 40, 4, {"p99": 80}),
+        "s2": run(client, serving, "dave", 50, 1, {"p99": 90}),
+        "x1": run(client, scratch, "ann", 60, 10),
+        "x2": run(client, scratch, "erin", 70, 6),
+        "x3": run(client, scratch, "erin", -24 * 40, 6),  # started in 2026-Q3
+    }
+    client.delete_run(runs["r4"])
+    sync(tracking_uri=client.tracking_uri, now=NOW)
+    return runs
+
+
+def test_effort_equals_a_hand_count(client, store) -> None:
+    status = practice.effort_status(tracking_uri=client.tracking_uri, now=NOW)
+    krs = {kr.id: kr.effort.model_dump() for kr in status.key_results()}
+    # ctr: r1, r2 and r3 (running, 12 h so far); r4 is deleted, r5 failed. r1 and r3 raised the best.
+    assert krs["ctr"] == {"runs": 3, "people": 2, "run_hours": 15.0, "improving_runs": 2}
+    # A maintain KR holds or breaks; no run moves it.
+    assert krs["csat"] == {"runs": 3, "people": 2, "run_hours": 15.0, "improving_runs": 0}
+    # s1 (p99 80) moved latency 40% of the way; s2 (90) did not beat it.
+    assert krs["latency"] == {"runs": 2, "people": 2, "run_hours": 5.0, "improving_runs": 1}
+    assert krs["on-call"] == {"runs": 0, "people": 0, "run_hours": 0.0, "improving_runs": 0}
+    objectives = {o.id: o.effort.model_dump() for o in status.objectives}
+    assert objectives == {
+        "reco": {"runs": 3, "people": 2, "run_hours": 15.0, "improving_runs": 2},  # each run once
+        "ops": {"runs": 2, "people": 2, "run_hours": 5.0, "improving_runs": 1},
+    }
+    assert [owner.model_dump() for owner in status.effort.owners] == [
+        {"id": "platform", "runs": 2, "people": 2, "run_hours": 5.0, "improving_runs": 1},
+        {"id": "reco-team", "runs": 3, "people": 2, "run_hours": 15.0, "improving_runs": 2},
+    ]
+    assert status.effort.teams == []  # one unnamed set
+    # Every run of the cycle outside okr/: r1 r2 r3 r5 s1 s2 x1 x2 (x3 started in Q3, r4 deleted).
+    assert (status.effort.runs, status.effort.people, status.effort.run_hours) == (8, 5, 39.0)
+    # Unaligned: the failed r5 (3 h) and scratch's x1 (10 h) and x2 (6 h).
+    assert status.unaligned.model_dump() == {
+        "runs": 3,
+        "run_hours": 19.0,
+        "runs_share": 3 / 8,
+        "hours_share": 19 / 39,
+        "top_experiments": [
+            {"experiment_id": client.get_experiment_by_name("scratch").experiment_id, "name": "scratch",
+             "runs": 2, "run_hours": 16.0},
+            {"experiment_id": client.get_experiment_by_name("reco").experiment_id, "name": "reco",
+             "runs": 1, "run_hours": 3.0},
+        ],
+    }
+
+
+def test_search_runs_reads_the_same_facts_as_sql(client, store) -> None:
+    published = practice.effort_status(tracking_uri=client.tracking_uri, now=NOW)
+    spec = parse_spec(SPEC)
+    metric_krs = [effort.MetricKr(kr.id, kr) for _, kr in spec.key_results() if kr.kind == "metric"]
+    cycle = parse_cycle("2026-Q4")
+    now_ms = int(NOW.timestamp() * 1000)
+    from mlflow_okr import compat
+
+    by_sql = effort._sql_facts(compat.store_of(client), cycle, now_ms, metric_krs)
+    by_search = effort._search_facts(client, cycle, now_ms, metric_krs)
+    key = lambda g: (sorted(g.krs), g.user, g.experiment_id)  # noqa: E731
+    assert sorted(by_sql.groups, key=key) == sorted(by_search.groups, key=key)
+    for tag_id in ("ctr", "latency"):
+        assert sorted(by_sql.counted[tag_id], key=lambda r: r.run_id) == sorted(
+            by_search.counted[tag_id], key=lambda r: r.run_id
+        )
+    assert [store["r1"], store["r3"]] == effort.improving_runs(
+        spec.find_key_result("ctr"), published.find("ctr"), by_search.counted["ctr"]
+    )
+
+
+def test_status_effort_json_csv_and_table(client, store, runner) -> None:
+    args = ["status", "--effort", "--as-of", "2026-11-15", "--tracking-uri", client.tracking_uri]
+    result = invoke(runner, *args, "--format", "json")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output)
+    ctr = payload["objectives"][0]["key_results"][0]
+    assert ctr["effort"] == {"runs": 3, "people": 2, "run_hours": 15.0, "improving_runs": 2}
+    assert payload["unaligned"]["runs"] == 3 and payload["unaligned"]["runs_share"] == 0.375
+    csv = invoke(runner, *args, "--format", "csv")
+    assert csv.exit_code == 0
+    lines = csv.output.splitlines()
+    assert lines[0] == "level,id,runs,people,run_hours,improving_runs,runs_share,hours_share"
+    assert "kr,ctr,3,2,15.0,2,," in lines
+    assert "unaligned-experiment,scratch,2,0,16.0,0,," in lines
+    table = invoke(runner, *args)
+    assert table.exit_code == 0
+    assert "Unaligned (count for no KR): 3 runs (38%), 19.0 run-hours (49%)." in table.output
+    assert "  scratch: 2 runs, 16.0 run-hours" in table.output
+
+
+def test_status_json_without_effort_has_no_effort_fields(client, store, runner) -> None:
+    result = invoke(runner, "status", "--format", "json", "--tracking-uri", client.tracking_uri)
+    payload = json.loads(result.output)
+    assert "unaligned" not in payload and "effort" not in payload
+    assert "effort" not in payload["objectives"][0]["key_results"][0]
