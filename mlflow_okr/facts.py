@@ -98,10 +98,20 @@ class RunView:
 
 
 class SqlFacts:
-    """Run facts read with SQLAlchemy over MLflow's own tables, a chunk of runs at a time."""
+    """Run facts read with SQLAlchemy over MLflow's own tables, a chunk of runs at a time.
 
-    def __init__(self, store: Any):
+    With a `workspace` (MLflow workspaces on), only runs of that workspace's experiments are read
+    or tagged: these statements bypass the workspace-aware store's own scoping, and the live
+    writer's threads act for one workspace each.
+    """
+
+    def __init__(self, store: Any, workspace: str | None = None):
         self.store = store
+        self.workspace = workspace
+
+    def _in_workspace(self) -> tuple[Any, ...]:
+        """The condition on SqlRun that keeps to `workspace`'s experiments (none without one)."""
+        return _workspace_runs(self.workspace)
 
     def scan(
         self, experiment_ids: Iterable[str], start_ms: int, end_ms: int, keys: FactKeys
@@ -117,6 +127,7 @@ class SqlFacts:
             SqlRun.lifecycle_stage == "active",
             SqlRun.start_time >= start_ms,
             SqlRun.start_time <= end_ms,
+            *self._in_workspace(),
         )
         after = ""
         while True:
@@ -147,7 +158,8 @@ class SqlFacts:
         for start in range(0, len(wanted), CHUNK):
             part = wanted[start:start + CHUNK]
             with compat.sql_session(self.store) as session:
-                rows = session.execute(select(*_run_columns()).where(SqlRun.run_uuid.in_(part))).all()
+                query = select(*_run_columns()).where(SqlRun.run_uuid.in_(part), *self._in_workspace())
+                rows = session.execute(query).all()
                 views = {row[0]: RunView(row) for row in rows}
                 if views:
                     _fill(session, views, keys, (SqlRun.run_uuid.in_(list(views)),), joined=False)
@@ -164,7 +176,7 @@ class SqlFacts:
         with compat.sql_session(self.store, write=True) as session:
             for attempt in range(TAG_WRITE_ATTEMPTS):
                 try:
-                    _write_tag_rows(session, changes)
+                    _write_tag_rows(session, changes, self._in_workspace())
                     return
                 except exc.IntegrityError:
                     # Another writer inserted one of these tags (or removed a run) since we read.
@@ -173,15 +185,26 @@ class SqlFacts:
                         raise
 
 
-def _write_tag_rows(session: Any, changes: dict[str, TagChanges]) -> None:
+def _workspace_runs(workspace: str | None) -> tuple[Any, ...]:
+    """Conditions on SqlRun: its experiment is in `workspace` (no condition for None)."""
+    if workspace is None:
+        return ()
+    from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlRun
+
+    column = compat.experiment_workspace_column()
+    experiments = select(SqlExperiment.experiment_id).where(column == workspace)
+    return (SqlRun.experiment_id.in_(experiments),)
+
+
+def _write_tag_rows(session: Any, changes: dict[str, TagChanges], in_workspace: tuple[Any, ...] = ()) -> None:
     """Update the tags present, insert the others, delete the removed ones: three statements."""
     from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
 
-    # As MLflow's own tag writes: only an active run can be tagged.
+    # As MLflow's own tag writes: only an active run (of the workspace) can be tagged.
     active = sorted(
         session.execute(
             select(SqlRun.run_uuid).where(
-                SqlRun.run_uuid.in_(sorted(changes)), SqlRun.lifecycle_stage == "active"
+                SqlRun.run_uuid.in_(sorted(changes)), SqlRun.lifecycle_stage == "active", *in_workspace
             )
         ).scalars()
     )
@@ -287,5 +310,5 @@ def reader_for(client: MlflowClient, keys: FactKeys | None = None) -> SqlFacts |
     """The cheapest reader that can serve `keys` for this client's store (None: a tag writer)."""
     store = compat.store_of(client)
     if (keys is None or keys.lean) and compat.is_sql_store(store):
-        return SqlFacts(store)
+        return SqlFacts(store, compat.active_workspace())
     return SearchFacts(client)

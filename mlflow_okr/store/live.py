@@ -189,10 +189,35 @@ class LiveKrs:
         """
         with self._refresh_lock:
             signature = published_signature(self.client)
-            if self._watched is not None and signature == self._watched.signature:
+            previous = self._watched
+            if previous is not None and signature == previous.signature:
                 return False
             self._watched = load_watched_krs(self.client)
+            if previous is not None:
+                self._recount_republished(set(self._watched.signature) - set(previous.signature))
             return True
+
+    def _recount_republished(self, signature_entries: set[tuple[str, str]]) -> None:
+        """Schedule a recount of the cycles published or revised since the last load.
+
+        The writes this process noted between the apply and this reload were looked up in the
+        old definitions, so the ones that concern the new KRs were never marked.
+        """
+        watched = self._watched
+        experiment_ids = {e for e, _ in signature_entries if watched is not None and e in watched.cycles}
+        if not experiment_ids:
+            return
+        markers = self._durable_markers() if self.durable else None
+        if markers is not None:
+            with markers.lock:
+                markers.ensure(experiment_ids)
+        now = time.monotonic()
+        with self._lock:
+            for experiment_id in experiment_ids:
+                for _, kr in watched.cycles[experiment_id].spec.key_results():
+                    self._recounts.revised((experiment_id, kr.id), now)
+        self._ensure_thread()
+        self._wake.set()
 
     # -- marks (the user's thread) ----------------------------------------------------------
 
