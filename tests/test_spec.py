@@ -241,7 +241,7 @@ def test_unknown_key_suggests_the_closest(runner, write_spec):
 def test_unknown_top_level_key(runner, write_spec):
     path, output = validate_fails(runner, write_spec, spec_with_kr(CTR).replace("cycle:", "cycel:"))
     assert f"{path}:2: cycel: unknown key 'cycel'; did you mean 'cycle'?" in output
-    assert "allowed: version, cycle, status_thresholds, objectives" in output
+    assert "allowed: version, team, cycle, status_thresholds, objectives" in output
 
 
 def test_unknown_guardrail_key(runner, write_spec):
