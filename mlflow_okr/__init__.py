@@ -49,6 +49,7 @@ _EXPORTS = {
     "CheckReport": "mlflow_okr.checks",
     "check_okrs": "mlflow_okr.practice",
     "effort_status": "mlflow_okr.practice",
+    "weekly_review": "mlflow_okr.practice",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,6 +12,7 @@ from pathlib import Path
 from mlflow_okr import state
 from mlflow_okr.checks import CheckReport, check_spec
 from mlflow_okr.results import CycleStatus
+from mlflow_okr.review import Review, build_review, parse_since, post_review
 from mlflow_okr.spec import OkrSpec, load_spec
 from mlflow_okr.sync import stored_cycle_status
 
@@ -42,3 +43,25 @@ def effort_status(
     client = state.make_client(tracking_uri)
     now = now or dt.datetime.now(dt.timezone.utc)
     return with_effort(client, stored_cycle_status(client, cycle=cycle, now=now, team=team), now)
+
+
+def weekly_review(
+    since: str = "7d",
+    tracking_uri: str | None = None,
+    cycle: str | None = None,
+    team: str | None = None,
+    now: dt.datetime | None = None,
+    ui_url: str | None = None,
+) -> Review:
+    """What moved in the current cycle (or `cycle`) since `since` (`7d`, `2w` or a date), up to `now`."""
+    client = state.make_client(tracking_uri)
+    until = now or dt.datetime.now(dt.timezone.utc)
+    status = stored_cycle_status(client, cycle=cycle, now=until, team=team)
+    return build_review(client, status, parse_since(since, until), until, ui_url)
+
+
+def post_weekly_review(
+    review: Review, tracking_uri: str | None = None, team: str | None = None
+) -> dict[str, bool]:
+    """Post `review` to the webhooks of its cycle's sets (`notify.webhooks` in okrs.yaml)."""
+    return post_review(state.make_client(tracking_uri), review, team)

@@ -8,6 +8,7 @@ from mlflow_okr import __version__
 from mlflow_okr.cli import board as board_command
 from mlflow_okr.cli import core, demo
 from mlflow_okr.cli import ledger as ledger_commands
+from mlflow_okr.cli import practice as practice_commands
 from mlflow_okr.cli import report as report_commands
 
 
@@ -24,6 +25,8 @@ cli.add_command(board_command.board)
 for command in report_commands.COMMANDS:
     cli.add_command(command)
 for command in ledger_commands.COMMANDS:
+    cli.add_command(command)
+for command in practice_commands.COMMANDS:
     cli.add_command(command)
 
 

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
+from mlflow_okr.cli.common import (
+    as_of_datetime,
+    as_of_option,
+    cycle_option,
+    format_option,
+    handle_errors,
+    team_option,
+    tracking_uri_option,
+)
 from mlflow_okr.errors import CheckFailed
 
 strict_option = click.option(
@@ -50,3 +60,57 @@ def print_effort(
         from mlflow_okr.effort_views import effort_table
 
         click.echo(effort_table(current))
+
+
+@click.command()
+@click.option(
+    "--since", default="7d", show_default=True,
+    help="Start of the window: a span back from now (7d, 2w) or a date (2026-11-28, UTC).",
+)
+@format_option("md", "html", "json", default="md")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="Write the review to this file instead of standard output.",
+)
+@click.option("--notify", "send", is_flag=True, help="Also post it to the spec's notify.webhooks.")
+@click.option(
+    "--ui-url", default=None, envvar="MLFLOW_OKR_UI_URL",
+    help="Base URL of the MLflow UI (e.g. http://localhost:5000), to link runs. Env: MLFLOW_OKR_UI_URL.",
+)
+@cycle_option
+@team_option
+@as_of_option
+@tracking_uri_option
+@handle_errors
+def review(
+    since: str, output_format: str, output: Path | None, send: bool, ui_url: str | None,
+    cycle: str | None, team: str | None, as_of, tracking_uri: str | None,
+) -> None:
+    """What moved since a date: per KR the value change, status transitions, the runs that moved
+    it, stale KRs and KRs below their on-track line; from the KR history already logged."""
+    from mlflow_okr.practice import post_weekly_review, weekly_review
+    from mlflow_okr.review_views import no_history_line, review_html, review_markdown
+
+    result = weekly_review(
+        since, tracking_uri=tracking_uri, cycle=cycle, team=team, now=as_of_datetime(as_of), ui_url=ui_url
+    )
+    if output_format == "json":
+        document = result.dump() + "\n"
+    elif output_format == "html":
+        document = review_html(result)
+    else:
+        document = review_markdown(result)
+    if output is None:
+        click.echo(document, nl=False)
+    else:
+        output.write_text(document, encoding="utf-8")
+        click.echo(f"Wrote the review of {result.cycle} to {output}.")
+    if not result.has_history and output_format == "json":
+        click.echo(no_history_line(result), err=True)
+    if send:
+        answered = post_weekly_review(result, tracking_uri=tracking_uri, team=team)
+        for webhook, ok in answered.items():
+            click.echo(f"Review posted to {webhook}: {'ok' if ok else 'failed'}", err=True)
+
+
+COMMANDS = [review]
