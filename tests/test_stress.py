@@ -1,5 +1,6 @@
 """Concurrency: 8 processes x 4 threads write mixed metrics, tags and batches to shared KRs through
-a 2-worker `mlflow server` over an okr+ backend; afterwards every write that returned is stored
+a 2-worker `mlflow server` in each deployment (`--app-name okr` over a plain URI, and an okr+
+backend URI); afterwards every write that returned is stored
 and `sync --check` finds no drift. The default run lasts a few seconds; `-m slow` runs a minute.
 """
 
@@ -22,6 +23,7 @@ from mlflow.entities import Metric, RunTag
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr.cli import cli
+from tests import servers
 from tests.conftest import IN_CYCLE_MS, requires_okr_store
 
 PROCESSES = 8
@@ -262,19 +264,24 @@ def publish(uri: str, tmp_path: Path) -> str:
     return MlflowClient(uri).create_experiment("stress-shared")
 
 
-@pytest.fixture
-def server_factory(tmp_path) -> Iterator:
-    servers = pytest.importorskip("tests.servers", reason="tests/servers.py (the server helper) is missing")
-    return lambda backend: servers.mlflow_server(
-        backend, tmp_path / "server", workers=2, extra_env=server_env()
-    )
+@pytest.fixture(params=servers.DEPLOYMENTS)
+def server_factory(tmp_path, request) -> Iterator:
+    """A 2-worker server over a plain backend URI, in one deployment of mlflow-okr each time."""
+
+    def start(plain_uri: str):
+        backend, app_name = servers.deployment_args(request.param, plain_uri)
+        return servers.mlflow_server(
+            backend, tmp_path / "server", workers=2, app_name=app_name, extra_env=server_env()
+        )
+
+    return start
 
 
-def stress(backend_uri: str, plain_uri: str, tmp_path: Path, server_factory, seconds: float) -> Journal:
+def stress(plain_uri: str, tmp_path: Path, server_factory, seconds: float) -> Journal:
     experiment_id = publish(plain_uri, tmp_path)
     journal_dir = tmp_path / "journal"
     journal_dir.mkdir()
-    with server_factory(backend_uri) as server:
+    with server_factory(plain_uri) as server:
         processes = run_writers(server.url, experiment_id, seconds, journal_dir)
         for process in processes:
             process.join(timeout=seconds + 120)
@@ -293,7 +300,7 @@ def stress(backend_uri: str, plain_uri: str, tmp_path: Path, server_factory, sec
         said = [line for line in server.log().splitlines() if "okr" in line.lower() or "Error" in line]
         output += "\nserver log, lines about mlflow-okr and errors:\n" + "\n".join(said[-40:])
     print(
-        f"\nstress {backend_uri.split(':')[0]}: {journal.writes} writes "
+        f"\nstress {plain_uri.split(':')[0]}: {journal.writes} writes "
         f"in {seconds:g}s per client "
         f"({journal.writes / seconds:.0f} writes/s held by {PROCESSES}x{THREADS} clients), "
         f"{len(journal.runs)} runs, {len(journal.errors)} errors"
@@ -311,7 +318,7 @@ def stress(backend_uri: str, plain_uri: str, tmp_path: Path, server_factory, sec
 @pytest.mark.postgres
 @requires_okr_store
 def test_stress_okr_postgresql(postgres_uri, tmp_path, server_factory):
-    journal = stress("okr+" + postgres_uri, postgres_uri, tmp_path, server_factory, SHORT_SECONDS)
+    journal = stress(postgres_uri, tmp_path, server_factory, SHORT_SECONDS)
     assert journal.errors == []
 
 
@@ -320,7 +327,7 @@ def test_stress_okr_postgresql(postgres_uri, tmp_path, server_factory):
 def test_stress_okr_sqlite(tmp_path, server_factory):
     """SQLite serializes writers; MLflow retries locked writes, so none may fail here either."""
     uri = f"sqlite:///{tmp_path / 'stress.db'}"
-    journal = stress("okr+" + uri, uri, tmp_path, server_factory, SHORT_SECONDS)
+    journal = stress(uri, tmp_path, server_factory, SHORT_SECONDS)
     assert journal.errors == []
 
 
@@ -329,5 +336,5 @@ def test_stress_okr_sqlite(tmp_path, server_factory):
 @pytest.mark.postgres
 @requires_okr_store
 def test_stress_okr_postgresql_long(postgres_uri, tmp_path, server_factory):
-    journal = stress("okr+" + postgres_uri, postgres_uri, tmp_path, server_factory, LONG_SECONDS)
+    journal = stress(postgres_uri, tmp_path, server_factory, LONG_SECONDS)
     assert journal.errors == []
