@@ -230,7 +230,7 @@ def tag_in_bulk(tracking_uri: str) -> int:
     from mlflow.store.tracking.dbmodels.models import SqlTag
     from mlflow.tracking import MlflowClient
 
-    from mlflow_okr import state
+    from mlflow_okr import state, vocabulary
     from mlflow_okr.compute import compute_key_results
     from mlflow_okr.scope import plan_run_tags
 
@@ -241,8 +241,8 @@ def tag_in_bulk(tracking_uri: str) -> int:
     def collect(run: Any, verdicts: dict) -> None:
         plan = plan_run_tags(spec, run, verdicts)
         tags = dict(plan.changed)
-        if plan.desired.get(state.TAG_CYCLE):
-            tags[state.TAG_CYCLE] = plan.desired[state.TAG_CYCLE]
+        if plan.desired.get(vocabulary.TAG_CYCLE):
+            tags[vocabulary.TAG_CYCLE] = plan.desired[vocabulary.TAG_CYCLE]
         rows.extend({"key": k, "value": v, "run_uuid": run.info.run_id} for k, v in tags.items())
 
     compute_key_results(client, spec, on_run=collect)

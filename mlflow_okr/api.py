@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 from pydantic import BaseModel
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.apply import ApplyPlan
 from mlflow_okr.apply import apply_spec as _apply_spec
 from mlflow_okr.errors import InputError
@@ -119,6 +119,6 @@ def checkin(
         note=note,
         count=previous + 1,
     )
-    client.set_tag(run.info.run_id, state.TAG_CHECKIN, json.dumps(record.model_dump(mode="json")))
+    client.set_tag(run.info.run_id, vocabulary.TAG_CHECKIN, json.dumps(record.model_dump(mode="json")))
     _sync(client, cycle=published.cycle.name, team=published.team or "")
     return record

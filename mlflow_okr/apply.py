@@ -9,7 +9,7 @@ from mlflow.entities import Run, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
-from mlflow_okr import alignment, mlflow_ui, state
+from mlflow_okr import alignment, mlflow_ui, state, vocabulary
 from mlflow_okr.errors import InputError, SpecError
 from mlflow_okr.organization import set_status
 from mlflow_okr.spec import KeyResult, Objective, OkrSpec
@@ -41,37 +41,37 @@ class ApplyPlan(BaseModel):
 
 def _objective_tags(objective: Objective, team: str | None) -> dict[str, str]:
     tags = {
-        state.TAG_ROLE: "objective",
-        state.TAG_OBJECTIVE_ID: objective.id,
-        "okr.objective.title": objective.title,
-        "okr.objective.category": objective.category,
+        vocabulary.TAG_ROLE: vocabulary.ROLE_OBJECTIVE,
+        vocabulary.TAG_OBJECTIVE_ID: objective.id,
+        vocabulary.TAG_OBJECTIVE_TITLE: objective.title,
+        vocabulary.TAG_OBJECTIVE_CATEGORY: objective.category,
         state.MLFLOW_RUN_NOTE: f"**{objective.title}**\n\nCategory: {objective.category}"
         + (f"\n\nOwner: {objective.owner}" if objective.owner else ""),
     }
     if objective.owner:
-        tags["okr.objective.owner"] = objective.owner
+        tags[vocabulary.TAG_OBJECTIVE_OWNER] = objective.owner
     # Only sets that use them carry these, so a 0.1 spec re-applied changes no run.
     if team:
-        tags[state.TAG_TEAM] = team
+        tags[vocabulary.TAG_TEAM] = team
     if objective.aligns_to:
-        tags["okr.objective.aligns_to"] = ",".join(objective.aligns_to)
+        tags[vocabulary.TAG_OBJECTIVE_ALIGNS_TO] = ",".join(objective.aligns_to)
         tags[state.MLFLOW_RUN_NOTE] += f"\n\nAligns to: {', '.join(objective.aligns_to)}"
     return tags
 
 
 def _kr_tags(kr: KeyResult, objective: Objective, parent_run_id: str) -> dict[str, str]:
     tags = {
-        state.TAG_ROLE: "kr",
-        state.TAG_KR_ID: kr.id,
-        state.TAG_KR_DEFINITION: state.kr_definition(kr),
-        state.TAG_OBJECTIVE_ID: objective.id,
-        "okr.kr.kind": kr.kind,
+        vocabulary.TAG_ROLE: vocabulary.ROLE_KR,
+        vocabulary.TAG_KR_ID: kr.id,
+        vocabulary.TAG_KR_DEFINITION: state.kr_definition(kr),
+        vocabulary.TAG_OBJECTIVE_ID: objective.id,
+        vocabulary.TAG_KR_KIND: kr.kind,
         state.MLFLOW_PARENT_RUN_ID: parent_run_id,
     }
     if kr.metric:
-        tags["okr.kr.metric"] = kr.metric
+        tags[vocabulary.TAG_KR_METRIC] = kr.metric
     if kr.title:
-        tags["okr.kr.title"] = kr.title
+        tags[vocabulary.TAG_KR_TITLE] = kr.title
     return tags
 
 
@@ -82,12 +82,12 @@ def _changed(run: Run, wanted: dict[str, str]) -> list[str]:
 def _existing_runs(client: MlflowClient, experiment_id: str) -> tuple[dict[str, Run], dict[str, Run]]:
     objectives: dict[str, Run] = {}
     krs: dict[str, Run] = {}
-    for run in state.iter_runs(client, [experiment_id], f"tags.`{state.TAG_ROLE}` != ''"):
+    for run in state.iter_runs(client, [experiment_id], f"tags.`{vocabulary.TAG_ROLE}` != ''"):
         tags = run.data.tags
-        if tags.get(state.TAG_ROLE) == "objective":
-            objectives[tags[state.TAG_OBJECTIVE_ID]] = run
-        elif tags.get(state.TAG_ROLE) == "kr":
-            krs[tags[state.TAG_KR_ID]] = run
+        if tags.get(vocabulary.TAG_ROLE) == "objective":
+            objectives[tags[vocabulary.TAG_OBJECTIVE_ID]] = run
+        elif tags.get(vocabulary.TAG_ROLE) == "kr":
+            krs[tags[vocabulary.TAG_KR_ID]] = run
     return objectives, krs
 
 
@@ -137,7 +137,7 @@ class _Publisher:
 
     def publish(self) -> ApplyPlan:
         self.check_against_other_sets()
-        name = state.cycle_experiment_name(self.spec.cycle.name, self.spec.team)
+        name = vocabulary.cycle_experiment_name(self.spec.cycle.name, self.spec.team)
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None and experiment.lifecycle_stage != "active":
             raise InputError(
@@ -153,19 +153,19 @@ class _Publisher:
             self.experiment_id = experiment.experiment_id
             objective_runs, kr_runs = _existing_runs(self.client, experiment.experiment_id)
             self._runs_view(experiment, "cycle", self.spec.cycle.name)
-        ledger = self.client.get_experiment_by_name(state.LEDGER_EXPERIMENT)
+        ledger = self.client.get_experiment_by_name(vocabulary.LEDGER_EXPERIMENT)
         if ledger is not None and ledger.lifecycle_stage == "active":
-            self._runs_view(ledger, "ledger", state.LEDGER_EXPERIMENT)
+            self._runs_view(ledger, "ledger", vocabulary.LEDGER_EXPERIMENT)
         self._objectives(objective_runs, kr_runs)
         self._retire(objective_runs, kr_runs)
         spec_tags = state.spec_tags(self.spec)
-        stored_hash = experiment.tags.get(state.TAG_SPEC_HASH) if experiment is not None else None
+        stored_hash = experiment.tags.get(vocabulary.TAG_SPEC_HASH) if experiment is not None else None
         if experiment is not None:
-            action: Action = "unchanged" if stored_hash == spec_tags[state.TAG_SPEC_HASH] else "update"
+            action: Action = "unchanged" if stored_hash == spec_tags[vocabulary.TAG_SPEC_HASH] else "update"
             self.step(action, "cycle", self.spec.cycle.name, "spec")
-        spec_changed = stored_hash != spec_tags[state.TAG_SPEC_HASH]
+        spec_changed = stored_hash != spec_tags[vocabulary.TAG_SPEC_HASH]
         if self.experiment_id is not None and not self.dry_run and spec_changed:
-            spec_tags[state.TAG_APPLIED_AT] = str(state.now_ms())
+            spec_tags[vocabulary.TAG_APPLIED_AT] = str(state.now_ms())
             for key, value in spec_tags.items():
                 self.client.set_experiment_tag(self.experiment_id, key, value)
         if self.experiment_id is not None and not self.dry_run and spec_changed:
@@ -204,12 +204,12 @@ class _Publisher:
                     parent_id = self.create_run(objective.id, wanted)
             else:
                 changed = _changed(existing, wanted)
-                retired = existing.data.tags.get(state.TAG_RETIRED) == "true"
+                retired = existing.data.tags.get(vocabulary.TAG_RETIRED) == "true"
                 action: Action = "restore" if retired else ("update" if changed else "unchanged")
                 if self.step(action, "objective", objective.id, ", ".join(changed)):
-                    self.set_tags(parent_id, {**wanted, state.TAG_RETIRED: "false"})
+                    self.set_tags(parent_id, {**wanted, vocabulary.TAG_RETIRED: "false"})
                     if retired:  # objectives carry a status tag only while retired
-                        self.client.delete_tag(parent_id, state.TAG_STATUS)
+                        self.client.delete_tag(parent_id, vocabulary.TAG_STATUS)
             for kr in objective.key_results:
                 self._key_result(kr, objective, parent_id, kr_runs.get(kr.id))
 
@@ -219,13 +219,13 @@ class _Publisher:
             if self.step("create", "kr", kr.id, kr.label):
                 # The description starts as the definition; refresh_ui_notes keeps it current after.
                 note = mlflow_ui.kr_definition_markdown(kr, objective)
-                initial = {state.TAG_STATUS: "not-started", state.MLFLOW_RUN_NOTE: note}
+                initial = {vocabulary.TAG_STATUS: "not-started", state.MLFLOW_RUN_NOTE: note}
                 self.create_run(kr.id, {**wanted, **initial})
             return
         changed = _changed(existing, wanted)
-        if existing.data.tags.get(state.TAG_RETIRED) == "true":
+        if existing.data.tags.get(vocabulary.TAG_RETIRED) == "true":
             if self.step("restore", "kr", kr.id, ", ".join(changed)):
-                restored = {**wanted, state.TAG_RETIRED: "false", state.TAG_STATUS: "not-started"}
+                restored = {**wanted, vocabulary.TAG_RETIRED: "false", vocabulary.TAG_STATUS: "not-started"}
                 self.set_tags(existing.info.run_id, restored)
             return
         if self.step("update" if changed else "unchanged", "kr", kr.id, ", ".join(changed)):
@@ -236,10 +236,11 @@ class _Publisher:
         kept_objectives = {objective.id for objective in self.spec.objectives}
         for kind, runs, kept in (("objective", objective_runs, kept_objectives), ("kr", kr_runs, kept_krs)):
             for item_id, run in sorted(runs.items()):
-                if item_id in kept or run.data.tags.get(state.TAG_RETIRED) == "true":
+                if item_id in kept or run.data.tags.get(vocabulary.TAG_RETIRED) == "true":
                     continue
                 if self.step("retire", kind, item_id, "no longer in the spec; kept, not deleted"):
-                    self.set_tags(run.info.run_id, {state.TAG_RETIRED: "true", state.TAG_STATUS: "retired"})
+                    retired = {vocabulary.TAG_RETIRED: "true", vocabulary.TAG_STATUS: "retired"}
+                    self.set_tags(run.info.run_id, retired)
 
 
 def apply_spec(client: MlflowClient, spec: OkrSpec, dry_run: bool = False) -> ApplyPlan:

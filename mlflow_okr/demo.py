@@ -25,11 +25,12 @@ from mlflow_okr import api
 from mlflow_okr.errors import InputError
 from mlflow_okr.results import CycleStatus
 from mlflow_okr.spec import load_spec
+from mlflow_okr.vocabulary import OKR_SCHEME_PREFIX
 
 STORE_FILE = "mlflow.db"
 SPEC_FILE = "okrs.yaml"
 ARTIFACTS_DIR = "mlartifacts"
-LIVE_SCHEME = "okr+sqlite"
+LIVE_SCHEME = OKR_SCHEME_PREFIX + "sqlite"
 LATENCY_SAMPLES = 60
 SEED = 0
 STUDY_EXPERIMENT = "demo-forecast-study"
@@ -189,7 +190,7 @@ def run_demo(
     store_uri = f"sqlite:///{directory / STORE_FILE}"
     # Through the okr+ store every logged metric updates its KRs as it arrives; the final sync
     # then finds nothing to repair. Without it, the sync computes the same state in one pass.
-    logging_uri = f"okr+{store_uri}" if live_updates_available() else store_uri
+    logging_uri = OKR_SCHEME_PREFIX + store_uri if live_updates_available() else store_uri
 
     say(f"Publishing {spec_path.name} (cycle {spec.cycle.name}) to {store_uri}")
     api.apply_spec(spec, tracking_uri=store_uri)

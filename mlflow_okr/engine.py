@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Literal
 
+from mlflow_okr import vocabulary
+
 Direction = Literal["maximize", "minimize"]
 Status = Literal[
     "achieved", "on-track", "at-risk", "off-track", "not-started", "met", "missed"
@@ -23,8 +25,6 @@ Status = Literal[
 TERMINAL_RUN_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
 NOT_COUNTED_RUN_STATUSES = frozenset({"FAILED", "KILLED"})
 SUCCESS_GRADE = 0.7
-
-EXCLUDED_PREFIX = "excluded: "
 
 
 class ReasonKind(enum.Enum):
@@ -48,7 +48,7 @@ _REASON_PATTERNS = (
     (ReasonKind.GUARDRAIL_BREACH, re.compile(r"^guardrail .* breaks ")),
     (ReasonKind.NOT_A_NUMBER, re.compile(r" is \S+, not a finite number$")),
 )
-GUARDRAIL_TAG_PREFIX = EXCLUDED_PREFIX + "guardrail "  # narrows a search to breach candidates
+GUARDRAIL_TAG_PREFIX = vocabulary.EXCLUDED_PREFIX + "guardrail "  # narrows a search to breach candidates
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class Verdict:
     @property
     def tag_value(self) -> str:
         """The value of the run's `okr.kr.<id>` tag."""
-        return EXCLUDED_PREFIX + self.reason if self.state == "excluded" else self.state
+        return vocabulary.verdict_text(self.state, self.reason)
 
     @property
     def is_guardrail_breach(self) -> bool:
@@ -131,18 +131,18 @@ def verdict_from_tag(tag_value: str | None, value_text: str | None = None) -> Ve
     A counted verdict carries its value when `value_text` (the `okr.kr.<id>.value` tag that runs
     of sum and mean KRs carry) gives it.
     """
-    if not tag_value:
+    tag = vocabulary.read_verdict(tag_value)
+    if tag is None:
         return None
-    if tag_value == "counted":
+    if tag.state == vocabulary.COUNTED:
         value = _parsed_value(value_text)
         return Verdict("counted", "", value) if value is not None else Verdict("counted")
-    if tag_value.startswith("pending"):
+    if tag.state == vocabulary.PENDING:
         return Verdict("pending", "", None, ReasonKind.WAITING)
-    if tag_value.startswith(EXCLUDED_PREFIX):
-        reason = tag_value[len(EXCLUDED_PREFIX):]
-        kind = next((k for k, pattern in _REASON_PATTERNS if pattern.search(reason)), ReasonKind.UNKNOWN)
-        return Verdict("excluded", reason, None, kind)
-    return Verdict("excluded", tag_value, None, ReasonKind.UNKNOWN)
+    kind = ReasonKind.UNKNOWN
+    if tag.well_formed:
+        kind = next((k for k, pattern in _REASON_PATTERNS if pattern.search(tag.reason)), ReasonKind.UNKNOWN)
+    return Verdict("excluded", tag.reason, None, kind)
 
 
 def value_text(value: float) -> str:

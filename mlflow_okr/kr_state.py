@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,29 +16,26 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
-from mlflow_okr import mlflow_ui, notify, state
+from mlflow_okr import mlflow_ui, notify, state, vocabulary
 from mlflow_okr.engine import Tally, summaries_agree
 from mlflow_okr.results import CycleStatus, KeyResultStatus, cycle_status, kr_identity
 from mlflow_okr.spec import KeyResult
 
 STATE_TAGS = {
-    "counted_runs": state.TAG_COUNTED,
-    "best_run_id": state.TAG_BEST_RUN,
-    "baseline": state.TAG_BASELINE,
-    "target": state.TAG_TARGET,
-    "direction": state.TAG_DIRECTION,
-    "pending_runs": "okr.pending_runs",
-    "excluded_runs": "okr.excluded_runs",
-    "guardrail_breaches": "okr.guardrail_breaches",
+    "counted_runs": vocabulary.TAG_COUNTED,
+    "best_run_id": vocabulary.TAG_BEST_RUN,
+    "baseline": vocabulary.TAG_BASELINE,
+    "target": vocabulary.TAG_TARGET,
+    "direction": vocabulary.TAG_DIRECTION,
+    "pending_runs": vocabulary.TAG_PENDING,
+    "excluded_runs": vocabulary.TAG_EXCLUDED,
+    "guardrail_breaches": vocabulary.TAG_GUARDRAIL_BREACHES,
 }
 COMPARED_FIELDS = ("current", "progress", *STATE_TAGS)
-# Why a KR scores as it does ("baseline not resolved yet"), for `status`; follows the compared fields.
-TAG_NOTES = "okr.notes"
-NOTES_SEPARATOR = "; "
-# The KR's tally (engine.Tally.summary) and what it was counted for: a write to one run can then
-# revise it instead of re-reading every run. Compared by sync like the other fields.
-TAG_TALLY = "okr.tally"
-MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
+# The notes (vocabulary.TAG_NOTES: why a KR scores as it does, "baseline not resolved yet") follow
+# the compared fields. The KR's tally (vocabulary.TAG_TALLY: engine.Tally.summary and what it was
+# counted for) lets a write to one run revise it instead of re-reading every run; sync compares it
+# like the other fields.
 
 
 class KrDrift(BaseModel):
@@ -67,19 +63,15 @@ def tally_text(kr: KeyResult, baseline: float | None, tally: Tally | None) -> st
     """The okr.tally tag for `tally`; empty when there is none or it does not fit in a tag."""
     if tally is None:
         return ""
-    text = json.dumps({"basis": tally_basis(kr, baseline), **tally.summary()}, sort_keys=True)
-    return text if len(text) <= MAX_TAG_LENGTH else ""
+    return vocabulary.tally_text(tally_basis(kr, baseline), tally.summary())
 
 
 def stored_tally(run: Run, kr: KeyResult, baseline: float | None) -> Tally | None:
     """The tally saved on the KR run, if it was counted for this definition and baseline."""
-    text = run.data.tags.get(TAG_TALLY)
-    if not text or kr.metric is None:
+    data = vocabulary.read_tally(run.data.tags.get(vocabulary.TAG_TALLY))
+    if data is None or kr.metric is None or data.get("basis") != tally_basis(kr, baseline):
         return None
     try:
-        data = json.loads(text)
-        if data.get("basis") != tally_basis(kr, baseline):
-            return None
         _, direction = kr.resolve(baseline)
         return Tally.from_summary(kr.rule(), direction, data)
     except (ValueError, KeyError, TypeError):
@@ -90,10 +82,10 @@ def tallies_agree(stored: str, computed: str) -> bool:
     """True when the saved okr.tally text says what the recount's text says (`summaries_agree`)."""
     if stored == computed:
         return True
-    try:
-        return bool(stored and computed) and summaries_agree(json.loads(stored), json.loads(computed))
-    except ValueError:
+    stored_data, computed_data = vocabulary.read_tally(stored), vocabulary.read_tally(computed)
+    if stored_data is None or computed_data is None:
         return False  # hand-edited: rewritten
+    return summaries_agree(stored_data, computed_data)
 
 
 def state_writes(
@@ -104,15 +96,15 @@ def state_writes(
     Given the `stored` run, metrics whose latest value is already the same are left out, so the
     KR's charts get a point only when a value moves.
     """
-    metrics = {state.METRIC_PROGRESS: status.progress, state.METRIC_SCORE: status.progress}
+    metrics = {vocabulary.METRIC_PROGRESS: status.progress, vocabulary.METRIC_SCORE: status.progress}
     if status.current is not None and status.counted_runs > 0:
-        metrics[state.METRIC_VALUE] = status.current
+        metrics[vocabulary.METRIC_VALUE] = status.current
     if stored is not None:
         latest = stored.data.metrics
         metrics = {key: value for key, value in metrics.items() if not _exactly(latest.get(key), value)}
     tags = {tag: _tag_text(getattr(status, name)) for name, tag in STATE_TAGS.items()}
-    tags[state.TAG_STATUS] = status.status
-    tags[TAG_NOTES] = NOTES_SEPARATOR.join(status.notes)
+    tags[vocabulary.TAG_STATUS] = status.status
+    tags[vocabulary.TAG_NOTES] = vocabulary.NOTES_SEPARATOR.join(status.notes)
     return metrics, tags
 
 
@@ -124,8 +116,10 @@ def stored_status(run: Run) -> dict[str, Any]:
     """The stored values of the compared fields, as text (tags) or floats (metrics)."""
     metrics, tags = run.data.metrics, run.data.tags
     stored: dict[str, Any] = {
-        "current": metrics.get(state.METRIC_VALUE) if tags.get(state.TAG_COUNTED, "0") != "0" else None,
-        "progress": metrics.get(state.METRIC_PROGRESS),
+        "current": (
+            metrics.get(vocabulary.METRIC_VALUE) if tags.get(vocabulary.TAG_COUNTED, "0") != "0" else None
+        ),
+        "progress": metrics.get(vocabulary.METRIC_PROGRESS),
     }
     for name, tag in STATE_TAGS.items():
         stored[name] = tags.get(tag)
@@ -163,8 +157,8 @@ def kr_drift(run: Run | None, status: KeyResultStatus, tally: str | None = None)
             computed = float(computed)
         if not same_value(stored[name], computed):
             drift.append(KrDrift(kr=status.id, field=name, stored=stored[name], computed=computed))
-    if tally is not None and not tallies_agree(run.data.tags.get(TAG_TALLY, ""), tally):
-        stored_text = run.data.tags.get(TAG_TALLY)
+    if tally is not None and not tallies_agree(run.data.tags.get(vocabulary.TAG_TALLY, ""), tally):
+        stored_text = run.data.tags.get(vocabulary.TAG_TALLY)
         drift.append(KrDrift(kr=status.id, field="tally", stored=stored_text, computed=tally))
     return drift
 
@@ -180,7 +174,7 @@ def write_kr_status(
     run_id = published.kr_runs[status.id]
     metrics, tags = state_writes(status, stored)
     if tally is not None:
-        tags[TAG_TALLY] = tally
+        tags[vocabulary.TAG_TALLY] = tally
     transition = notify.pending_transition(client, published, run_id, status)
     state.log_kr_state(client, run_id, metrics, tags, published.cycle)
     notify.announce(client, transition)
@@ -201,9 +195,10 @@ def write_objective_scores(
         run = (objective_runs or {}).get(objective.id)
         if run is None or run.info.run_id != run_id:
             run = client.get_run(run_id)
-        stored = run.data.metrics.get(state.METRIC_SCORE)
+        stored = run.data.metrics.get(vocabulary.METRIC_SCORE)
         if force or stored is None or not same_value(stored, objective.score):
-            state.log_kr_state(client, run_id, {state.METRIC_SCORE: objective.score}, {}, published.cycle)
+            score = {vocabulary.METRIC_SCORE: objective.score}
+            state.log_kr_state(client, run_id, score, {}, published.cycle)
 
 
 def stored_kr_status(run: Run, kr: KeyResult) -> KeyResultStatus:
@@ -217,6 +212,7 @@ def stored_kr_status(run: Run, kr: KeyResult) -> KeyResultStatus:
     def count(name: str) -> int:
         return int(stored[name] or 0)
 
+    notes = run.data.tags.get(vocabulary.TAG_NOTES, "")
     return KeyResultStatus(
         **kr_identity(kr),
         baseline=number("baseline"),
@@ -224,7 +220,7 @@ def stored_kr_status(run: Run, kr: KeyResult) -> KeyResultStatus:
         direction=stored["direction"] or None,
         current=stored["current"],
         progress=stored["progress"] or 0.0,
-        status=run.data.tags.get(state.TAG_STATUS, "not-started"),
+        status=run.data.tags.get(vocabulary.TAG_STATUS, "not-started"),
         counted_runs=count("counted_runs"),
         best_run_id=stored["best_run_id"] or None,
         weight=kr.weight,
@@ -232,7 +228,7 @@ def stored_kr_status(run: Run, kr: KeyResult) -> KeyResultStatus:
         excluded_runs=count("excluded_runs"),
         guardrail_breaches=count("guardrail_breaches"),
         run_id=run.info.run_id,
-        notes=[note for note in run.data.tags.get(TAG_NOTES, "").split(NOTES_SEPARATOR) if note],
+        notes=[note for note in notes.split(vocabulary.NOTES_SEPARATOR) if note],
     )
 
 
@@ -245,7 +241,7 @@ def read_kr_runs(
     objective_ids = {run_id: objective_id for objective_id, run_id in published.objective_runs.items()}
     role = "!= ''" if objective_runs is not None else "= 'kr'"
     kr_runs = {}
-    for run in state.iter_runs(client, [published.experiment_id], f"tags.`{state.TAG_ROLE}` {role}"):
+    for run in state.iter_runs(client, [published.experiment_id], f"tags.`{vocabulary.TAG_ROLE}` {role}"):
         run_id = run.info.run_id
         if run_id in live_ids:
             kr_runs[live_ids[run_id]] = run
@@ -290,7 +286,7 @@ def settle_key_results(
         settled.drift.extend(drift)
         if check or run is None:
             continue
-        if drift or run.data.tags.get(state.TAG_STATUS) != status.status:
+        if drift or run.data.tags.get(vocabulary.TAG_STATUS) != status.status:
             write_kr_status(client, published, status, stored=run, tally=tallies.get(kr_id))
             settled.written.add(kr_id)
     merged = {

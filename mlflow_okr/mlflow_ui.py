@@ -20,7 +20,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.render import STATUS_MARKS, number
 from mlflow_okr.results import CycleStatus, KeyResultStatus
 from mlflow_okr.spec import BaselineRef, Bounds, KeyResult, Objective
@@ -31,8 +31,7 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 RUNS_VIEW_KIND = "custom_model_development"
 WORKFLOW_QUERY = "workflowType=machine_learning"
 NOTE_TAG = MLFLOW_RUN_NOTE  # the run and experiment description the UI shows
-# MLflow refuses longer tag values (mlflow.utils.validation, MLflow 3.x).
-MAX_RUN_NOTE = 8000
+# MLflow refuses longer experiment tag values (mlflow.utils.validation, MLflow 3.x).
 MAX_EXPERIMENT_NOTE = 20000
 MAX_LINKED_EXPERIMENTS = 50
 
@@ -93,7 +92,7 @@ def runs_table_link(experiment_ids: Iterable[str], filter_string: str) -> str | 
 
 
 def counted_filter(kr_id: str) -> str:
-    return f"tags.`{state.source_tag(kr_id)}` = 'counted'"
+    return f"tags.`{vocabulary.source_tag(kr_id)}` = 'counted'"
 
 
 def _link(text: str, href: str | None) -> str:
@@ -281,7 +280,8 @@ def kr_run_markdown(
     if kr.kind in ("metric", "maintain"):
         lines += ["", f"Counted runs match {code(counted_filter(kr.id))} in MLflow's search\\."]
     text = "\n".join(lines) + "\n"
-    return text if len(text) <= MAX_RUN_NOTE else text[: MAX_RUN_NOTE - 2] + "…\n"
+    limit = vocabulary.MAX_TAG_VALUE_LENGTH
+    return text if len(text) <= limit else text[: limit - 2] + "…\n"
 
 
 def kr_definition_markdown(kr: KeyResult, objective: Objective) -> str:
@@ -359,7 +359,9 @@ def refresh_ui_notes(
         live = {run_id: kr_id for kr_id, run_id in published.kr_runs.items()}
         kr_runs = {
             live[run.info.run_id]: run
-            for run in state.iter_runs(client, [published.experiment_id], f"tags.`{state.TAG_ROLE}` = 'kr'")
+            for run in state.iter_runs(
+                client, [published.experiment_id], f"tags.`{vocabulary.TAG_ROLE}` = '{vocabulary.ROLE_KR}'"
+            )
             if run.info.run_id in live
         }
     for _, kr in published.spec.key_results():

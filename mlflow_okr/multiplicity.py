@@ -13,10 +13,6 @@ from collections.abc import Iterable, Mapping
 
 ALPHA = 0.05  # the ledger's level: `ledger evaluate` reports 1 - ALPHA = 95% intervals
 
-# State tags of a hypothesis run (okr/ledger) that this rule reads
-TAG_VERDICT_P_VALUE = "okr.ledger.verdict_p_value"  # the p-value the suggested verdict rests on
-TAG_EVALUATED_AT = "okr.ledger.evaluated_at"  # epoch ms of the last recorded evaluation
-
 
 def cycle_moment(resolved_at: int | None, evaluated_at: int | None, created_at: int) -> int:
     """When a hypothesis counts for a cycle: its resolution, else its last evaluation, else its creation."""

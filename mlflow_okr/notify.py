@@ -24,13 +24,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.results import KeyResultStatus
 from mlflow_okr.spec import Notify
 
 logger = logging.getLogger("mlflow_okr")
 
-NOTIFIED_PARAM_PREFIX = "okr.notified."
 ENV_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 ATTEMPTS = 3
 TIMEOUT_SECONDS = 5.0
@@ -54,7 +53,7 @@ class Transition:
 
     @property
     def claim_key(self) -> str:
-        return f"{NOTIFIED_PARAM_PREFIX}{self.status.status}.{self.occurrence}"
+        return vocabulary.notified_param(self.status.status, self.occurrence)
 
 
 def resolve_webhook(webhook: str) -> str | None:
@@ -78,7 +77,7 @@ def webhook_urls(config: Notify) -> list[str]:
 
 def _occurrences(params: dict[str, str], status: str) -> int:
     """How many times the transition into `status` has been claimed on this KR run."""
-    prefix = f"{NOTIFIED_PARAM_PREFIX}{status}."
+    prefix = vocabulary.notified_param(status, "")
     numbers = [
         int(key[len(prefix) :]) for key in params if key.startswith(prefix) and key[len(prefix) :].isdigit()
     ]
@@ -97,7 +96,7 @@ def pending_transition(
     except Exception:  # notifications must never fail the write that caused them
         logger.exception("mlflow-okr notify: cannot read KR run %s", run_id)
         return None
-    previous = run.data.tags.get(state.TAG_STATUS, "not-started")
+    previous = run.data.tags.get(vocabulary.TAG_STATUS, "not-started")
     if previous == status.status:
         return None
     return Transition(

@@ -13,7 +13,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import compat, state
+from mlflow_okr import compat, state, vocabulary
 from mlflow_okr.engine import RunFacts, RunRule, Verdict, classify_run, value_text
 from mlflow_okr.facts import CHUNK, FactKeys, TagChanges, reader_for
 from mlflow_okr.spec import OkrSpec
@@ -101,7 +101,7 @@ class CycleScan:
 
     def fact_keys(self) -> FactKeys:
         """What a reader must return for these KRs: their metrics, filter keys and okr.* tags."""
-        managed = {state.TAG_KRS, state.TAG_CYCLE}
+        managed = {vocabulary.TAG_KRS, vocabulary.TAG_CYCLE}
         for _, kr in self.spec.key_results():
             if kr.metric:
                 managed |= _kr_tags(self.spec, kr.id)
@@ -138,26 +138,27 @@ def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Any | Non
     if run is not None:
         # Both spellings of an own KR are ours: a tag written before its id became shared is replaced.
         own = {name for _, kr in spec.key_results() for name in (kr.id, spec.run_tag_id(kr.id))}
-        others = run.data.tags.get(state.TAG_KRS, "").split(",")
+        others = run.data.tags.get(vocabulary.TAG_KRS, "").split(",")
         listed |= {name for name in others if name and name not in own}
     tags = {
-        state.source_tag(spec.run_tag_id(kr_id)): verdict.tag_value for kr_id, verdict in verdicts.items()
+        vocabulary.source_tag(spec.run_tag_id(kr_id)): verdict.tag_value
+        for kr_id, verdict in verdicts.items()
     }
     # A sum or mean KR is revised by taking the run's old value out: the run keeps it in a tag.
     for kr_id in counted & spec.summing_kr_ids:
         value = verdicts[kr_id].value
         assert value is not None
-        tags[state.value_tag(spec.run_tag_id(kr_id))] = value_text(value)
+        tags[vocabulary.value_tag(spec.run_tag_id(kr_id))] = value_text(value)
     if listed:
-        tags[state.TAG_KRS] = ",".join(sorted(listed))
+        tags[vocabulary.TAG_KRS] = ",".join(sorted(listed))
     if verdicts:
-        tags[state.TAG_CYCLE] = spec.cycle.name
+        tags[vocabulary.TAG_CYCLE] = spec.cycle.name
     return tags
 
 
 def managed_run_tags(spec: OkrSpec, run: Any) -> dict[str, str]:
     """The okr.* tags of this cycle's KRs that `run` carries now."""
-    keys = {state.TAG_KRS}
+    keys = {vocabulary.TAG_KRS}
     for _, kr in spec.key_results():
         keys |= _kr_tags(spec, kr.id)
     return {key: value for key, value in run.data.tags.items() if key in keys}
@@ -167,7 +168,7 @@ def _kr_tags(spec: OkrSpec, kr_id: str) -> set[str]:
     """The tags a run may carry for KR `kr_id`: verdict and value, under its id and, once the id
     is shared with another cycle, under `<id>/<cycle>` (the bare ones are then stale)."""
     names = {kr_id, spec.run_tag_id(kr_id)}
-    return {state.source_tag(name) for name in names} | {state.value_tag(name) for name in names}
+    return {vocabulary.source_tag(name) for name in names} | {vocabulary.value_tag(name) for name in names}
 
 
 @dataclass
@@ -188,7 +189,7 @@ def plan_run_tags(spec: OkrSpec, run: Any, verdicts: dict[str, Verdict]) -> RunT
     """Compare the run's managed tags with the desired ones (okr.cycle is not compared)."""
     current = managed_run_tags(spec, run)
     desired = desired_run_tags(spec, verdicts, run)
-    changed = {k: v for k, v in desired.items() if k != state.TAG_CYCLE and current.get(k) != v}
+    changed = {k: v for k, v in desired.items() if k != vocabulary.TAG_CYCLE and current.get(k) != v}
     stale = [k for k in current if k not in desired]
     return RunTagPlan(current, desired, changed, stale)
 
@@ -200,9 +201,9 @@ def tag_changes(run: Any, plan: RunTagPlan) -> TagChanges | None:
     put = dict(plan.changed)
     # okr.cycle is not compared: a run inside two overlapping cycles keeps the one it has
     # unless its KR tags change, so two syncs do not rewrite it back and forth.
-    cycle_tag, wanted_cycle = run.data.tags.get(state.TAG_CYCLE), plan.desired.get(state.TAG_CYCLE)
+    cycle_tag, wanted_cycle = run.data.tags.get(vocabulary.TAG_CYCLE), plan.desired.get(vocabulary.TAG_CYCLE)
     if wanted_cycle and cycle_tag != wanted_cycle and (put or not cycle_tag):
-        put[state.TAG_CYCLE] = wanted_cycle
+        put[vocabulary.TAG_CYCLE] = wanted_cycle
     return TagChanges(put, list(plan.stale))
 
 

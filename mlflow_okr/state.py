@@ -23,67 +23,15 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NOTE  # noqa: F401 (for apply)
 
+from mlflow_okr import vocabulary
 from mlflow_okr.engine import RunRule, Tally
 from mlflow_okr.errors import InputError, NotPublishedError
 from mlflow_okr.spec import Cycle, KeyResult, Objective, OkrSpec
 
 logger = logging.getLogger(__name__)
 
-OKR_PREFIX = "okr/"
-LEDGER_EXPERIMENT = "okr/ledger"
-OKR_PLUGIN_SCHEME_PREFIX = "okr+"
-
-# Experiment tags of okr/<cycle>
-TAG_SPEC = "okr.spec"  # JSON of the spec, split over okr.spec.0, okr.spec.1, ... when long
-TAG_SPEC_HASH = "okr.spec.hash"
-TAG_SPEC_PARTS = "okr.spec.parts"
-TAG_APPLIED_AT = "okr.spec.applied_at"
 SPEC_PART_LENGTH = 15000
-
-# Tags of objective and KR runs
-TAG_ROLE = "okr.role"  # objective | kr
-TAG_OBJECTIVE_ID = "okr.objective.id"
-TAG_KR_ID = "okr.kr.id"
-TAG_KR_DEFINITION = "okr.kr.definition"
-TAG_STATUS = "okr.status"
-TAG_BEST_RUN = "okr.best_run_id"
-TAG_COUNTED = "okr.counted_runs"
-TAG_BASELINE = "okr.baseline"
-TAG_TARGET = "okr.target"
-TAG_DIRECTION = "okr.direction"
-TAG_RETIRED = "okr.retired"
-TAG_CHECKIN = "okr.checkin"
-METRIC_VALUE = "okr.value"
-METRIC_PROGRESS = "okr.progress"
-METRIC_SCORE = "okr.score"
-
-# Tags of source runs
-TAG_CYCLE = "okr.cycle"
-TAG_TEAM = "okr.team"  # experiment tag of a team's set okr/<cycle>/<team>
-TAG_KRS = "okr.krs"
-TAG_HYPOTHESIS = "okr.hypothesis"
-TAG_ARM = "okr.arm"
-SOURCE_TAG_PREFIX = "okr.kr."
-VALUE_TAG_SUFFIX = ".value"
-
-# Tags of ledger runs (okr/ledger), read here for ledger KRs
-TAG_LEDGER_ID = "okr.ledger.id"
-TAG_LEDGER_STATUS = "okr.ledger.status"
-TAG_LEDGER_RESOLVED_AT = "okr.ledger.resolved_at"  # epoch milliseconds
-TAG_LEDGER_KR = "okr.ledger.kr"
-TAG_LEDGER_OBJECTIVE = "okr.ledger.objective"
-
 PAGE_SIZE = 1000
-
-
-def source_tag(kr_id: str) -> str:
-    """The tag a source run carries for KR `kr_id`: counted, pending or excluded: reason."""
-    return SOURCE_TAG_PREFIX + kr_id
-
-
-def value_tag(kr_id: str) -> str:
-    """The tag holding the value a run counts for sum or mean KR `kr_id` (ids have no dots)."""
-    return SOURCE_TAG_PREFIX + kr_id + VALUE_TAG_SUFFIX
 
 
 def strip_plugin_scheme(uri: str | None) -> str | None:
@@ -91,7 +39,7 @@ def strip_plugin_scheme(uri: str | None) -> str | None:
 
     An `okr+` scheme that cannot be wrapped raises UnsupportedStoreUri, as the store would.
     """
-    if uri and uri.startswith(OKR_PLUGIN_SCHEME_PREFIX):
+    if vocabulary.has_okr_scheme(uri):
         from mlflow_okr.store.uris import inner_uri_of  # the store package imports this module
 
         return inner_uri_of(uri)
@@ -103,15 +51,6 @@ def make_client(tracking_uri: str | None = None) -> MlflowClient:
     from mlflow import get_tracking_uri
 
     return MlflowClient(tracking_uri=strip_plugin_scheme(tracking_uri or get_tracking_uri()))
-
-
-def is_okr_experiment_name(name: str) -> bool:
-    return name.startswith(OKR_PREFIX)
-
-
-def cycle_experiment_name(cycle_name: str, team: str | None = None) -> str:
-    """`okr/<cycle>` for a cycle's unnamed set, `okr/<cycle>/<team>` for a team's set."""
-    return OKR_PREFIX + cycle_name + (f"/{team}" if team else "")
 
 
 def current_user() -> str:
@@ -177,10 +116,10 @@ class PublishedCycle:
 
 def _read_spec_tags(tags: dict[str, str], experiment_name: str = "okr/<cycle>") -> OkrSpec | None:
     try:
-        parts = int(tags.get(TAG_SPEC_PARTS, "0") or 0)
+        parts = int(tags.get(vocabulary.TAG_SPEC_PARTS, "0") or 0)
         if parts == 0:
             return None
-        text = "".join(tags.get(f"{TAG_SPEC}.{index}", "") for index in range(parts))
+        text = "".join(tags.get(vocabulary.spec_part_tag(index), "") for index in range(parts))
         return OkrSpec.model_validate(json.loads(text))
     except ValueError as exc:  # hand-edited tags, or a spec published by another version
         first_line = str(exc).splitlines()[0]
@@ -193,26 +132,26 @@ def _read_spec_tags(tags: dict[str, str], experiment_name: str = "okr/<cycle>") 
 def spec_tags(spec: OkrSpec) -> dict[str, str]:
     text = spec_json(spec)
     parts = [text[i:i + SPEC_PART_LENGTH] for i in range(0, len(text), SPEC_PART_LENGTH)]
-    tags = {f"{TAG_SPEC}.{index}": part for index, part in enumerate(parts)}
-    tags[TAG_SPEC_PARTS] = str(len(parts))
-    tags[TAG_SPEC_HASH] = spec_hash(spec)
-    tags[TAG_CYCLE] = spec.cycle.name
+    tags = {vocabulary.spec_part_tag(index): part for index, part in enumerate(parts)}
+    tags[vocabulary.TAG_SPEC_PARTS] = str(len(parts))
+    tags[vocabulary.TAG_SPEC_HASH] = spec_hash(spec)
+    tags[vocabulary.TAG_CYCLE] = spec.cycle.name
     if spec.team:
-        tags[TAG_TEAM] = spec.team
-    tags["okr.cycle.start"] = spec.cycle.start.isoformat()
-    tags["okr.cycle.end"] = spec.cycle.end.isoformat()
+        tags[vocabulary.TAG_TEAM] = spec.team
+    tags[vocabulary.TAG_CYCLE_START] = spec.cycle.start.isoformat()
+    tags[vocabulary.TAG_CYCLE_END] = spec.cycle.end.isoformat()
     return tags
 
 
 def list_cycle_experiments(client: MlflowClient) -> list[Any]:
     """The active `okr/<cycle>` experiments (the ledger excluded)."""
     experiments = client.search_experiments(
-        view_type=ViewType.ACTIVE_ONLY, filter_string="name LIKE 'okr/%'"
+        view_type=ViewType.ACTIVE_ONLY, filter_string=f"name LIKE '{vocabulary.OKR_EXPERIMENT_PREFIX}%'"
     )
     return [
         experiment
         for experiment in experiments
-        if experiment.name != LEDGER_EXPERIMENT and TAG_SPEC_PARTS in experiment.tags
+        if experiment.name != vocabulary.LEDGER_EXPERIMENT and vocabulary.TAG_SPEC_PARTS in experiment.tags
     ]
 
 
@@ -325,13 +264,13 @@ def find_set_of_kr(sets: list[PublishedCycle], kr_id: str) -> PublishedCycle:
 
 def _with_run_ids(client: MlflowClient, spec: OkrSpec, experiment_id: str) -> PublishedCycle:
     published = PublishedCycle(spec=spec, experiment_id=experiment_id, spec_hash=spec_hash(spec))
-    for run in iter_runs(client, [experiment_id], f"tags.`{TAG_ROLE}` != ''"):
-        role = run.data.tags.get(TAG_ROLE)
-        if role == "objective":
-            published.objective_runs[run.data.tags[TAG_OBJECTIVE_ID]] = run.info.run_id
-        elif role == "kr":
-            kr_id = run.data.tags[TAG_KR_ID]
-            if run.data.tags.get(TAG_RETIRED) == "true":
+    for run in iter_runs(client, [experiment_id], f"tags.`{vocabulary.TAG_ROLE}` != ''"):
+        role = run.data.tags.get(vocabulary.TAG_ROLE)
+        if role == vocabulary.ROLE_OBJECTIVE:
+            published.objective_runs[run.data.tags[vocabulary.TAG_OBJECTIVE_ID]] = run.info.run_id
+        elif role == vocabulary.ROLE_KR:
+            kr_id = run.data.tags[vocabulary.TAG_KR_ID]
+            if run.data.tags.get(vocabulary.TAG_RETIRED) == "true":
                 published.retired_kr_runs[kr_id] = run.info.run_id
             else:
                 published.kr_runs[kr_id] = run.info.run_id
@@ -379,7 +318,7 @@ def iter_experiments(client: MlflowClient, page_size: int = 1000) -> Iterator[An
 
 def source_experiments(client: MlflowClient) -> list[Any]:
     """Every active experiment that is not an OKR one (`okr/...`): where source runs live."""
-    return [e for e in iter_experiments(client) if not is_okr_experiment_name(e.name)]
+    return [e for e in iter_experiments(client) if not vocabulary.is_okr_experiment_name(e.name)]
 
 
 def match_experiments(experiments: list[Any], patterns: list[str]) -> list[str]:
@@ -438,32 +377,34 @@ def ledger_validated_count(
     """
     from mlflow_okr import multiplicity  # pure; the only use of it in this module
 
-    experiment = client.get_experiment_by_name(LEDGER_EXPERIMENT)
+    experiment = client.get_experiment_by_name(vocabulary.LEDGER_EXPERIMENT)
     if experiment is None or experiment.lifecycle_stage != "active":
         return 0
     q_values: dict[str, float] = {}
     if count_only == "significant":
         rows = []
-        for run in iter_runs(client, [experiment.experiment_id], f"tags.`{TAG_LEDGER_ID}` != ''"):
+        for run in iter_runs(client, [experiment.experiment_id], f"tags.`{vocabulary.TAG_LEDGER_ID}` != ''"):
             tags = run.data.tags
-            resolved_at = multiplicity.number(tags.get(TAG_LEDGER_RESOLVED_AT))
-            evaluated_at = multiplicity.number(tags.get(multiplicity.TAG_EVALUATED_AT))
+            resolved_at = multiplicity.number(tags.get(vocabulary.TAG_LEDGER_RESOLVED_AT))
+            evaluated_at = multiplicity.number(tags.get(vocabulary.TAG_LEDGER_EVALUATED_AT))
             moment = multiplicity.cycle_moment(
                 int(resolved_at) if resolved_at else None, int(evaluated_at) if evaluated_at else None,
                 run.info.start_time,
             )
-            p_value = multiplicity.number(tags.get(multiplicity.TAG_VERDICT_P_VALUE))
-            rows.append((tags[TAG_LEDGER_ID], moment, p_value))
+            p_value = multiplicity.number(tags.get(vocabulary.TAG_LEDGER_VERDICT_P_VALUE))
+            rows.append((tags[vocabulary.TAG_LEDGER_ID], moment, p_value))
         q_values = multiplicity.q_values(multiplicity.family(rows, cycle.contains))
     count = 0
-    for run in iter_runs(client, [experiment.experiment_id], f"tags.`{TAG_LEDGER_STATUS}` = 'validated'"):
+    validated = f"tags.`{vocabulary.TAG_LEDGER_STATUS}` = 'validated'"
+    for run in iter_runs(client, [experiment.experiment_id], validated):
         tags = run.data.tags
-        resolved_at = tags.get(TAG_LEDGER_RESOLVED_AT)
+        resolved_at = tags.get(vocabulary.TAG_LEDGER_RESOLVED_AT)
         if not resolved_at or not cycle.contains(int(float(resolved_at))):
             continue
-        if linked_to and linked_to not in (tags.get(TAG_LEDGER_KR), tags.get(TAG_LEDGER_OBJECTIVE)):
+        linked = (tags.get(vocabulary.TAG_LEDGER_KR), tags.get(vocabulary.TAG_LEDGER_OBJECTIVE))
+        if linked_to and linked_to not in linked:
             continue
-        q_value = q_values.get(tags.get(TAG_LEDGER_ID, ""), 1.0)
+        q_value = q_values.get(tags.get(vocabulary.TAG_LEDGER_ID, ""), 1.0)
         if count_only == "significant" and q_value > multiplicity.ALPHA:
             continue
         count += 1
@@ -472,21 +413,20 @@ def ledger_validated_count(
 
 def manual_checkin(run: Run) -> tuple[float | None, int]:
     """The latest checked-in value of a manual KR and how many check-ins it has had."""
-    raw = run.data.tags.get(TAG_CHECKIN)
+    raw = run.data.tags.get(vocabulary.TAG_CHECKIN)
     if not raw:
         return None, 0
-    try:
-        checkin = json.loads(raw)
-        return float(checkin["value"]), int(checkin.get("count", 1))
-    except (ValueError, TypeError, KeyError):
-        # A hand-edited tag must not block sync; the next `checkin` replaces it.
-        logger.warning(
-            "run %s: tag %s is not a check-in record; treated as no check-in until the next "
-            "`mlflow-okr checkin`",
-            run.info.run_id,
-            TAG_CHECKIN,
-        )
-        return None, 0
+    checkin = vocabulary.read_checkin(raw)
+    if checkin is not None:
+        return checkin["value"], checkin["count"]
+    # A hand-edited tag must not block sync; the next `checkin` replaces it.
+    logger.warning(
+        "run %s: tag %s is not a check-in record; treated as no check-in until the next "
+        "`mlflow-okr checkin`",
+        run.info.run_id,
+        vocabulary.TAG_CHECKIN,
+    )
+    return None, 0
 
 
 def can_read_run(client: MlflowClient, run_id: str) -> bool:
@@ -523,8 +463,9 @@ def log_kr_state(
     logged with another scheme (0.1 logged seconds) keeps its latest value correct.
     """
     timestamp_ms = timestamp_ms or now_ms()
-    day_ms = 86_400_000
-    step = 0 if timestamp_ms < cycle.start_ms else (timestamp_ms - cycle.start_ms) // day_ms + 1
+    step = (
+        0 if timestamp_ms < cycle.start_ms else (timestamp_ms - cycle.start_ms) // vocabulary.MS_PER_DAY + 1
+    )
     if stored is not None:
         stored_steps = [m.step for m in stored.data.to_proto().metrics if m.key in metrics]
         step = max([step, *stored_steps])

@@ -19,7 +19,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.engine import SUCCESS_GRADE
 from mlflow_okr.errors import InputError
 from mlflow_okr.ledger import store as ledger_store
@@ -27,7 +27,6 @@ from mlflow_okr.ledger.models import Hypothesis
 from mlflow_okr.spec import BaselineRef, Cycle, KeyResult, Objective, OkrSpec, parse_cycle, parse_spec
 
 EXPECTED_ATTAINMENT = SUCCESS_GRADE
-DAY_MS = 86_400_000
 NEW_OBJECTIVE_ID = "validated-learnings"
 DraftKr = tuple[dict[str, Any], list[str]]  # a KR's fields and the comments saying where they came from
 
@@ -79,7 +78,7 @@ def _next_cycle(name: str | None, current: Cycle) -> tuple[Cycle, Any]:
 
 
 def _days(cycle: Cycle) -> float:
-    return (cycle.end_ms + 1 - cycle.start_ms) / DAY_MS
+    return (cycle.end_ms + 1 - cycle.start_ms) / vocabulary.MS_PER_DAY
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,12 +147,12 @@ def calibrate_metric(
     sign = 1.0 if direction == "maximize" else -1.0
     current = points[-1][1]
     start_ms, start_value = (cycle.start_ms, baseline) if baseline is not None else points[0]
-    days = max((observed_until_ms - start_ms) / DAY_MS, 1.0)
+    days = max((observed_until_ms - start_ms) / vocabulary.MS_PER_DAY, 1.0)
     improvement = sign * (current - start_value)
     new_baseline = _round(current, 6)
     observed = (
-        f"{cycle.name}: okr.value {_fmt(start_value)} -> {_fmt(current)} over {days:.0f} days "
-        f"({len(points)} points)"
+        f"{cycle.name}: {vocabulary.METRIC_VALUE} {_fmt(start_value)} -> {_fmt(current)} "
+        f"over {days:.0f} days ({len(points)} points)"
     )
     if improvement <= 0:
         if target is not None and sign * (target - current) > 0:
@@ -191,7 +190,7 @@ class _Drafter:
         self.cycle = published.cycle
         self.next_cycle = next_cycle
         self.observed_until_ms = min(now_ms, self.cycle.end_ms)
-        self.observed_days = max((self.observed_until_ms - self.cycle.start_ms) / DAY_MS, 1.0)
+        self.observed_days = max((self.observed_until_ms - self.cycle.start_ms) / vocabulary.MS_PER_DAY, 1.0)
         self.validated = [
             h for h in ledger_store.load_all(client)
             if h.status == "validated" and self.cycle.contains(h.resolved_at)
@@ -210,7 +209,8 @@ class _Drafter:
         run_id = self.published.kr_runs.get(kr.id)
         if run_id is None:
             return []
-        return [(m.timestamp, m.value) for m in self.client.get_metric_history(run_id, state.METRIC_VALUE)]
+        history = self.client.get_metric_history(run_id, vocabulary.METRIC_VALUE)
+        return [(m.timestamp, m.value) for m in history]
 
     def metric_kr(self, kr: KeyResult) -> tuple[dict[str, Any], list[str]]:
         fields = _carried_fields(kr)
@@ -226,7 +226,10 @@ class _Drafter:
             fields.update(baseline=_plain(kr.baseline), target=kr.target)
             if isinstance(kr.baseline, BaselineRef) and kr.direction:
                 fields["direction"] = kr.direction
-            comments = [f"{self.cycle.name}: no counted runs (no okr.value history); carried over unchanged"]
+            comments = [
+                f"{self.cycle.name}: no counted runs (no {vocabulary.METRIC_VALUE} history); "
+                "carried over unchanged"
+            ]
         else:
             verb = "Raise" if direction == "maximize" else "Reduce"
             fields.update(

@@ -15,7 +15,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.compute import ProgressCallback, compute_key_results, computed_statuses, tally_texts
 from mlflow_okr.engine import BOARDS, Verdict
 from mlflow_okr.kr_state import KrDrift, read_kr_runs, settle_key_results
@@ -72,8 +72,8 @@ def runs_left_behind(client: MlflowClient, spec: OkrSpec) -> Iterable[Any]:
     if not others:
         return
     seen: set[str] = set()
-    tags = [state.TAG_KRS] + [
-        state.source_tag(name)
+    tags = [vocabulary.TAG_KRS] + [
+        vocabulary.source_tag(name)
         for _, kr in spec.key_results()
         if kr.metric
         for name in {kr.id, spec.run_tag_id(kr.id)}

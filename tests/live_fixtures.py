@@ -9,7 +9,7 @@ import mlflow
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.api import apply_spec
 from mlflow_okr.spec import parse_spec
 from mlflow_okr.sync import sync
@@ -65,7 +65,7 @@ def publish(plain_uri: str, text: str | None = None) -> None:
 
 def use_okr_uri(plain_uri: str) -> str:
     """Point the fluent API at `okr+<plain uri>` and return that URI."""
-    okr_uri = state.OKR_PLUGIN_SCHEME_PREFIX + plain_uri
+    okr_uri = vocabulary.OKR_SCHEME_PREFIX + plain_uri
     mlflow.set_tracking_uri(okr_uri)
     return okr_uri
 

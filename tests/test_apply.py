@@ -6,7 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.spec import load_spec
 from tests.conftest import invoke
 
@@ -75,10 +75,10 @@ def cycle_runs(client) -> dict[str, object]:
     by_id = {}
     for run in runs:
         tags = run.data.tags
-        if tags[state.TAG_ROLE] == "kr":
-            by_id[tags[state.TAG_KR_ID]] = run
+        if tags[vocabulary.TAG_ROLE] == "kr":
+            by_id[tags[vocabulary.TAG_KR_ID]] = run
         else:
-            by_id["objective:" + tags[state.TAG_OBJECTIVE_ID]] = run
+            by_id["objective:" + tags[vocabulary.TAG_OBJECTIVE_ID]] = run
     return by_id
 
 
@@ -118,20 +118,20 @@ def test_apply_publishes_objectives_and_krs(runner, write_spec, client):
     parents = {"ctr": "reco", "csat": "reco", "latency": "serving", "alerting-live": "serving"}
     for kr_id, objective_id in parents.items():
         tags = runs[kr_id].data.tags
-        assert tags[state.TAG_ROLE] == "kr"
-        assert tags[state.TAG_KR_ID] == kr_id
-        assert tags[state.TAG_OBJECTIVE_ID] == objective_id
-        assert json.loads(tags[state.TAG_KR_DEFINITION]) == json.loads(
+        assert tags[vocabulary.TAG_ROLE] == "kr"
+        assert tags[vocabulary.TAG_KR_ID] == kr_id
+        assert tags[vocabulary.TAG_OBJECTIVE_ID] == objective_id
+        assert json.loads(tags[vocabulary.TAG_KR_DEFINITION]) == json.loads(
             state.kr_definition(spec.find_key_result(kr_id))
         )
         assert tags["mlflow.parentRunId"] == runs["objective:" + objective_id].info.run_id
         assert runs[kr_id].info.run_name == kr_id
-    assert json.loads(runs["ctr"].data.tags[state.TAG_KR_DEFINITION])["target"] == 0.08
+    assert json.loads(runs["ctr"].data.tags[vocabulary.TAG_KR_DEFINITION])["target"] == 0.08
     assert runs["csat"].data.tags["okr.kr.kind"] == "maintain"
     assert runs["objective:serving"].data.tags["okr.objective.category"] == "operational"
-    assert runs["objective:reco"].data.tags[state.TAG_ROLE] == "objective"
+    assert runs["objective:reco"].data.tags[vocabulary.TAG_ROLE] == "objective"
     experiment = client.get_experiment_by_name("okr/2026-Q4")
-    assert experiment.tags[state.TAG_SPEC_HASH] == state.spec_hash(spec)
+    assert experiment.tags[vocabulary.TAG_SPEC_HASH] == state.spec_hash(spec)
     assert experiment.tags["okr.cycle.start"] == "2026-10-01"
     published = state.load_published(client, "2026-Q4")
     assert published.spec == spec
@@ -173,12 +173,12 @@ def test_a_changed_file_updates_adds_and_retires(runner, write_spec, client):
     assert "retire    kr        csat  (no longer in the spec; kept, not deleted)" in result.output
     runs = cycle_runs(client)
     assert runs["ctr"].info.run_id == first["ctr"].info.run_id
-    assert json.loads(runs["ctr"].data.tags[state.TAG_KR_DEFINITION])["target"] == 0.09
+    assert json.loads(runs["ctr"].data.tags[vocabulary.TAG_KR_DEFINITION])["target"] == 0.09
     assert runs["recall"].data.tags["mlflow.parentRunId"] == first["objective:reco"].info.run_id
     retired = client.get_run(first["csat"].info.run_id)
     assert retired.info.lifecycle_stage == "active"
-    assert retired.data.tags[state.TAG_RETIRED] == "true"
-    assert retired.data.tags[state.TAG_STATUS] == "retired"
+    assert retired.data.tags[vocabulary.TAG_RETIRED] == "true"
+    assert retired.data.tags[vocabulary.TAG_STATUS] == "retired"
     published = state.load_published(client, "2026-Q4")
     assert "csat" not in published.kr_runs
     assert published.retired_kr_runs == {"csat": first["csat"].info.run_id}
@@ -200,8 +200,8 @@ def test_re_adding_a_kr_restores_its_run(runner, write_spec, client):
     assert ("retire", "kr", "recall") in plan_lines(result.output)
     runs = cycle_runs(client)
     assert runs["csat"].info.run_id == csat_run
-    assert runs["csat"].data.tags[state.TAG_RETIRED] == "false"
-    assert runs["csat"].data.tags[state.TAG_STATUS] != "retired"
+    assert runs["csat"].data.tags[vocabulary.TAG_RETIRED] == "false"
+    assert runs["csat"].data.tags[vocabulary.TAG_STATUS] != "retired"
     assert state.load_published(client, "2026-Q4").kr_runs["csat"] == csat_run
 
 
@@ -216,13 +216,13 @@ def test_a_dropped_objective_is_retired_and_restored(runner, write_spec, client)
         ("retire", "kr", "alerting-live"),
     }
     assert retired <= set(plan_lines(result.output))
-    assert cycle_runs(client)["objective:serving"].data.tags[state.TAG_RETIRED] == "true"
+    assert cycle_runs(client)["objective:serving"].data.tags[vocabulary.TAG_RETIRED] == "true"
 
     result = invoke(runner, "apply", str(path))
     assert ("restore", "objective", "serving") in plan_lines(result.output)
     serving = cycle_runs(client)["objective:serving"].data.tags
-    assert serving[state.TAG_RETIRED] == "false"
-    assert serving.get(state.TAG_STATUS) != "retired"
+    assert serving[vocabulary.TAG_RETIRED] == "false"
+    assert serving.get(vocabulary.TAG_STATUS) != "retired"
     assert "0 change(s)." in invoke(runner, "apply", str(path)).output
 
 
@@ -283,5 +283,5 @@ def test_moving_a_kr_to_another_objective_updates_its_parent(runner, write_spec,
     runs = cycle_runs(client)
     assert runs["csat"].info.run_id == first["csat"].info.run_id
     assert runs["csat"].data.tags["mlflow.parentRunId"] == first["objective:serving"].info.run_id
-    assert runs["csat"].data.tags[state.TAG_OBJECTIVE_ID] == "serving"
+    assert runs["csat"].data.tags[vocabulary.TAG_OBJECTIVE_ID] == "serving"
     assert state.load_published(client, "2026-Q4").objective_of("csat").id == "serving"

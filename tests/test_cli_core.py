@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.cli import cli
 from tests.conftest import invoke, make_run
 
@@ -155,7 +155,7 @@ def test_checkin_records_a_manual_kr(applied, runner, monkeypatch):
     assert result.exit_code == 0, result.output
     assert result.output.startswith("Checked in alerting-live = 1 by alice at ")
     published = state.load_published(client, "2026-Q4")
-    record = json.loads(client.get_run(published.kr_runs["alerting-live"]).data.tags[state.TAG_CHECKIN])
+    record = json.loads(client.get_run(published.kr_runs["alerting-live"]).data.tags[vocabulary.TAG_CHECKIN])
     assert (record["kr"], record["value"], record["who"], record["note"], record["count"]) == (
         "alerting-live", 1.0, "alice", "pager rota live", 1,
     )
@@ -166,9 +166,9 @@ def test_checkin_records_a_manual_kr(applied, runner, monkeypatch):
 
     second = invoke(runner, "checkin", "alerting-live", "0.5")
     assert second.exit_code == 0
-    record = json.loads(client.get_run(published.kr_runs["alerting-live"]).data.tags[state.TAG_CHECKIN])
+    record = json.loads(client.get_run(published.kr_runs["alerting-live"]).data.tags[vocabulary.TAG_CHECKIN])
     assert (record["value"], record["count"]) == (0.5, 2)
-    history = client.get_metric_history(published.kr_runs["alerting-live"], state.METRIC_VALUE)
+    history = client.get_metric_history(published.kr_runs["alerting-live"], vocabulary.METRIC_VALUE)
     assert [metric.value for metric in history][-2:] == [1.0, 0.5]
     assert invoke(runner, "sync", "--check", *AS_OF).exit_code == 0
 
@@ -265,11 +265,11 @@ def test_an_unreadable_published_spec_is_bad_input_not_a_traceback(applied, runn
 def test_a_hand_edited_checkin_tag_does_not_block_sync_or_checkin(applied, runner):
     client = applied.client
     kr_run = state.load_published(client, "2026-Q4").kr_runs["alerting-live"]
-    client.set_tag(kr_run, state.TAG_CHECKIN, "done!")
+    client.set_tag(kr_run, vocabulary.TAG_CHECKIN, "done!")
     assert invoke(runner, "sync", *AS_OF).exit_code == 0
     result = invoke(runner, "checkin", "alerting-live", "1")
     assert result.exit_code == 0, result.output
-    assert json.loads(client.get_run(kr_run).data.tags[state.TAG_CHECKIN])["count"] == 1
+    assert json.loads(client.get_run(kr_run).data.tags[vocabulary.TAG_CHECKIN])["count"] == 1
 
 
 def test_a_deleted_kr_run_is_drift_that_apply_repairs(applied, runner, tmp_path):

@@ -7,7 +7,7 @@ import json
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state
+from mlflow_okr import vocabulary
 from mlflow_okr.cli.ledger import ledger_group
 from mlflow_okr.ledger.events import event_tag, seal_param
 from tests.conftest import invoke, make_run
@@ -217,7 +217,7 @@ def test_export_import_verify(runner, arms, tmp_path, client, sqlite_template) -
     # The other store was not touched: an edited state tag there is caught too.
     other_client = MlflowClient(other)
     other_run = other_client.search_runs([other_client.get_experiment_by_name("okr/ledger").experiment_id])[0]
-    other_client.set_tag(other_run.info.run_id, state.TAG_LEDGER_STATUS, "validated")
+    other_client.set_tag(other_run.info.run_id, vocabulary.TAG_LEDGER_STATUS, "validated")
     edited = invoke(runner, "ledger", "verify", "--tracking-uri", other)
     assert edited.exit_code == 1
     assert ("hypothesis 'pools': tag okr.ledger.status is 'validated' but its events say 'inconclusive'"

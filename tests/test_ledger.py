@@ -12,7 +12,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.api import sync
 from mlflow_okr.errors import ConcurrentChange, InputError
 from mlflow_okr.ledger import (
@@ -64,8 +64,8 @@ def test_add_stores_one_run_per_hypothesis_with_state_in_tags(client) -> None:
     assert run.info.experiment_id == experiment.experiment_id
     assert run.info.run_name == hypothesis.id
     tags = run.data.tags
-    assert tags[state.TAG_LEDGER_ID] == hypothesis.id
-    assert tags[state.TAG_LEDGER_STATUS] == "proposed"
+    assert tags[vocabulary.TAG_LEDGER_ID] == hypothesis.id
+    assert tags[vocabulary.TAG_LEDGER_STATUS] == "proposed"
     assert tags["okr.ledger.metric"] == "online_ctr"
     assert tags["okr.ledger.expect"] == "+2%"
     assert tags["okr.ledger.owner"] == "reco-team"
@@ -132,7 +132,7 @@ def test_resolve_is_final_and_records_the_learning(client) -> None:
     assert hypothesis.status == "invalidated"
     assert hypothesis.learning == "No lift at any pool size"
     run = client.get_run(hypothesis.run_id)
-    assert run.data.tags[state.TAG_LEDGER_RESOLVED_AT] == str(int(utc(2026, 11, 2).timestamp() * 1000))
+    assert run.data.tags[vocabulary.TAG_LEDGER_RESOLVED_AT] == str(int(utc(2026, 11, 2).timestamp() * 1000))
     assert run.info.status == "FINISHED"
     assert "No lift at any pool size" in run.data.tags["mlflow.note.content"]
     with pytest.raises(InputError, match="already resolved: invalidated on 2026-11-02 by carol"):
@@ -201,7 +201,7 @@ def test_verify_names_an_edited_event(client) -> None:
 
 def test_verify_names_an_edited_state_tag(client) -> None:
     run_id = _three_events(client)
-    client.set_tag(run_id, state.TAG_LEDGER_STATUS, "validated")
+    client.set_tag(run_id, vocabulary.TAG_LEDGER_STATUS, "validated")
     result = verify_ledger()
     assert result.problems == [
         "hypothesis 'pools': tag okr.ledger.status is 'validated' but its events say 'inconclusive' "
@@ -273,7 +273,7 @@ def test_a_ledger_written_before_seals_reads_and_is_sealed_on_its_next_change(cl
     experiment = client.create_experiment("reco-ab")
     events = [seal("pools", 1, "alice", 1, "add", {"statement": "Pools", "metric": "ctr"}, "")]
     ledger = store.ledger_experiment_id(client, create=True)
-    run_id = client.create_run(ledger, start_time=1, tags={state.TAG_LEDGER_ID: "pools"}).info.run_id
+    run_id = client.create_run(ledger, start_time=1, tags={vocabulary.TAG_LEDGER_ID: "pools"}).info.run_id
     legacy_tags = {legacy_event_tag(1): event_text(events[0]), **store.state_tags(replay(events))}
     for key, value in legacy_tags.items():
         client.set_tag(run_id, key, value)
@@ -380,7 +380,7 @@ def test_verify_reports_a_second_run_for_one_hypothesis(client) -> None:
     run_id = _three_events(client)
     ledger = client.get_run(run_id).info.experiment_id
     later = state.now_ms() + 1000
-    forged = client.create_run(ledger, start_time=later, tags={state.TAG_LEDGER_ID: "pools"}).info.run_id
+    forged = client.create_run(ledger, start_time=later, tags={vocabulary.TAG_LEDGER_ID: "pools"}).info.run_id
     assert verify_ledger().problems[0] == (
         f"hypothesis 'pools' has a second run {forged} besides {run_id}; commands read only one of them"
     )
@@ -422,7 +422,7 @@ def test_export_import_round_trips_exactly(client, tmp_path, sqlite_template) ->
     other_client = MlflowClient(other)
     runs = other_client.search_runs([other_client.get_experiment_by_name("okr/ledger").experiment_id])
     assert len(runs) == 2
-    imported = next(r for r in runs if r.data.tags[state.TAG_LEDGER_ID] == "pools")
+    imported = next(r for r in runs if r.data.tags[vocabulary.TAG_LEDGER_ID] == "pools")
     assert imported.data.tags == ledger_run(client, "pools").data.tags | {
         key: imported.data.tags[key] for key in ("mlflow.user", "mlflow.source.name", "mlflow.source.type")
         if key in imported.data.tags

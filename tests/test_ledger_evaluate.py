@@ -8,7 +8,7 @@ import statistics
 import pytest
 from scipy import stats
 
-from mlflow_okr import state
+from mlflow_okr import vocabulary
 from mlflow_okr.errors import InputError
 from mlflow_okr.ledger import add_hypothesis, evaluate_hypothesis, get_hypothesis, link_runs
 from mlflow_okr.ledger.evaluate import compare, suggest_verdict
@@ -175,7 +175,7 @@ def test_evaluate_without_control_uses_the_linked_kr_baseline(client, runner, wr
     assert invoke(runner, "apply", str(spec)).exit_code == 0
     experiment = client.create_experiment("reco-ab")
     for value in TREATMENT:
-        tags = {state.TAG_HYPOTHESIS: "lift", state.TAG_ARM: "treatment"}
+        tags = {vocabulary.TAG_HYPOTHESIS: "lift", vocabulary.TAG_ARM: "treatment"}
         make_run(client, experiment, {"ctr": value}, tags=tags)
     add_hypothesis("Re-ranking lifts CTR", hypothesis_id="lift", kr="ctr")
     result = evaluate_hypothesis("lift")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state
+from mlflow_okr import vocabulary
 from mlflow_okr.store import live
 from tests.live_fixtures import EXPERIMENT, assert_no_drift, kr_run, publish
 
@@ -25,7 +25,7 @@ def test_writes_noted_before_a_new_spec_was_loaded_are_counted(
         assert keeper._marks.runs == {}  # looked up in the definitions of before the apply
         assert keeper.refresh() is True
         keeper.flush()
-        assert kr_run(client, "acc").data.metrics[state.METRIC_VALUE] == 0.7
+        assert kr_run(client, "acc").data.metrics[vocabulary.METRIC_VALUE] == 0.7
         assert client.get_run(run_id).data.tags["okr.kr.acc"] == "counted"
         assert_no_drift(client)
     finally:

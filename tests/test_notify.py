@@ -18,7 +18,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import notify, state
+from mlflow_okr import notify, state, vocabulary
 from mlflow_okr.api import apply_spec
 from mlflow_okr.compute import compute_key_results, computed_statuses
 from mlflow_okr.kr_state import state_writes, write_kr_status
@@ -187,7 +187,7 @@ def test_concurrent_sync_processes_send_one_message(client, published, webhook, 
     assert [process.returncode for process in processes] == [0, 0], outputs
     assert len(webhook.messages()) == 1
     run = client.get_run(state.load_published(client).kr_runs["ctr"])
-    assert run.data.tags[state.TAG_STATUS] == "achieved"
+    assert run.data.tags[vocabulary.TAG_STATUS] == "achieved"
     assert list(run.data.params) == ["okr.notified.achieved.1"]
 
 

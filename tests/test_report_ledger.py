@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.board.data import hypotheses as board_hypotheses
 from mlflow_okr.ledger import evaluate_hypothesis, get_hypothesis, link_runs, list_hypotheses
 from mlflow_okr.report import build_report, render
@@ -63,7 +63,7 @@ def test_report_shows_q_values_flags_doubtful_wins_and_the_track_record(cycle_of
 def test_a_new_run_never_changes_a_resolved_verdict(cycle_of_hypotheses, client, runner) -> None:
     before = {h.id: (h.status, h.evaluation, h.q_value) for h in cycle_of_hypotheses.values()}
     experiment = client.create_experiment("late")
-    late = make_run(client, experiment, {"ctr": 0.01}, tags={state.TAG_HYPOTHESIS: "marginal"})
+    late = make_run(client, experiment, {"ctr": 0.01}, tags={vocabulary.TAG_HYPOTHESIS: "marginal"})
     refused = invoke(runner, "ledger", "link", "marginal", late, "--arm", "control")
     assert (
         refused.exit_code == 2 and "is already resolved (validated); its evidence is closed" in refused.output

@@ -20,10 +20,9 @@ from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 from mlflow.store.tracking.sqlalchemy_workspace_store import WorkspaceAwareSqlAlchemyStore
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import compat, state
+from mlflow_okr import compat, vocabulary
 from mlflow_okr.store import OkrHooks
 from mlflow_okr.store.serving import install_server_hooks
-from mlflow_okr.store.unsettled import MARKER_PREFIX
 from mlflow_okr.sync import sync
 from tests.live_fixtures import CYCLE, EXPERIMENT, kr_run, publish
 from tests.servers import mlflow_server
@@ -170,16 +169,17 @@ def _log_runs(url: str, count: int) -> list[str]:
 
 
 def _markers(client: MlflowClient) -> dict[str, str]:
-    experiment = client.get_experiment_by_name(state.OKR_PREFIX + CYCLE)
-    return {key: value for key, value in experiment.tags.items() if key.startswith(MARKER_PREFIX)}
+    experiment = client.get_experiment_by_name(vocabulary.OKR_EXPERIMENT_PREFIX + CYCLE)
+    prefix = vocabulary.UNSETTLED_MARKER_PREFIX
+    return {key: value for key, value in experiment.tags.items() if key.startswith(prefix)}
 
 
 def _assert_settled(client: MlflowClient, run_ids: list[str]) -> None:
     result = sync(client, cycle=CYCLE, check=True)
     assert not result.drifted, (result.kr_drift, result.run_drift)
     acc = kr_run(client, "acc")
-    assert acc.data.metrics[state.METRIC_VALUE] == pytest.approx(0.6 + (len(run_ids) - 1) / 100)
-    assert acc.data.tags[state.TAG_BEST_RUN] == run_ids[-1]
+    assert acc.data.metrics[vocabulary.METRIC_VALUE] == pytest.approx(0.6 + (len(run_ids) - 1) / 100)
+    assert acc.data.tags[vocabulary.TAG_BEST_RUN] == run_ids[-1]
     assert _markers(client) == {}
 
 

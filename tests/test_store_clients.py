@@ -11,7 +11,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state
+from mlflow_okr import vocabulary
 from tests.live_fixtures import EXPERIMENT, assert_no_drift, kr_run, live_spec_text, publish, use_okr_uri
 
 AUTOLOG_KR = textwrap.indent(
@@ -54,8 +54,8 @@ def test_sklearn_autolog_updates_a_kr(okr_uri: str, client: MlflowClient) -> Non
         mlflow.sklearn.autolog(disable=True)
     accuracy = client.get_run(run.info.run_id).data.metrics["training_accuracy_score"]
     kr = kr_run(client, "train-acc")
-    assert kr.data.metrics[state.METRIC_VALUE] == accuracy
-    assert kr.data.tags[state.TAG_BEST_RUN] == run.info.run_id
+    assert kr.data.metrics[vocabulary.METRIC_VALUE] == accuracy
+    assert kr.data.tags[vocabulary.TAG_BEST_RUN] == run.info.run_id
     assert client.get_run(run.info.run_id).data.tags["okr.kr.train-acc"] == "counted"
     assert_no_drift(client)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state
+from mlflow_okr import vocabulary
 from mlflow_okr.store import flush
 from tests.live_fixtures import EXPERIMENT, assert_no_drift, kr_run, publish
 
@@ -48,7 +48,7 @@ def test_threads_and_processes_leave_no_drift(
     tracking_uri: str, client: MlflowClient, tmp_path: Path
 ) -> None:
     publish(tracking_uri)
-    okr_uri = state.OKR_PLUGIN_SCHEME_PREFIX + tracking_uri
+    okr_uri = vocabulary.OKR_SCHEME_PREFIX + tracking_uri
     experiment_id = client.create_experiment(EXPERIMENT)
     source = WRITER.replace("RUNS", str(RUNS_PER_WRITER)).replace("WRITES", str(WRITES_PER_RUN))
     script = tmp_path / "writer.py"
@@ -92,4 +92,4 @@ def test_threads_and_processes_leave_no_drift(
         if run.data.tags.get("okr.kr.acc") == "counted" and run.info.lifecycle_stage == "active"
     ]
     assert counted, "the seeds should produce at least one counted run"
-    assert kr_run(client, "acc").data.tags[state.TAG_COUNTED] == str(len(counted))
+    assert kr_run(client, "acc").data.tags[vocabulary.TAG_COUNTED] == str(len(counted))

@@ -13,7 +13,7 @@ from mlflow.store.tracking.rest_store import RestStore
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _get_store
 
-from mlflow_okr import state
+from mlflow_okr import vocabulary
 from mlflow_okr.store import OkrHooks
 from mlflow_okr.sync import sync
 from tests.live_fixtures import CYCLE, EXPERIMENT, kr_run, publish
@@ -51,10 +51,10 @@ def _log_three_runs() -> dict[str, str]:
 
 def _assert_live_state(client: MlflowClient, runs: dict[str, str]) -> None:
     acc = kr_run(client, "acc")
-    assert acc.data.metrics[state.METRIC_VALUE] == 0.7
-    assert acc.data.tags[state.TAG_BEST_RUN] == runs["counted"]
+    assert acc.data.metrics[vocabulary.METRIC_VALUE] == 0.7
+    assert acc.data.tags[vocabulary.TAG_BEST_RUN] == runs["counted"]
     assert acc.data.tags["okr.excluded_runs"] == "2"
-    assert kr_run(client, "staged").data.metrics[state.METRIC_VALUE] == 0.7
+    assert kr_run(client, "staged").data.metrics[vocabulary.METRIC_VALUE] == 0.7
     tags = {name: client.get_run(run_id).data.tags for name, run_id in runs.items()}
     assert tags["counted"]["okr.kr.acc"] == "counted"
     assert tags["counted"]["okr.krs"] == "acc,staged"

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.errors import InputError
 from mlflow_okr.ledger import add_hypothesis, evaluate_hypothesis, link_runs, resolve_hypothesis
 from mlflow_okr.spec import Cycle, load_spec, parse_cycle, parse_spec
@@ -118,7 +118,7 @@ def _record(client, runner, write_spec, tmp_path):
         "stalled": [(20, 0.5)],
     }.items():
         for offset, value in points:
-            state.log_kr_state(client, published.kr_runs[kr_id], {state.METRIC_VALUE: value}, {}, Q4,
+            state.log_kr_state(client, published.kr_runs[kr_id], {vocabulary.METRIC_VALUE: value}, {}, Q4,
                                timestamp_ms=day(offset))
     experiment = client.create_experiment("serving-ab")
     control = [make_run(client, experiment, {"p99_latency_ms": v}) for v in (40.0, 42.0, 41.0)]

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.sync import sync
 from tests.conftest import IN_CYCLE_MS, NOW, invoke, make_run
 
@@ -270,21 +270,21 @@ def test_kr_runs_carry_value_and_progress_metrics(world):
     client = world.client
     published = state.load_published(client, "2026-Q4")
     ctr = client.get_run(published.kr_runs["ctr"]).data
-    assert ctr.metrics[state.METRIC_VALUE] == pytest.approx(0.065)
-    assert ctr.metrics[state.METRIC_PROGRESS] == pytest.approx(0.5)
-    assert ctr.metrics[state.METRIC_SCORE] == pytest.approx(0.5)
-    assert ctr.tags[state.TAG_STATUS] == "on-track"
-    assert ctr.tags[state.TAG_BEST_RUN] == world.runs["counted"]
-    assert ctr.tags[state.TAG_COUNTED] == "1"
+    assert ctr.metrics[vocabulary.METRIC_VALUE] == pytest.approx(0.065)
+    assert ctr.metrics[vocabulary.METRIC_PROGRESS] == pytest.approx(0.5)
+    assert ctr.metrics[vocabulary.METRIC_SCORE] == pytest.approx(0.5)
+    assert ctr.tags[vocabulary.TAG_STATUS] == "on-track"
+    assert ctr.tags[vocabulary.TAG_BEST_RUN] == world.runs["counted"]
+    assert ctr.tags[vocabulary.TAG_COUNTED] == "1"
     latency = client.get_run(published.kr_runs["latency"]).data
-    assert latency.metrics[state.METRIC_VALUE] == 90.0
-    assert latency.metrics[state.METRIC_PROGRESS] == pytest.approx(0.7333, abs=1e-4)
-    assert latency.tags[state.TAG_DIRECTION] == "minimize"
+    assert latency.metrics[vocabulary.METRIC_VALUE] == 90.0
+    assert latency.metrics[vocabulary.METRIC_PROGRESS] == pytest.approx(0.7333, abs=1e-4)
+    assert latency.tags[vocabulary.TAG_DIRECTION] == "minimize"
     alerting = client.get_run(published.kr_runs["alerting-live"]).data
-    assert state.METRIC_VALUE not in alerting.metrics
-    assert alerting.metrics[state.METRIC_PROGRESS] == 0.0
+    assert vocabulary.METRIC_VALUE not in alerting.metrics
+    assert alerting.metrics[vocabulary.METRIC_PROGRESS] == 0.0
     reco = client.get_run(published.objective_runs["reco"]).data
-    assert reco.metrics[state.METRIC_SCORE] == pytest.approx(1 / 3, abs=1e-4)
+    assert reco.metrics[vocabulary.METRIC_SCORE] == pytest.approx(1 / 3, abs=1e-4)
 
 
 def test_a_filter_baseline_that_appears_after_apply(world, runner):
@@ -333,7 +333,7 @@ def test_sync_check_finds_drift_and_sync_repairs_it(world, runner):
     breach = world.runs["breach"]
     client.set_tag(breach, "okr.kr.ctr", "counted")
     cycle = published.cycle
-    state.log_kr_state(client, published.kr_runs["latency"], {state.METRIC_VALUE: 55.0}, {}, cycle)
+    state.log_kr_state(client, published.kr_runs["latency"], {vocabulary.METRIC_VALUE: 55.0}, {}, cycle)
 
     drifted = invoke(runner, "sync", "--check", "--as-of", "2026-11-15")
 

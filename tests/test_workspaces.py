@@ -18,7 +18,7 @@ import requests
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state
+from mlflow_okr import vocabulary
 from mlflow_okr.cli import cli
 from mlflow_okr.sync import sync
 from tests.live_fixtures import CYCLE, EXPERIMENT, kr_run, publish
@@ -65,7 +65,7 @@ def _kr_state(client: MlflowClient) -> dict[str, tuple]:
     found = {}
     for kr_id in ("acc", "staged", "loss"):
         run = kr_run(client, kr_id)
-        history = client.get_metric_history(run.info.run_id, state.METRIC_VALUE)
+        history = client.get_metric_history(run.info.run_id, vocabulary.METRIC_VALUE)
         found[kr_id] = ([(m.timestamp, m.value) for m in history], dict(run.data.tags))
     return found
 
@@ -106,17 +106,17 @@ def test_each_workspace_keeps_its_own_okrs(backend: str, tmp_path: Path) -> None
         with workspace("team-a"):
             run_a = _log_run(server.url, 0.7)
             _wait_settled(client)
-            assert kr_run(client, "acc").data.metrics[state.METRIC_VALUE] == 0.7
-            assert kr_run(client, "acc").data.tags[state.TAG_BEST_RUN] == run_a
+            assert kr_run(client, "acc").data.metrics[vocabulary.METRIC_VALUE] == 0.7
+            assert kr_run(client, "acc").data.tags[vocabulary.TAG_BEST_RUN] == run_a
         with workspace("team-b"):
             # A's write and its settling read and wrote nothing of B's.
             assert _kr_state(client) == before_b
             run_b = _log_run(server.url, 0.9)
             _wait_settled(client)
-            assert kr_run(client, "acc").data.metrics[state.METRIC_VALUE] == 0.9
-            assert kr_run(client, "acc").data.tags[state.TAG_BEST_RUN] == run_b
+            assert kr_run(client, "acc").data.metrics[vocabulary.METRIC_VALUE] == 0.9
+            assert kr_run(client, "acc").data.tags[vocabulary.TAG_BEST_RUN] == run_b
         with workspace("team-a"):
-            assert kr_run(client, "acc").data.metrics[state.METRIC_VALUE] == 0.7
+            assert kr_run(client, "acc").data.metrics[vocabulary.METRIC_VALUE] == 0.7
 
         # The CLI honours MLFLOW_WORKSPACE; the board, the workspace header the MLflow UI sends.
         runner = CliRunner()

@@ -15,7 +15,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import api, state
+from mlflow_okr import api, state, vocabulary
 from mlflow_okr.report.model import run_url
 from mlflow_okr.results import CycleStatus, KeyResultStatus
 
@@ -93,8 +93,8 @@ def _kr_details(
         kr_run = client.get_run(kr.run_id)
         details["kr_run_url"] = run_url(ui_url, kr_run.info.experiment_id, kr.run_id)
         details["history"] = progress_history(client, kr.run_id)
-        checkin = _checkin(kr, kr_run.data.tags.get(state.TAG_CHECKIN))
-        details["maintain"] = _maintain_bound(kr_run.data.tags.get(state.TAG_KR_DEFINITION))
+        checkin = _checkin(kr, kr_run.data.tags.get(vocabulary.TAG_CHECKIN))
+        details["maintain"] = _maintain_bound(kr_run.data.tags.get(vocabulary.TAG_KR_DEFINITION))
     if kr.best_run_id:
         # The status names a best run only to callers who may read it; reading it again can still
         # fail if the permission changed in between, and then the board names nothing.
@@ -111,7 +111,7 @@ def _kr_details(
 def progress_history(client: MlflowClient, kr_run_id: str) -> list[dict[str, Any]]:
     """The KR's progress and value over time, one point per change (repeats add nothing to a sparkline)."""
     points: dict[int, dict[str, Any]] = {}
-    for key, name in ((state.METRIC_PROGRESS, "progress"), (state.METRIC_VALUE, "value")):
+    for key, name in ((vocabulary.METRIC_PROGRESS, "progress"), (vocabulary.METRIC_VALUE, "value")):
         for metric in client.get_metric_history(kr_run_id, key):
             points.setdefault(metric.timestamp, {"t": metric.timestamp})[name] = metric.value
     history: list[dict[str, Any]] = []

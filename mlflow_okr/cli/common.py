@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from mlflow_okr.errors import CheckFailed, OkrError, SpecError
+from mlflow_okr.vocabulary import has_okr_scheme
 
 EXIT_CHECK_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -51,7 +52,7 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _checked_tracking_uri(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """An okr+ URI must wrap a scheme mlflow-okr supports; say so before MLflow guesses at it."""
-    if value and value.lower().startswith("okr+"):
+    if has_okr_scheme(value):
         from mlflow_okr.store.uris import UnsupportedStoreUri, inner_uri_of
 
         try:

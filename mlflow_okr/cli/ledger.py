@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from mlflow_okr import vocabulary
 from mlflow_okr.cli.common import (
     EXIT_CHECK_FAILED,
     CommandError,
@@ -325,7 +326,7 @@ def show(hypothesis_id: str, output_format: str, tracking_uri: str | None) -> No
     if h.evidence:
         click.echo("Evidence:")
         for item in h.evidence:
-            origin = " (tagged okr.hypothesis)" if item.auto else ""
+            origin = f" (tagged {vocabulary.TAG_HYPOTHESIS})" if item.auto else ""
             click.echo(f"  {item.arm:<9} {item.run_id}  experiment {item.experiment_id}{origin}")
     click.echo("History:")
     for event in h.events:

@@ -12,7 +12,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.errors import InputError, NotPublishedError
 from mlflow_okr.ledger import evidence, io, looks, store
 from mlflow_okr.ledger.evaluate import GuardrailData, compare
@@ -34,7 +34,7 @@ from mlflow_okr.ledger.verify import VerifyResult, verify
 from mlflow_okr.spec import SLUG_PATTERN, KeyResult
 
 LINKS_PER_EVENT = 50  # keeps one link event well under MLflow's 8000-character tag limit
-AUTO_LINKER = "mlflow-okr (okr.hypothesis tag)"
+AUTO_LINKER = f"mlflow-okr ({vocabulary.TAG_HYPOTHESIS} tag)"
 MAX_STATEMENT = 2000
 MAX_UNPAIRED_LISTED = 50  # keeps an evaluate event well under MLflow's tag limit
 
@@ -99,7 +99,7 @@ def add_hypothesis(
         raise InputError(f"bad --pair-by {pair_by!r}: name a param or tag, e.g. params.seed or tags.split")
     guardrail_texts = [parse_guardrail(text).text for text in guardrails]
     for key in tags or {}:
-        if not key or key.startswith(store.RESERVED_TAG_PREFIXES):
+        if not key or key.startswith(vocabulary.RESERVED_TAG_PREFIXES):
             raise InputError(f"--tag {key!r}: tag keys must be non-empty and not start with okr. or mlflow.")
     client = state.make_client(tracking_uri)
     objective = _checked_links(client, kr, objective)
@@ -149,7 +149,7 @@ def _source_run(client: MlflowClient, run_id: str):
     except MlflowException:
         raise InputError(f"run {run_id!r} does not exist in this MLflow backend") from None
     experiment = client.get_experiment(run.info.experiment_id)
-    if state.is_okr_experiment_name(experiment.name):
+    if vocabulary.is_okr_experiment_name(experiment.name):
         raise InputError(
             f"run {run_id} belongs to {experiment.name!r}; link the training or evaluation runs, "
             "not mlflow-okr's own runs"
@@ -220,11 +220,11 @@ def _tagged_runs(client: MlflowClient, hypothesis_id: str | None) -> dict[str, l
     else:
         condition = "= '" + hypothesis_id.replace("'", "''") + "'"
     found: dict[str, list[Evidence]] = {}
-    for run in state.iter_runs(client, experiment_ids, f"tags.`{state.TAG_HYPOTHESIS}` {condition}"):
-        arm = run.data.tags.get(state.TAG_ARM, "treatment").strip().lower() or "treatment"
+    for run in state.iter_runs(client, experiment_ids, f"tags.`{vocabulary.TAG_HYPOTHESIS}` {condition}"):
+        arm = run.data.tags.get(vocabulary.TAG_ARM, "treatment").strip().lower() or "treatment"
         if arm not in ARMS:
             continue  # not a comparison arm mlflow-okr knows; `ledger link --arm` fixes it
-        found.setdefault(run.data.tags[state.TAG_HYPOTHESIS], []).append(
+        found.setdefault(run.data.tags[vocabulary.TAG_HYPOTHESIS], []).append(
             Evidence(run_id=run.info.run_id, arm=arm, experiment_id=run.info.experiment_id, auto=True)
         )
     return found

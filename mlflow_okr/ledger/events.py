@@ -14,10 +14,9 @@ import json
 from typing import Any
 
 from mlflow_okr.ledger.models import Event
+from mlflow_okr.vocabulary import LEDGER_EVENT_TAG_PREFIX, LEDGER_SEAL_PARAM_PREFIX
 
 EVENT_FORMAT = 1
-EVENT_TAG_PREFIX = "okr.ledger.event."
-SEAL_PARAM_PREFIX = "okr.ledger.seal."
 EVENT_NUMBER_DIGITS = 6
 EVENT_KEY_HASH_CHARS = 16
 
@@ -28,17 +27,17 @@ def event_tag(seq: int, hash_: str) -> str:
     The hash in the key gives two writers racing for the same number keys of their own, so one
     never overwrites the other's event; the seal says which of them holds the number.
     """
-    return f"{EVENT_TAG_PREFIX}{seq:0{EVENT_NUMBER_DIGITS}d}.{hash_[:EVENT_KEY_HASH_CHARS]}"
+    return f"{LEDGER_EVENT_TAG_PREFIX}{seq:0{EVENT_NUMBER_DIGITS}d}.{hash_[:EVENT_KEY_HASH_CHARS]}"
 
 
 def legacy_event_tag(seq: int) -> str:
     """Where mlflow-okr 0.1.0 kept event `seq`, unsealed: okr.ledger.event.000001, ..."""
-    return f"{EVENT_TAG_PREFIX}{seq:0{EVENT_NUMBER_DIGITS}d}"
+    return f"{LEDGER_EVENT_TAG_PREFIX}{seq:0{EVENT_NUMBER_DIGITS}d}"
 
 
 def seal_param(seq: int) -> str:
     """The run param that seals event `seq` with its hash: okr.ledger.seal.000001, ..."""
-    return f"{SEAL_PARAM_PREFIX}{seq:0{EVENT_NUMBER_DIGITS}d}"
+    return f"{LEDGER_SEAL_PARAM_PREFIX}{seq:0{EVENT_NUMBER_DIGITS}d}"
 
 
 def canonical_json(payload: dict[str, Any]) -> str:

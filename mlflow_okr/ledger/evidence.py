@@ -8,7 +8,7 @@ import re
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.ledger.models import ARMS, Evidence, Hypothesis
 from mlflow_okr.spec import KeyResult
 
@@ -96,5 +96,5 @@ def counted_values(client: MlflowClient, kr: KeyResult) -> list[float]:
     """The KR's metric on the runs counted for it (tag `okr.kr.<id>` = counted)."""
     assert kr.metric is not None
     experiment_ids = state.source_experiment_ids(client, kr.experiments)
-    runs = state.iter_runs(client, experiment_ids, f"tags.`{state.source_tag(kr.id)}` = 'counted'")
+    runs = state.iter_runs(client, experiment_ids, f"tags.`{vocabulary.source_tag(kr.id)}` = 'counted'")
     return [value for run in runs if (value := metric_value(run, kr.metric)) is not None]

@@ -29,11 +29,9 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from pydantic import ValidationError
 
-from mlflow_okr import mlflow_ui, multiplicity, state
+from mlflow_okr import mlflow_ui, state, vocabulary
 from mlflow_okr.errors import ConcurrentChange, InputError, OkrError
 from mlflow_okr.ledger.events import (
-    EVENT_TAG_PREFIX,
-    SEAL_PARAM_PREFIX,
     event_tag,
     event_text,
     legacy_event_tag,
@@ -42,33 +40,18 @@ from mlflow_okr.ledger.events import (
 )
 from mlflow_okr.ledger.models import Event, Hypothesis, apply_event, replay
 
-TAG_METRIC = "okr.ledger.metric"
-TAG_EXPECT = "okr.ledger.expect"
-TAG_OWNER = "okr.ledger.owner"
-TAG_CONTROL_RUNS = "okr.ledger.runs.control"
-TAG_TREATMENT_RUNS = "okr.ledger.runs.treatment"
-TAG_SUGGESTED_VERDICT = "okr.ledger.suggested_verdict"
-TAG_P_VALUE = "okr.ledger.p_value"
-TAG_EFFECT = "okr.ledger.effect"
-TAG_PAIR_BY = "okr.ledger.pair_by"
-TAG_GUARDRAILS = "okr.ledger.guardrails"
-TAG_EVENT_COUNT = "okr.ledger.events"
-TAG_HEAD = "okr.ledger.head"
-LEDGER_TAG_PREFIX = "okr.ledger."
-MAX_TAG_VALUE = 8000  # MLflow's limit on a tag value, the run description included
 # MLflow's limit on the params of one request. The client splits a longer log_batch into several
 # requests; seals go in parts of this size so that each part is sealed, or refused, as a whole.
 MAX_PER_BATCH = 100
-RESERVED_TAG_PREFIXES = ("okr.", "mlflow.")
 
 
 def ledger_experiment_id(client: MlflowClient, create: bool = False) -> str | None:
     """The id of `okr/ledger`; created on first write, None on reads before that."""
-    experiment = client.get_experiment_by_name(state.LEDGER_EXPERIMENT)
+    experiment = client.get_experiment_by_name(vocabulary.LEDGER_EXPERIMENT)
     if experiment is not None:
         if experiment.lifecycle_stage != "active":
             raise InputError(
-                f"experiment {state.LEDGER_EXPERIMENT!r} is deleted; restore it with "
+                f"experiment {vocabulary.LEDGER_EXPERIMENT!r} is deleted; restore it with "
                 f"`mlflow experiments restore --experiment-id {experiment.experiment_id}`"
             )
         return experiment.experiment_id
@@ -76,7 +59,7 @@ def ledger_experiment_id(client: MlflowClient, create: bool = False) -> str | No
         return None
     try:
         return client.create_experiment(
-            state.LEDGER_EXPERIMENT,
+            vocabulary.LEDGER_EXPERIMENT,
             tags={
                 "mlflow.note.content": "Hypotheses recorded by mlflow-okr ledger.",
                 mlflow_ui.EXPERIMENT_KIND_TAG: mlflow_ui.RUNS_VIEW_KIND,  # MLflow's runs view, not GenAI
@@ -84,7 +67,7 @@ def ledger_experiment_id(client: MlflowClient, create: bool = False) -> str | No
         )
     except MlflowException:
         # Another writer created it first.
-        experiment = client.get_experiment_by_name(state.LEDGER_EXPERIMENT)
+        experiment = client.get_experiment_by_name(vocabulary.LEDGER_EXPERIMENT)
         if experiment is None:
             raise
         return experiment.experiment_id
@@ -95,9 +78,11 @@ def hypothesis_runs(client: MlflowClient, view: int = ViewType.ACTIVE_ONLY) -> I
     experiment_id = ledger_experiment_id(client)
     if experiment_id is None:
         return iter(())
-    runs = state.iter_runs(client, [experiment_id], f"tags.`{state.TAG_LEDGER_ID}` != ''", view=view)
+    runs = state.iter_runs(client, [experiment_id], f"tags.`{vocabulary.TAG_LEDGER_ID}` != ''", view=view)
     # Creation time, then id: the same order on every backend, so exports are byte-identical.
-    return iter(sorted(runs, key=lambda run: (run.info.start_time or 0, run.data.tags[state.TAG_LEDGER_ID])))
+    return iter(
+        sorted(runs, key=lambda run: (run.info.start_time or 0, run.data.tags[vocabulary.TAG_LEDGER_ID]))
+    )
 
 
 def find_run(client: MlflowClient, hypothesis_id: str) -> Run | None:
@@ -105,7 +90,8 @@ def find_run(client: MlflowClient, hypothesis_id: str) -> Run | None:
     if experiment_id is None:
         return None
     quoted = hypothesis_id.replace("'", "''")
-    matches = list(state.iter_runs(client, [experiment_id], f"tags.`{state.TAG_LEDGER_ID}` = '{quoted}'"))
+    by_id = f"tags.`{vocabulary.TAG_LEDGER_ID}` = '{quoted}'"
+    matches = list(state.iter_runs(client, [experiment_id], by_id))
     return matches[0] if matches else None
 
 
@@ -131,7 +117,8 @@ def sealed_events(run: Run) -> list[tuple[str, str | None]]:
 def stray_seals(run: Run, sealed: int) -> list[str]:
     """Seal params past the first `sealed` numbers: a gap in the numbering."""
     expected = {seal_param(number) for number in range(1, sealed + 1)}
-    return sorted(key for key in run.data.params if key.startswith(SEAL_PARAM_PREFIX) and key not in expected)
+    seals = (key for key in run.data.params if key.startswith(vocabulary.LEDGER_SEAL_PARAM_PREFIX))
+    return sorted(key for key in seals if key not in expected)
 
 
 def parse_event(text: str) -> Event:
@@ -171,7 +158,7 @@ def load(client: MlflowClient, hypothesis_id: str) -> Hypothesis:
     """The hypothesis with this id; InputError naming the known ids when there is none."""
     run = find_run(client, hypothesis_id)
     if run is None:
-        known = sorted(r.data.tags[state.TAG_LEDGER_ID] for r in hypothesis_runs(client))
+        known = sorted(r.data.tags[vocabulary.TAG_LEDGER_ID] for r in hypothesis_runs(client))
         import difflib
 
         close = difflib.get_close_matches(hypothesis_id, known, n=1)
@@ -192,32 +179,33 @@ def load_all(client: MlflowClient) -> list[Hypothesis]:
 def state_tags(hypothesis: Hypothesis) -> dict[str, str]:
     """The tags a hypothesis run carries for its state: what the events say, nothing more."""
     tags = {
-        state.TAG_LEDGER_ID: hypothesis.id,
-        state.TAG_LEDGER_STATUS: hypothesis.status,
-        TAG_CONTROL_RUNS: str(len(hypothesis.arm_runs("control"))),
-        TAG_TREATMENT_RUNS: str(len(hypothesis.arm_runs("treatment"))),
-        TAG_EVENT_COUNT: str(len(hypothesis.events)),
-        TAG_HEAD: hypothesis.head,
+        vocabulary.TAG_LEDGER_ID: hypothesis.id,
+        vocabulary.TAG_LEDGER_STATUS: hypothesis.status,
+        vocabulary.TAG_LEDGER_CONTROL_RUNS: str(len(hypothesis.arm_runs("control"))),
+        vocabulary.TAG_LEDGER_TREATMENT_RUNS: str(len(hypothesis.arm_runs("treatment"))),
+        vocabulary.TAG_LEDGER_EVENT_COUNT: str(len(hypothesis.events)),
+        vocabulary.TAG_LEDGER_HEAD: hypothesis.head,
     }
     optional = {
-        state.TAG_LEDGER_KR: hypothesis.kr,
-        state.TAG_LEDGER_OBJECTIVE: hypothesis.objective,
-        state.TAG_LEDGER_RESOLVED_AT: str(hypothesis.resolved_at) if hypothesis.resolved_at else None,
-        TAG_METRIC: hypothesis.metric,
-        TAG_EXPECT: hypothesis.expect,
-        TAG_OWNER: hypothesis.owner,
-        TAG_PAIR_BY: hypothesis.pair_by,
-        TAG_GUARDRAILS: "; ".join(hypothesis.guardrails) or None,
+        vocabulary.TAG_LEDGER_KR: hypothesis.kr,
+        vocabulary.TAG_LEDGER_OBJECTIVE: hypothesis.objective,
+        vocabulary.TAG_LEDGER_RESOLVED_AT: str(hypothesis.resolved_at) if hypothesis.resolved_at else None,
+        vocabulary.TAG_LEDGER_METRIC: hypothesis.metric,
+        vocabulary.TAG_LEDGER_EXPECT: hypothesis.expect,
+        vocabulary.TAG_LEDGER_OWNER: hypothesis.owner,
+        vocabulary.TAG_LEDGER_PAIR_BY: hypothesis.pair_by,
+        vocabulary.TAG_LEDGER_GUARDRAILS: "; ".join(hypothesis.guardrails) or None,
     }
     if hypothesis.evaluation:
-        optional[TAG_SUGGESTED_VERDICT] = hypothesis.evaluation.get("suggested_verdict")
-        for tag, key in ((TAG_P_VALUE, "p_value"), (TAG_EFFECT, "effect")):
+        optional[vocabulary.TAG_LEDGER_SUGGESTED_VERDICT] = hypothesis.evaluation.get("suggested_verdict")
+        numbers = ((vocabulary.TAG_LEDGER_P_VALUE, "p_value"), (vocabulary.TAG_LEDGER_EFFECT, "effect"))
+        for tag, key in numbers:
             value = hypothesis.evaluation.get(key)
             optional[tag] = None if value is None else repr(float(value))
         p_value = hypothesis.verdict_p_value
-        optional[multiplicity.TAG_VERDICT_P_VALUE] = None if p_value is None else repr(p_value)
+        optional[vocabulary.TAG_LEDGER_VERDICT_P_VALUE] = None if p_value is None else repr(p_value)
         if hypothesis.evaluated_at:
-            optional[multiplicity.TAG_EVALUATED_AT] = str(hypothesis.evaluated_at)
+            optional[vocabulary.TAG_LEDGER_EVALUATED_AT] = str(hypothesis.evaluated_at)
     tags.update({key: value for key, value in optional.items() if value})
     tags.update(hypothesis.tags)
     tags[MLFLOW_RUN_NOTE] = description(hypothesis)
@@ -228,7 +216,9 @@ def unbacked_state_tags(tags: dict[str, str], expected: dict[str, str]) -> list[
     """The run's okr.ledger.* state tags that its events no longer back."""
     return sorted(
         key for key in tags
-        if key.startswith(LEDGER_TAG_PREFIX) and not key.startswith(EVENT_TAG_PREFIX) and key not in expected
+        if key.startswith(vocabulary.LEDGER_TAG_PREFIX)
+        and not key.startswith(vocabulary.LEDGER_EVENT_TAG_PREFIX)
+        and key not in expected
     )
 
 
@@ -259,7 +249,7 @@ def description(hypothesis: Hypothesis) -> str:
         lines += ["", f"Last evaluation: suggested **{evaluation.get('suggested_verdict')}**: "
                       f"{evaluation.get('reason', '')}"]
     tail = ["", f"History: {len(hypothesis.events)} events; `mlflow-okr ledger show {hypothesis.id}`."]
-    budget = MAX_TAG_VALUE - len("\n".join(lines + tail)) - 200
+    budget = vocabulary.MAX_TAG_VALUE_LENGTH - len("\n".join(lines + tail)) - 200
     evidence_lines: list[str] = []
     ordered = sorted(hypothesis.evidence, key=lambda item: item.arm)  # control first
     for item in ordered:
@@ -271,7 +261,7 @@ def description(hypothesis: Hypothesis) -> str:
         evidence_lines.append(line)
     if evidence_lines:
         lines += ["", "Evidence runs:", *evidence_lines]
-    return "\n".join(lines + tail)[:MAX_TAG_VALUE]
+    return "\n".join(lines + tail)[:vocabulary.MAX_TAG_VALUE_LENGTH]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,10 +270,10 @@ def description(hypothesis: Hypothesis) -> str:
 
 def _check_fits(event: Event) -> str:
     text = event_text(event)
-    if len(text) > MAX_TAG_VALUE:
+    if len(text) > vocabulary.MAX_TAG_VALUE_LENGTH:
         raise InputError(
             f"this {event.action} for hypothesis {event.hypothesis!r} is {len(text)} characters of JSON, "
-            f"over MLflow's tag limit of {MAX_TAG_VALUE}; shorten the statement or note"
+            f"over MLflow's tag limit of {vocabulary.MAX_TAG_VALUE_LENGTH}; shorten the statement or note"
         )
     return text
 

@@ -6,13 +6,13 @@ from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
-from mlflow_okr import multiplicity, state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.ledger import store
 from mlflow_okr.ledger.events import chain_problem, seal_param
 from mlflow_okr.ledger.models import Event, replay
 
 # State tags that mlflow-okr 0.1.0 did not derive from the events yet.
-LATER_STATE_TAGS = (multiplicity.TAG_VERDICT_P_VALUE, multiplicity.TAG_EVALUATED_AT)
+LATER_STATE_TAGS = (vocabulary.TAG_LEDGER_VERDICT_P_VALUE, vocabulary.TAG_LEDGER_EVALUATED_AT)
 
 
 class VerifyResult(BaseModel):
@@ -36,7 +36,7 @@ def _show(value: str | None, limit: int = 60) -> str:
 def run_problems(run: Run) -> tuple[list[str], int]:
     """The problems of one hypothesis run, and how many events it holds."""
     tags = run.data.tags
-    hypothesis_id = tags.get(state.TAG_LEDGER_ID) or run.info.run_name or run.info.run_id
+    hypothesis_id = tags.get(vocabulary.TAG_LEDGER_ID) or run.info.run_name or run.info.run_id
     events: list[Event] = []
     sealed = store.sealed_events(run)
     for number, (key, text) in enumerate(sealed, start=1):
@@ -70,9 +70,9 @@ def run_problems(run: Run) -> tuple[list[str], int]:
             f"hypothesis {hypothesis_id!r} event {len(events) + 1}: missing; the run has seal "
             f"{stray[0]} past event {len(events)} (an event was deleted)"
         ], len(events)
-    recorded = tags.get(store.TAG_EVENT_COUNT)
+    recorded = tags.get(vocabulary.TAG_LEDGER_EVENT_COUNT)
     if recorded is None or (recorded.isdigit() and int(recorded) < len(events)):
-        if state.TAG_LEDGER_ID not in tags:
+        if vocabulary.TAG_LEDGER_ID not in tags:
             remedy = (f"no command sees it; delete it with `mlflow runs delete --run-id {run.info.run_id}` "
                       "and run the command again")
         else:
@@ -117,7 +117,7 @@ def verify(client: MlflowClient) -> VerifyResult:
     first_run: dict[str, str] = {}
     for run in runs:
         hypotheses += 1
-        hypothesis_id = run.data.tags.get(state.TAG_LEDGER_ID)
+        hypothesis_id = run.data.tags.get(vocabulary.TAG_LEDGER_ID)
         if hypothesis_id and hypothesis_id in first_run:
             problems.append(
                 f"hypothesis {hypothesis_id!r} has a second run {run.info.run_id} besides "
@@ -125,7 +125,7 @@ def verify(client: MlflowClient) -> VerifyResult:
             )
         first_run.setdefault(hypothesis_id or "", run.info.run_id)
         if run.info.lifecycle_stage == "deleted":
-            name = run.data.tags.get(state.TAG_LEDGER_ID) or run.info.run_name
+            name = run.data.tags.get(vocabulary.TAG_LEDGER_ID) or run.info.run_name
             problems.append(
                 f"hypothesis {name!r} (run {run.info.run_id}) was deleted; restore it with "
                 f"`mlflow runs restore --run-id {run.info.run_id}`"

@@ -11,7 +11,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, computed_field
 
-from mlflow_okr import mlflow_ui, state
+from mlflow_okr import mlflow_ui, state, vocabulary
 from mlflow_okr.engine import GUARDRAIL_TAG_PREFIX, SUCCESS_GRADE, ReasonKind, verdict_from_tag
 from mlflow_okr.ledger.record import TrackRecord
 from mlflow_okr.report.suggestions import NextCycle, next_cycle
@@ -170,7 +170,7 @@ class BreachFinder:
         if spec_kr is None or spec_kr.metric is None or not spec_kr.guardrails:
             return [], 0
         cycle = self.published.cycle
-        tag = state.source_tag(self.published.spec.run_tag_id(kr.id))
+        tag = vocabulary.source_tag(self.published.spec.run_tag_id(kr.id))
         # The tag says which runs a guardrail excluded; the metric bound leaves only the runs that
         # would have beaten the current value, so a big store returns few rows.
         clauses = [
@@ -206,7 +206,7 @@ def history(client: MlflowClient, kr_run_id: str | None) -> list[HistoryPoint]:
     if not kr_run_id:
         return []
     points: dict[int, HistoryPoint] = {}
-    for key, field in ((state.METRIC_VALUE, "value"), (state.METRIC_PROGRESS, "progress")):
+    for key, field in ((vocabulary.METRIC_VALUE, "value"), (vocabulary.METRIC_PROGRESS, "progress")):
         for metric in client.get_metric_history(kr_run_id, key):
             point = points.setdefault(
                 metric.timestamp,
@@ -224,7 +224,7 @@ def cycle_ledger(
     from mlflow_okr.ledger import store as ledger_store
     from mlflow_okr.ledger.record import track_record, with_q_values
 
-    experiment = client.get_experiment_by_name(state.LEDGER_EXPERIMENT)
+    experiment = client.get_experiment_by_name(vocabulary.LEDGER_EXPERIMENT)
     if experiment is None or experiment.lifecycle_stage != "active":
         return None, None
     cycle = published.cycle

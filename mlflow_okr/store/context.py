@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.store.live import fail_open
 
 HYPOTHESIS_ENV = "MLFLOW_OKR_HYPOTHESIS"
@@ -22,7 +22,7 @@ def _current_cycle_name() -> str | None:
     from mlflow_okr.store.definitions import load_watched_krs
     from mlflow_okr.store.hooks import OkrHooks
 
-    if get_tracking_uri().startswith(state.OKR_PLUGIN_SCHEME_PREFIX):
+    if vocabulary.has_okr_scheme(get_tracking_uri()):
         store = current_tracking_store()
         if isinstance(store, OkrHooks):
             current = store._okr_live.watched.current_cycle()
@@ -37,7 +37,7 @@ def in_okr_context() -> bool:
 
     if os.environ.get(HYPOTHESIS_ENV):
         return True
-    if not get_tracking_uri().startswith(state.OKR_PLUGIN_SCHEME_PREFIX):
+    if not vocabulary.has_okr_scheme(get_tracking_uri()):
         return False
     try:
         return _current_cycle_name() is not None
@@ -51,15 +51,15 @@ def okr_context_tags() -> dict[str, str]:
     tags = {}
     hypothesis = os.environ.get(HYPOTHESIS_ENV)
     if hypothesis:
-        tags[state.TAG_HYPOTHESIS] = hypothesis
+        tags[vocabulary.TAG_HYPOTHESIS] = hypothesis
         arm = os.environ.get(ARM_ENV)
         if arm:
-            tags[state.TAG_ARM] = arm
+            tags[vocabulary.TAG_ARM] = arm
     try:
         cycle = _current_cycle_name()
     except Exception as error:  # noqa: BLE001 - fail-open
         fail_open(error)
         cycle = None
     if cycle:
-        tags[state.TAG_CYCLE] = cycle
+        tags[vocabulary.TAG_CYCLE] = cycle
     return tags

@@ -8,17 +8,12 @@ from dataclasses import dataclass, field
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state
+from mlflow_okr import state, vocabulary
 from mlflow_okr.cycles import current as innermost_current
 from mlflow_okr.scope import RunFilter
 
 # A KR is named by the experiment id of its published cycle and its id.
 KrRef = tuple[str, str]
-
-
-def is_managed_key(key: str) -> bool:
-    """Keys mlflow-okr writes itself (`okr.*`): they never trigger hooks."""
-    return key.startswith("okr.")
 
 
 @dataclass
@@ -45,14 +40,14 @@ def published_signature(client: MlflowClient) -> tuple[tuple[str, str], ...]:
     """One cheap query: which cycles are published, with their spec hashes."""
     return tuple(
         sorted(
-            (experiment.experiment_id, experiment.tags.get(state.TAG_SPEC_HASH, ""))
+            (experiment.experiment_id, experiment.tags.get(vocabulary.TAG_SPEC_HASH, ""))
             for experiment in state.list_cycle_experiments(client)
         )
     )
 
 
 def _add(index: dict[str, set[KrRef]], key: str, ref: KrRef) -> None:
-    if not is_managed_key(key):
+    if not vocabulary.is_okr_key(key):  # keys mlflow-okr writes itself never trigger hooks
         index.setdefault(key, set()).add(ref)
 
 
@@ -79,7 +74,7 @@ def load_watched_krs(client: MlflowClient) -> WatchedKrs:
                 for key in filter_keys:
                     _add(index, key, ref)
     okr_experiments = client.search_experiments(
-        view_type=ViewType.ALL, filter_string=f"name LIKE '{state.OKR_PREFIX}%'"
+        view_type=ViewType.ALL, filter_string=f"name LIKE '{vocabulary.OKR_EXPERIMENT_PREFIX}%'"
     )
     return WatchedKrs(
         cycles=cycles,

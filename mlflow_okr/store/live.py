@@ -26,7 +26,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import compat, state
+from mlflow_okr import compat, state, vocabulary
 from mlflow_okr.compute import (
     KrComputation,
     VerdictChange,
@@ -610,8 +610,8 @@ class LiveKrs:
         found = []
         for kr_id in marked & set(scan.scopes):
             old = verdict_from_tag(
-                plan.current.get(state.source_tag(spec.run_tag_id(kr_id))),
-                plan.current.get(state.value_tag(spec.run_tag_id(kr_id))),
+                plan.current.get(vocabulary.source_tag(spec.run_tag_id(kr_id))),
+                plan.current.get(vocabulary.value_tag(spec.run_tag_id(kr_id))),
             )
             new = verdicts.get(kr_id)
             if old is None and new is None:
@@ -678,4 +678,4 @@ class LiveKrs:
             return True
         if experiment_id not in self._experiment_names:
             self._experiment_names[experiment_id] = self.client.get_experiment(experiment_id).name
-        return state.is_okr_experiment_name(self._experiment_names[experiment_id])
+        return vocabulary.is_okr_experiment_name(self._experiment_names[experiment_id])

@@ -24,7 +24,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-MARKER_PREFIX = "okr.unsettled."
+from mlflow_okr.vocabulary import UNSETTLED_MARKER_PREFIX as MARKER_PREFIX
+
 HEARTBEAT = 30.0  # seconds between two refreshes of a marker while its work lasts
 LEASE = 4 * HEARTBEAT  # a marker not refreshed for this long belongs to a gone owner
 

@@ -6,8 +6,7 @@ No MLflow import here: the CLI checks a `--tracking-uri` with it before it loads
 from __future__ import annotations
 
 from mlflow_okr.errors import InputError
-
-OKR_PREFIX = "okr+"
+from mlflow_okr.vocabulary import OKR_SCHEME_PREFIX, has_okr_scheme, without_okr_scheme
 
 # The database URIs MLflow's SQLAlchemy store takes (dialect and the drivers MLflow documents),
 # and its REST store. Each one is registered as okr+<scheme> in setup.cfg.
@@ -36,17 +35,17 @@ class UnsupportedStoreUri(InputError):
 
 
 def supported_schemes_text() -> str:
-    return ", ".join(OKR_PREFIX + scheme for scheme in INNER_SCHEMES)
+    return ", ".join(OKR_SCHEME_PREFIX + scheme for scheme in INNER_SCHEMES)
 
 
 def inner_uri_of(store_uri: str) -> str:
     """`okr+sqlite:///x.db` -> `sqlite:///x.db`; raises UnsupportedStoreUri for any other inner scheme."""
     # Only the scheme goes into the message: the rest of a database URI may hold a password.
     scheme, separator, _ = store_uri.partition(":")
-    inner_scheme = scheme[len(OKR_PREFIX):].lower() if scheme.lower().startswith(OKR_PREFIX) else None
+    inner_scheme = without_okr_scheme(scheme).lower() if has_okr_scheme(scheme) else None
     if inner_scheme is None or not separator or inner_scheme not in INNER_SCHEMES:
         raise UnsupportedStoreUri(
             f"unsupported store URI scheme {scheme!r}: okr+ wraps a database or an MLflow server; "
             f"use one of {supported_schemes_text()}"
         )
-    return store_uri[len(OKR_PREFIX):]
+    return without_okr_scheme(store_uri)
