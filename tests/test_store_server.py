@@ -9,6 +9,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import requests
 from mlflow.store.tracking.rest_store import RestStore
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _get_store
@@ -17,7 +18,7 @@ from mlflow_okr import vocabulary
 from mlflow_okr.store import OkrHooks
 from mlflow_okr.sync import sync
 from tests.live_fixtures import CYCLE, EXPERIMENT, kr_run, publish
-from tests.servers import DEPLOYMENTS, deployment_args, mlflow_server
+from tests.servers import DEPLOYMENTS, basic_auth_config, deployment_args, mlflow_server
 
 pytestmark = pytest.mark.server
 
@@ -100,3 +101,28 @@ def test_okr_http_hooks_client_side_against_a_plain_server(tmp_path: Path) -> No
         # Settle and verify now, while the server is up: nothing is left for this process's exit.
         store.flush_okr()
         store.flush_okr()
+
+
+@pytest.mark.parametrize("deployment", DEPLOYMENTS)
+def test_basic_auth_server_updates_krs_in_both_deployments(
+    tmp_path: Path, deployment: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--app-name okr-auth` over a plain URI, and MLflow's basic-auth app over an okr+ URI."""
+    database = f"sqlite:///{tmp_path / 'auth.db'}"
+    publish(database)
+    config = basic_auth_config(tmp_path, "admin", "admin-password-1234")
+    env = {"MLFLOW_AUTH_CONFIG_PATH": str(config), "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-only-key"}
+    backend, app_name = deployment_args(deployment, database, auth=True)
+    with mlflow_server(backend, tmp_path, app_name=app_name, extra_env=env) as server:
+        search = f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert requests.get(search, timeout=30).status_code == 401
+        monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+        monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "admin-password-1234")
+        mlflow.set_tracking_uri(server.url)
+        try:
+            runs = _log_three_runs()
+        finally:
+            mlflow.set_tracking_uri(None)
+        client = MlflowClient(database)
+        _settled(client)
+        _assert_live_state(client, runs)
