@@ -233,3 +233,17 @@ def server_workspaces() -> list[str | None]:
     from mlflow.server.workspace_helpers import _get_workspace_store
 
     return [workspace.name for workspace in _get_workspace_store().list_workspaces()]
+
+
+def act_in_requested_workspace(name: str, path: str) -> None:
+    """Bind this Flask request to workspace `name`, as MLflow binds one named by its header.
+
+    `resolve_workspace_for_request_if_enabled` checks the workspace exists (and that workspaces
+    are on), `set_server_request_workspace` binds it; both as MLflow's own before-request handler
+    uses them (mlflow.server.workspace_helpers, mlflow.utils.workspace_context; checked on 3.17.2).
+    """
+    from mlflow.server.workspace_helpers import resolve_workspace_for_request_if_enabled
+    from mlflow.utils.workspace_context import set_server_request_workspace
+
+    workspace = resolve_workspace_for_request_if_enabled(path, name)
+    set_server_request_workspace(workspace.name if workspace else None)

@@ -134,6 +134,10 @@ def test_each_workspace_keeps_its_own_okrs(backend: str, tmp_path: Path) -> None
             )
             assert board.status_code == 200, board.text
             assert _status_current(board.text, "acc") == value
+            # A link to the board names the workspace in its query, as MLflow's UI links do.
+            linked = requests.get(f"{server.url}/okr/api/status?workspace={name}", timeout=30)
+            assert _status_current(linked.text, "acc") == value
+        assert requests.get(f"{server.url}/okr/api/status?workspace=nobody", timeout=30).status_code == 404
 
 
 def test_lean_reads_keep_to_the_writers_workspace(

@@ -73,11 +73,23 @@ def _served(app: Flask) -> Any:
     return _hooked(app)
 
 
+def _workspace_from_query() -> None:
+    """`/okr/?workspace=team-a`: the board of that workspace (the page passes it on to its API).
+
+    MLflow's UI names the workspace in its links' query; its API takes it from a header, which a
+    link cannot carry.
+    """
+    name = request.args.get("workspace")
+    if name:
+        compat.act_in_requested_workspace(name, request.path)
+
+
 def create_app() -> Any:
     """`mlflow server --app-name okr`: MLflow's server with the board at /okr/ (no auth)."""
     from mlflow.server import app
 
     blueprint = board_blueprint(_backend_store_uri, _ui_url)
+    blueprint.before_request(_workspace_from_query)
     app.register_blueprint(blueprint, url_prefix=_static_prefix() + BOARD_PREFIX)
     return _served(app)
 
@@ -128,6 +140,7 @@ def create_auth_app() -> Any:
         reading=lambda: forwarding(request.headers.get("Authorization")),
     )
 
+    blueprint.before_request(_workspace_from_query)
     prefix = _static_prefix() + BOARD_PREFIX
     app.register_blueprint(blueprint, url_prefix=prefix)
     _allow_authenticated_viewers([prefix + route for route in BOARD_ROUTES])
