@@ -48,6 +48,7 @@ _EXPORTS = {
     "suggest_next_cycle": "mlflow_okr.suggest",
     "CheckReport": "mlflow_okr.checks",
     "check_okrs": "mlflow_okr.practice",
+    "annotated_status": "mlflow_okr.practice",
     "effort_status": "mlflow_okr.practice",
     "weekly_review": "mlflow_okr.practice",
 }

@@ -30,19 +30,32 @@ def check_okrs(
     return check_spec(spec, client, now)
 
 
+def annotated_status(
+    tracking_uri: str | None = None,
+    cycle: str | None = None,
+    now: dt.datetime | None = None,
+    team: str | None = None,
+    effort: bool = False,
+) -> CycleStatus:
+    """`status` with each metric KR's `confidence`; with `effort`, also the effort of each KR,
+    objective, owner and team, and the cycle's runs that count for no KR (`unaligned`)."""
+    from mlflow_okr.confidence import with_confidence
+    from mlflow_okr.effort import with_effort
+
+    client = state.make_client(tracking_uri)
+    now = now or dt.datetime.now(dt.timezone.utc)
+    status = with_confidence(client, stored_cycle_status(client, cycle=cycle, now=now, team=team), now)
+    return with_effort(client, status, now) if effort else status
+
+
 def effort_status(
     tracking_uri: str | None = None,
     cycle: str | None = None,
     now: dt.datetime | None = None,
     team: str | None = None,
 ) -> CycleStatus:
-    """`status`, with the effort of each KR, objective, owner and team, and the cycle's runs that
-    count for no KR (`unaligned`)."""
-    from mlflow_okr.effort import with_effort
-
-    client = state.make_client(tracking_uri)
-    now = now or dt.datetime.now(dt.timezone.utc)
-    return with_effort(client, stored_cycle_status(client, cycle=cycle, now=now, team=team), now)
+    """`status` with confidence and effort: `annotated_status(..., effort=True)`."""
+    return annotated_status(tracking_uri, cycle, now, team, effort=True)
 
 
 def weekly_review(
@@ -54,10 +67,13 @@ def weekly_review(
     ui_url: str | None = None,
 ) -> Review:
     """What moved in the current cycle (or `cycle`) since `since` (`7d`, `2w` or a date), up to `now`."""
+    from mlflow_okr.confidence import with_confidence
+
     client = state.make_client(tracking_uri)
     until = now or dt.datetime.now(dt.timezone.utc)
-    status = stored_cycle_status(client, cycle=cycle, now=until, team=team)
-    return build_review(client, status, parse_since(since, until), until, ui_url)
+    status = with_confidence(client, stored_cycle_status(client, cycle=cycle, now=until, team=team), until)
+    confidences = {kr.id: kr.confidence for kr in status.key_results() if kr.confidence is not None}
+    return build_review(client, status, parse_since(since, until), until, ui_url, confidences)
 
 
 def post_weekly_review(

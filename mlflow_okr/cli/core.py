@@ -158,11 +158,13 @@ def status(
 ) -> None:
     """Print every objective and KR with its progress and status, for every cycle that contains today."""
     from mlflow_okr import render
+    from mlflow_okr.confidence import confidence_lines
+    from mlflow_okr.practice import annotated_status
 
     if effort:
         print_effort(tracking_uri, cycle, as_of_datetime(as_of), team, output_format)
         return
-    current = mlflow_okr.status(tracking_uri=tracking_uri, cycle=cycle, now=as_of_datetime(as_of), team=team)
+    current = annotated_status(tracking_uri=tracking_uri, cycle=cycle, now=as_of_datetime(as_of), team=team)
     if output_format == "json":
         click.echo(current.model_dump_json(indent=2))
     elif output_format == "csv":
@@ -171,6 +173,8 @@ def status(
         click.echo(status_frame(current).to_csv(index=False), nl=False)
     else:
         click.echo(render.status_table(current))
+        for line in confidence_lines(current):
+            click.echo(line)
 
 
 @click.command()
