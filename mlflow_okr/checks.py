@@ -162,6 +162,7 @@ def target_warnings(spec: OkrSpec, client: MlflowClient, now: dt.datetime) -> Ch
     """okr-implausible-target for each metric KR whose target the track record makes implausible."""
     record = TrackRecord(client, spec, now)
     report = CheckReport()
+    unrecorded: list[str] = []
     for o_index, objective in enumerate(spec.objectives):
         for k_index, kr in enumerate(objective.key_results):
             if kr.kind != "metric" or _allowed("okr-implausible-target", objective, kr):
@@ -177,10 +178,7 @@ def target_warnings(spec: OkrSpec, client: MlflowClient, now: dt.datetime) -> Ch
                 continue
             plausible = record.plausible_change(kr, direction)
             if plausible is None:
-                report.notes.append(
-                    f"okr-implausible-target: KR '{kr.id}' not checked: no track record of {kr.metric} "
-                    "in earlier cycles or the ledger"
-                )
+                unrecorded.append(kr.id)
                 continue
             change, source = plausible
             needed = abs(target - baseline)
@@ -197,6 +195,11 @@ def target_warnings(spec: OkrSpec, client: MlflowClient, now: dt.datetime) -> Ch
                         f"{IMPLAUSIBLE_FACTOR:g}x that"
                     ),
                 ))
+    if unrecorded:
+        report.notes.append(
+            f"okr-implausible-target: not checked for KR {', '.join(unrecorded)}: no track record of "
+            "the metric in earlier cycles or the ledger"
+        )
     return report
 
 

@@ -164,8 +164,8 @@ def test_a_target_beyond_twice_the_track_record_is_implausible(client) -> None:
         "and this is more than 2x that"
     ]
     assert report.notes == [
-        "okr-implausible-target: KR 'recall' not checked: no track record of recall in earlier cycles "
-        "or the ledger"
+        "okr-implausible-target: not checked for KR recall: no track record of the metric in earlier "
+        "cycles or the ledger"
     ]
     # 0.07 + 2 x 0.02857 = 0.1271: a target just inside is a stretch, not a trap.
     assert check_spec(parse_spec(NEXT.replace("TARGET", "0.127")), client, NOW).warnings == []

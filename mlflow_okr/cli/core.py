@@ -77,10 +77,14 @@ def schema() -> None:
 def apply(spec_file: Path, dry_run: bool, strict: bool, tracking_uri: str | None) -> None:
     """Publish SPEC_FILE to the okr/<cycle> experiment: one run per objective and KR.
 
-    The OKR checks run first; with --strict a warning stops the apply (exit 1).
+    The OKR checks' warnings follow; with --strict they run first and a warning stops the apply
+    (exit 1).
     """
     spec = mlflow_okr.load_spec(spec_file)
-    report_checks(mlflow_okr.check_okrs(spec, tracking_uri=tracking_uri), strict)
+    # The track record is read before the apply: a cycle applied again is not its own history.
+    checks = mlflow_okr.check_okrs(spec, tracking_uri=tracking_uri)
+    if strict:
+        report_checks(checks, strict)
     plan = mlflow_okr.apply_spec(spec, tracking_uri=tracking_uri, dry_run=dry_run)
     verb = "Would apply" if dry_run else "Applied"
     changes = plan.changes
@@ -88,6 +92,8 @@ def apply(spec_file: Path, dry_run: bool, strict: bool, tracking_uri: str | None
     for step in changes:
         detail = f"  ({step.detail})" if step.detail else ""
         click.echo(f"  {step.action:<9} {step.kind:<9} {step.id}{detail}")
+    if not strict:
+        report_checks(checks, strict)
 
 
 def _experiments(result) -> str:
