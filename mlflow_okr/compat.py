@@ -9,6 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 # Checked on MLflow 3.16.0 (the oldest release setup.cfg allows) and 3.17.2.
+# The MLflow releases the tests ran on (scripts/test-mlflow-versions.sh): the oldest is setup.cfg's
+# lower bound; a newer release than the newest fails tests/test_mlflow_range.py until the script
+# has run on it and this line (with the README's) says so.
+TESTED_MLFLOW = ("3.16.0", "3.17.2")
 
 
 def run_matches_clause(run: Any, clause: dict[str, Any]) -> bool:
@@ -233,6 +237,27 @@ def server_workspaces() -> list[str | None]:
     from mlflow.server.workspace_helpers import _get_workspace_store
 
     return [workspace.name for workspace in _get_workspace_store().list_workspaces()]
+
+
+# -- trace KRs ------------------------------------------------------------------------------------
+
+
+def trace_metric_aggregations() -> dict[str, dict[str, frozenset[str]]]:
+    """What `query_trace_metrics` computes: view (TRACES, SPANS, ASSESSMENTS) -> metric name ->
+    the aggregation types (COUNT, SUM, AVG, MIN, MAX, PERCENTILE) it supports for that metric.
+
+    `VIEW_TYPE_CONFIGS`: module-level in mlflow.store.tracking.utils.sql_trace_metrics_utils, the
+    table MLflow validates every query against (also behind REST); checked on 3.17.2.
+    """
+    from mlflow.store.tracking.utils.sql_trace_metrics_utils import VIEW_TYPE_CONFIGS
+
+    return {
+        view.value: {
+            str(metric): frozenset(aggregation.value for aggregation in config.aggregation_types)
+            for metric, config in metrics.items()
+        }
+        for view, metrics in VIEW_TYPE_CONFIGS.items()
+    }
 
 
 def act_in_requested_workspace(name: str, path: str) -> None:

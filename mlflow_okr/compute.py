@@ -15,8 +15,15 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state
-from mlflow_okr.engine import Scored, Tally, Verdict, score_counter_kr, score_metric_kr
+from mlflow_okr import state, traces
+from mlflow_okr.engine import (
+    Scored,
+    Tally,
+    Verdict,
+    score_aggregate_kr,
+    score_counter_kr,
+    score_metric_kr,
+)
 from mlflow_okr.facts import reader_for
 from mlflow_okr.kr_state import tally_text
 from mlflow_okr.results import KeyResultStatus, kr_status
@@ -127,6 +134,15 @@ def score(
             thresholds.at_risk,
         )
     current, events = counters
+    if kr.source == "traces":
+        # The baseline is a number; a relative target resolves against it like a metric KR's.
+        baseline = float(kr.baseline) if isinstance(kr.baseline, (int, float)) else None
+        target, direction = kr.resolve(baseline)
+        maintain = kr.maintain.bound(traces.label(kr)) if kr.maintain else None
+        return score_aggregate_kr(
+            current, events, baseline, target, direction, maintain, elapsed, over,
+            thresholds.on_track, thresholds.at_risk,
+        )
     assert isinstance(kr.target, (int, float))
     return score_counter_kr(
         current, events, float(kr.target), elapsed, over, thresholds.on_track, thresholds.at_risk
@@ -134,9 +150,13 @@ def score(
 
 
 def counter_inputs(
-    client: MlflowClient, published: state.PublishedCycle, kr: KeyResult
+    client: MlflowClient, published: state.PublishedCycle, kr: KeyResult, now: dt.datetime
 ) -> tuple[float | None, int]:
-    """The current value and event count of a ledger or manual KR."""
+    """The current value and event count of a ledger or manual KR; of a trace KR, MLflow's
+    aggregate and how many traces, spans or assessments it covers at `now`."""
+    if kr.source == "traces":
+        measured = traces.measure(client, published.spec, kr, now)
+        return measured.value, measured.count
     if kr.source == "ledger":
         count = state.ledger_validated_count(client, published.cycle, kr.linked_to, count_only=kr.count_only)
         # No validated hypothesis yet: no value, like a manual KR without check-ins, so the stored
@@ -157,7 +177,7 @@ def computed_statuses(
     for kr_id, computation in computations.items():
         counters = (None, 0)
         if computation.tally is None:
-            counters = counter_inputs(client, published, computation.kr)
+            counters = counter_inputs(client, published, computation.kr, now)
         scored = score(computation, published.spec, now, counters)
         tally = computation.tally
         statuses[kr_id] = kr_status(

@@ -647,3 +647,39 @@ def score_counter_kr(
         target=target,
         baseline=0.0,
     )
+
+
+def score_aggregate_kr(
+    current: float | None,
+    count: int,
+    baseline: float | None,
+    target: float | None,
+    direction: Direction | None,
+    maintain: Bound | None,
+    elapsed: float,
+    cycle_over: bool,
+    on_track: float = 0.7,
+    at_risk: float = 0.4,
+) -> Scored:
+    """Score a KR whose value is one aggregate the backend computed over `count` items (a trace KR).
+
+    A maintain KR holds while the aggregate stays within its bound: a p99 latency is already the
+    worst case the KR speaks of, so no per-item check applies.
+    """
+    if current is None or count <= 0:
+        current, count = None, 0
+    if maintain is not None:
+        progress = 1.0 if current is not None and maintain.holds(current) else 0.0
+    else:
+        progress = metric_progress(current, baseline, target)
+    status = status_of(progress, count > 0, elapsed, cycle_over, on_track, at_risk)
+    return Scored(
+        current=current,
+        progress=progress,
+        status=status,
+        counted_runs=count,
+        best_run_id=None,
+        direction=direction,
+        target=target,
+        baseline=baseline,
+    )

@@ -20,7 +20,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-from mlflow_okr import state, vocabulary
+from mlflow_okr import state, traces, vocabulary
 from mlflow_okr.render import STATUS_MARKS, number
 from mlflow_okr.results import CycleStatus, KeyResultStatus
 from mlflow_okr.spec import BaselineRef, Bounds, KeyResult, Objective
@@ -217,13 +217,18 @@ def _baseline_text(kr: KeyResult, status: KeyResultStatus, context: UiContext) -
 
 def _target_text(kr: KeyResult, status: KeyResultStatus) -> str:
     if kr.maintain is not None:
-        return f"maintain {_bound_text(kr.metric or '', kr.maintain)}"
+        return f"maintain {_bound_text(_measured(kr), kr.maintain)}"
     resolved = number(status.target, status.unit)
     if isinstance(kr.target, str):
         if status.target is None:
             resolved = "not resolved yet"
         return f"{resolved} ({escape(kr.target)} on the baseline)"
     return resolved
+
+
+def _measured(kr: KeyResult) -> str:
+    """What a maintain bound holds for: the metric, or a trace KR's aggregate (`avg csat`)."""
+    return traces.label(kr) if kr.source == "traces" else kr.metric or ""
 
 
 def _bound_text(metric: str, bounds: Bounds) -> str:
@@ -257,9 +262,11 @@ def kr_run_markdown(
     ]
     if kr.metric:
         lines.append(f"| Metric | {code(kr.metric)}, {escape(kr.aggregate)} of the counted runs |")
-    if kr.kind in ("metric", "maintain"):
+    if kr.source == "traces":
+        lines.append(f"| Measures | {escape(traces.describe(kr))} |")
+    if kr.kind in ("metric", "maintain") or (kr.source == "traces" and kr.maintain is None):
         lines.append(f"| Direction | {_direction_text(status.direction)} |")
-    if kr.kind == "metric":
+    if kr.kind == "metric" or (kr.source == "traces" and kr.maintain is None):
         lines.append(f"| Baseline | {_baseline_text(kr, status, context)} |")
     lines.append(f"| Target | {_target_text(kr, status)} |")
     current = number(status.current, status.unit)
@@ -275,6 +282,8 @@ def kr_run_markdown(
         tally = f"{status.counted_runs} counted, {status.pending_runs} pending, "
         tally += f"{status.excluded_runs} excluded"
         lines.append(f"| Runs | {_link(tally, context.counted_runs_href(kr.id))} |")
+    if kr.source == "traces":
+        lines.append(f"| Counted | {status.counted_runs} {traces.counted_noun(kr)} |")
     if status.notes:
         lines.append(f"| Notes | {escape('; '.join(status.notes))} |")
     if kr.kind in ("metric", "maintain"):
@@ -290,8 +299,10 @@ def kr_definition_markdown(kr: KeyResult, objective: Objective) -> str:
     lines = [f"## {escape(kr.label)}", "", heading, ""]
     if kr.metric:
         lines.append(f"- Metric: {code(kr.metric)}")
+    if kr.source == "traces":
+        lines.append(f"- Measures: {escape(traces.describe(kr))}")
     if kr.maintain is not None:
-        lines.append(f"- Maintain: {_bound_text(kr.metric or '', kr.maintain)}")
+        lines.append(f"- Maintain: {_bound_text(_measured(kr), kr.maintain)}")
     elif kr.target is not None:
         baseline = "read from MLflow runs" if isinstance(kr.baseline, BaselineRef) else escape(kr.baseline)
         lines.append(f"- Baseline: {baseline}; target: {escape(kr.target)}")

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
+from mlflow_okr import traces
 from mlflow_okr.engine import Scored, status_of, weighted_mean
 from mlflow_okr.practice_results import Confidence, CycleEffort, Effort, Unaligned, optional_field
 from mlflow_okr.spec import KeyResult, OkrSpec
@@ -32,7 +33,7 @@ class KeyResultStatus(BaseModel):
 
     id: str
     title: str | None = None
-    kind: Literal["metric", "maintain", "ledger", "manual"]
+    kind: Literal["metric", "maintain", "ledger", "manual", "traces"]
     metric: str | None = None
     unit: str | None = None
     baseline: float | None = None
@@ -127,7 +128,9 @@ def alignment_rows(status: CycleStatus) -> list[tuple[int, str, float | None]]:
 
 def kr_identity(kr: KeyResult) -> dict[str, Any]:
     """The fields of a KeyResultStatus that come from the KR's definition."""
-    return {"id": kr.id, "title": kr.title, "kind": kr.kind, "metric": kr.metric, "unit": kr.unit}
+    # A trace KR's `metric` says what MLflow aggregates: `p99 latency`, `avg csat`.
+    metric = traces.label(kr) if kr.source == "traces" else kr.metric
+    return {"id": kr.id, "title": kr.title, "kind": kr.kind, "metric": metric, "unit": kr.unit}
 
 
 def kr_status(

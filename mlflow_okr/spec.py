@@ -17,15 +17,18 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from mlflow_okr import traces
 from mlflow_okr.check_codes import KR_CHECK_CODES, CheckCode, Measure
 from mlflow_okr.engine import Bound, RunRule, infer_direction
 from mlflow_okr.errors import SpecError
+from mlflow_okr.traces import WINDOW_PATTERN, TraceAggregation, TraceView
 
 SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=64)]
@@ -212,7 +215,7 @@ class KeyResult(StrictModel):
 
     id: Slug
     title: str | None = None
-    source: Literal["metric", "ledger", "manual"] = "metric"
+    source: Literal["metric", "ledger", "manual", "traces"] = "metric"
     metric: str | None = Field(None, min_length=1, description="MLflow metric key.")
     unit: str | None = None
     experiments: list[Annotated[str, Field(min_length=1)]] = Field(
@@ -256,10 +259,30 @@ class KeyResult(StrictModel):
             )
         return target
 
+    trace_metric: str | None = Field(
+        None,
+        min_length=1,
+        description="Trace KRs: a metric MLflow computes over traces or spans (latency, total_tokens, "
+        "total_cost, ...).",
+    )
+    assessment: str | None = Field(
+        None, min_length=1, description="Trace KRs: the name of a feedback or expectation on traces."
+    )
+    view: TraceView | None = Field(None, description="Trace KRs: `traces` (default) or `spans`.")
+    aggregation: TraceAggregation | None = Field(
+        None, description="Trace KRs: how MLflow aggregates the metric, as it supports for that metric."
+    )
+    window: str | None = Field(
+        None,
+        pattern=WINDOW_PATTERN,
+        description="Trace KRs: only the last `24h`, `7d`, `2w` of the cycle count; default the whole cycle.",
+    )
+
     @field_validator("filter")
     @classmethod
-    def _filter_parses(cls, filter_string: str | None) -> str | None:
-        if filter_string is not None:
+    def _filter_parses(cls, filter_string: str | None, info: ValidationInfo) -> str | None:
+        # A trace KR's filter is MLflow's trace metrics grammar, checked with the KR.
+        if filter_string is not None and info.data.get("source") != "traces":
             _check_filter(filter_string, "filter")
         return filter_string
 
@@ -275,11 +298,37 @@ class KeyResult(StrictModel):
                 "a `source: ledger` KR measures learning (validated hypotheses); it takes no measures",
                 "measures",
             )
+        if self.source != "traces":
+            for key in ("trace_metric", "assessment", "view", "aggregation", "window"):
+                if getattr(self, key) is not None:
+                    raise _invalid(f"{key} only applies to `source: traces` KRs", key)
         if self.source == "metric":
             self._check_metric_kr()
+        elif self.source == "traces":
+            self._check_trace_kr()
         else:
             self._check_counter_kr()
         return self
+
+    def _check_trace_kr(self) -> None:
+        for key in ("metric", "linked_to", "count_only"):
+            if getattr(self, key) is not None:
+                raise _invalid(f"a `source: traces` KR takes no {key}", key)
+        if self.guardrails:
+            raise _invalid("a `source: traces` KR takes no guardrails", "guardrails")
+        # The published spec carries the default `aggregate: best`; any other value is a mix-up.
+        if self.aggregate != "best":
+            raise _invalid(
+                f"a `source: traces` KR takes `aggregation` ({', '.join(traces.AGGREGATIONS)}), "
+                "not `aggregate`",
+                "aggregate",
+            )
+        problem = traces.check(self.trace_metric, self.assessment, self.view, self.aggregation, self.filter)
+        if problem is not None:
+            raise _invalid(*problem)
+        if isinstance(self.baseline, BaselineRef):
+            raise _invalid("a `source: traces` KR takes a number as baseline", "baseline")
+        self._check_goal()
 
     def _check_metric_kr(self) -> None:
         if self.metric is None:
@@ -288,15 +337,20 @@ class KeyResult(StrictModel):
             raise _invalid("linked_to only applies to `source: ledger` KRs", "linked_to")
         if self.count_only is not None:
             raise _invalid("count_only only applies to `source: ledger` KRs", "count_only")
+        self._check_goal()
+
+    def _check_goal(self) -> None:
+        """A metric, maintain or trace KR: `maintain` alone, or a baseline and a target that move."""
         if self.maintain is not None:
             for key in ("target", "baseline", "direction"):
                 if getattr(self, key) is not None:
                     raise _invalid(f"a maintain KR takes no {key}", key)
             return
         if self.target is None:
-            raise _invalid("a metric KR needs `target` (or `maintain: {min|max}`)", "target")
+            raise _invalid(f"a {self.source} KR needs `target` (or `maintain: {{min|max}}`)", "target")
         if self.baseline is None:
-            raise _invalid("a metric KR needs `baseline`: a number, {run_id} or {filter}", "baseline")
+            forms = "a number" if self.source == "traces" else "a number, {run_id} or {filter}"
+            raise _invalid(f"a {self.source} KR needs `baseline`: {forms}", "baseline")
         if isinstance(self.baseline, BaselineRef):
             if self.baseline.filter is not None and self.direction is None and not isinstance(
                 self.target, str
@@ -350,7 +404,7 @@ class KeyResult(StrictModel):
             raise _invalid(f"a `source: {self.source}` KR needs a positive numeric target", "target")
 
     @property
-    def kind(self) -> Literal["metric", "maintain", "ledger", "manual"]:
+    def kind(self) -> Literal["metric", "maintain", "ledger", "manual", "traces"]:
         if self.source != "metric":
             return self.source
         return "maintain" if self.maintain is not None else "metric"
@@ -388,7 +442,9 @@ class KeyResult(StrictModel):
         check-in a business outcome, a ledger count learning."""
         if self.source == "ledger":
             return "learning"
-        return self.measures or ("business" if self.source == "manual" else "model")
+        # Traces are what users meet in production: a product outcome unless said otherwise.
+        implied = {"manual": "business", "traces": "product"}.get(self.source, "model")
+        return self.measures or implied
 
 
 def relative_direction(target: str) -> Direction:

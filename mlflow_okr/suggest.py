@@ -265,6 +265,9 @@ class _Drafter:
             fields["maintain"] = kr.maintain.model_dump(exclude_none=True)
             return fields, [f"maintain KR: bound carried over from {self.cycle.name}"]
         fields["target"] = kr.target
+        if kr.source == "traces":
+            fields["baseline"] = kr.baseline
+            return fields, [f"trace KR: baseline and target carried over from {self.cycle.name}"]
         run_id = self.published.kr_runs.get(kr.id)
         value, count = state.manual_checkin(self.client.get_run(run_id)) if run_id else (None, 0)
         reached = f"last check-in {value:g}" if value is not None else "no check-in"
@@ -351,8 +354,9 @@ def _plain(value: Any) -> Any:
     return value
 
 
-CARRIED = ("id", "title", "source", "metric", "unit", "experiments", "filter", "aggregate", "weight",
-           "guardrails", "linked_to", "count_only")
+CARRIED = ("id", "title", "source", "metric", "trace_metric", "assessment", "view", "aggregation",
+           "window", "unit", "experiments", "filter", "aggregate", "weight", "guardrails", "linked_to",
+           "count_only")
 
 
 def _carried_fields(kr: KeyResult) -> dict[str, Any]:

@@ -15,9 +15,10 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import api, state, vocabulary
+from mlflow_okr import api, state, traces, vocabulary
 from mlflow_okr.report.model import run_url
 from mlflow_okr.results import CycleStatus, KeyResultStatus
+from mlflow_okr.spec import KeyResult
 
 logger = logging.getLogger("mlflow_okr")
 
@@ -87,6 +88,7 @@ def _kr_details(
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     details: dict[str, Any] = {
         "history": [], "kr_run_url": None, "best_run_url": None, "best_run_name": None, "maintain": None,
+        "measures": None,
     }
     checkin = None
     if kr.run_id:
@@ -95,6 +97,7 @@ def _kr_details(
         details["history"] = progress_history(client, kr.run_id)
         checkin = _checkin(kr, kr_run.data.tags.get(vocabulary.TAG_CHECKIN))
         details["maintain"] = _maintain_bound(kr_run.data.tags.get(vocabulary.TAG_KR_DEFINITION))
+        details["measures"] = _trace_measures(kr_run.data.tags.get(vocabulary.TAG_KR_DEFINITION))
     if kr.best_run_id:
         # The status names a best run only to callers who may read it; reading it again can still
         # fail if the permission changed in between, and then the board names nothing.
@@ -132,6 +135,15 @@ def _maintain_bound(definition: str | None) -> dict[str, float | None] | None:
     if not isinstance(maintain, dict):
         return None
     return {"min": maintain.get("min"), "max": maintain.get("max")}
+
+
+def _trace_measures(definition: str | None) -> str | None:
+    """How a trace KR is measured (`traces.describe`), from the definition `apply` wrote."""
+    try:
+        kr = KeyResult.model_validate_json(definition or "")
+    except ValueError:
+        return None
+    return traces.describe(kr) if kr.source == "traces" else None
 
 
 def _checkin(kr: KeyResultStatus, raw: str | None) -> dict[str, Any] | None:

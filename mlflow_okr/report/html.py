@@ -106,6 +106,8 @@ def _measure(kr: KeyResultStatus) -> str:
 def _kr_card(report: Report, kr: KeyResultStatus) -> str:
     detail = report.details[kr.id]
     facts = [f"<dt>Measured by</dt><dd>{_measure(kr)}</dd>"]
+    if detail.measures:
+        facts.append(f"<dt>Traces</dt><dd>{e(detail.measures)}</dd>")
     if detail.best_run is not None:
         value = e(number(detail.best_run.value, kr.unit))
         facts.append(f"<dt>Best run</dt><dd>{_run(detail.best_run)} · {e(kr.metric)} = {value}</dd>")

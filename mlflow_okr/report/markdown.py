@@ -56,6 +56,8 @@ def _kr_rows(report: Report, krs: list[KeyResultStatus]) -> list[list[str]]:
 def _evidence(report: Report, kr: KeyResultStatus) -> list[str]:
     detail = report.details[kr.id]
     lines = []
+    if detail.measures:
+        lines.append(f"- `{md(kr.id)}` measures {md(detail.measures)}: {kr.counted_runs} counted")
     if detail.best_run is not None:
         value = number(detail.best_run.value, kr.unit)
         lines.append(f"- `{md(kr.id)}` best run: {_run(detail.best_run)}, {md(kr.metric)} = {value}")

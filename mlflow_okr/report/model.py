@@ -11,7 +11,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, computed_field
 
-from mlflow_okr import mlflow_ui, state, vocabulary
+from mlflow_okr import mlflow_ui, state, traces, vocabulary
 from mlflow_okr.engine import GUARDRAIL_TAG_PREFIX, SUCCESS_GRADE, ReasonKind, verdict_from_tag
 from mlflow_okr.ledger.record import TrackRecord
 from mlflow_okr.report.suggestions import NextCycle, next_cycle
@@ -52,6 +52,8 @@ class KeyResultDetail(BaseModel):
     history: list[HistoryPoint] = []
     maintain_min: float | None = None
     maintain_max: float | None = None
+    # A trace KR: how MLflow measures it (traces.describe).
+    measures: str | None = None
 
 
 class Hypothesis(BaseModel):
@@ -334,6 +336,7 @@ def build_report(
             history=history(client, kr.run_id),
             maintain_min=spec_kr.maintain.min if spec_kr and spec_kr.maintain else None,
             maintain_max=spec_kr.maintain.max if spec_kr and spec_kr.maintain else None,
+            measures=traces.describe(spec_kr) if spec_kr and spec_kr.source == "traces" else None,
         )
     ledger, record = cycle_ledger(client, published, ui_url)
     return Report(

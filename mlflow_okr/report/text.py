@@ -40,7 +40,7 @@ def percent(value: float) -> str:
 
 def target_text(kr: KeyResultStatus, report: Report) -> str:
     """The target as people read it: a number, or the bound a maintain KR must hold."""
-    if kr.kind == "maintain":
+    if kr.kind == "maintain" or (kr.kind == "traces" and kr.target is None):  # a maintain trace KR
         detail = report.details[kr.id]
         bounds = []
         if detail.maintain_min is not None:
