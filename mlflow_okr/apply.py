@@ -13,6 +13,7 @@ from mlflow_okr import alignment, mlflow_ui, state, vocabulary
 from mlflow_okr.errors import InputError, SpecError
 from mlflow_okr.organization import set_status
 from mlflow_okr.spec import KeyResult, Objective, OkrSpec
+from mlflow_okr.vocabulary import KrStatus
 
 Action = Literal["create", "update", "retire", "restore", "unchanged"]
 RUNS_VIEW_TAGS = {mlflow_ui.EXPERIMENT_KIND_TAG: mlflow_ui.RUNS_VIEW_KIND}
@@ -219,13 +220,14 @@ class _Publisher:
             if self.step("create", "kr", kr.id, kr.label):
                 # The description starts as the definition; refresh_ui_notes keeps it current after.
                 note = mlflow_ui.kr_definition_markdown(kr, objective)
-                initial = {vocabulary.TAG_STATUS: "not-started", state.MLFLOW_RUN_NOTE: note}
+                initial = {vocabulary.TAG_STATUS: KrStatus.NOT_STARTED.value, state.MLFLOW_RUN_NOTE: note}
                 self.create_run(kr.id, {**wanted, **initial})
             return
         changed = _changed(existing, wanted)
         if existing.data.tags.get(vocabulary.TAG_RETIRED) == "true":
             if self.step("restore", "kr", kr.id, ", ".join(changed)):
-                restored = {**wanted, vocabulary.TAG_RETIRED: "false", vocabulary.TAG_STATUS: "not-started"}
+                restored = {**wanted, vocabulary.TAG_RETIRED: "false"}
+                restored[vocabulary.TAG_STATUS] = KrStatus.NOT_STARTED.value
                 self.set_tags(existing.info.run_id, restored)
             return
         if self.step("update" if changed else "unchanged", "kr", kr.id, ", ".join(changed)):
@@ -239,7 +241,7 @@ class _Publisher:
                 if item_id in kept or run.data.tags.get(vocabulary.TAG_RETIRED) == "true":
                     continue
                 if self.step("retire", kind, item_id, "no longer in the spec; kept, not deleted"):
-                    retired = {vocabulary.TAG_RETIRED: "true", vocabulary.TAG_STATUS: "retired"}
+                    retired = {vocabulary.TAG_RETIRED: "true", vocabulary.TAG_STATUS: KrStatus.RETIRED.value}
                     self.set_tags(run.info.run_id, retired)
 
 

@@ -112,7 +112,7 @@ def confidence_lines(status: CycleStatus) -> list[str]:
     if not krs:
         return []
     lines = [f"Confidence of reaching the target by {status.cycle.end} at the current pace "
-             "(linear trend of okr.value this cycle):"]
+             f"(linear trend of {vocabulary.METRIC_VALUE} this cycle):"]
     for kr in krs:
         if kr.confidence is None:
             lines.append(f"  {kr.id}: — (fewer than {MIN_POINTS} recorded values)")

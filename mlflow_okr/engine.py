@@ -17,11 +17,9 @@ from fractions import Fraction
 from typing import Any, Literal
 
 from mlflow_okr import vocabulary
+from mlflow_okr.vocabulary import KrStatus
 
 Direction = Literal["maximize", "minimize"]
-Status = Literal[
-    "achieved", "on-track", "at-risk", "off-track", "not-started", "met", "missed"
-]
 TERMINAL_RUN_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
 NOT_COUNTED_RUN_STATUSES = frozenset({"FAILED", "KILLED"})
 SUCCESS_GRADE = 0.7
@@ -543,19 +541,19 @@ def status_of(
     cycle_over: bool,
     on_track: float = 0.7,
     at_risk: float = 0.4,
-) -> Status:
+) -> KrStatus:
     """The KR status for `progress` when `elapsed` of the cycle has passed."""
     if progress >= 1.0:
-        return "achieved"
+        return KrStatus.ACHIEVED
     if cycle_over:
-        return "met" if has_data and progress >= SUCCESS_GRADE else "missed"
+        return KrStatus.MET if has_data and progress >= SUCCESS_GRADE else KrStatus.MISSED
     if not has_data:
-        return "not-started"
+        return KrStatus.NOT_STARTED
     if progress >= on_track * elapsed:
-        return "on-track"
+        return KrStatus.ON_TRACK
     if progress >= at_risk * elapsed:
-        return "at-risk"
-    return "off-track"
+        return KrStatus.AT_RISK
+    return KrStatus.OFF_TRACK
 
 
 def weighted_mean(pairs: Iterable[tuple[float, float]]) -> float:
@@ -573,7 +571,7 @@ class Scored:
 
     current: float | None
     progress: float
-    status: Status
+    status: KrStatus
     counted_runs: int
     best_run_id: str | None
     direction: Direction | None

@@ -103,7 +103,7 @@ def state_writes(
         latest = stored.data.metrics
         metrics = {key: value for key, value in metrics.items() if not _exactly(latest.get(key), value)}
     tags = {tag: _tag_text(getattr(status, name)) for name, tag in STATE_TAGS.items()}
-    tags[vocabulary.TAG_STATUS] = status.status
+    tags[vocabulary.TAG_STATUS] = str(status.status)
     tags[vocabulary.TAG_NOTES] = vocabulary.NOTES_SEPARATOR.join(status.notes)
     return metrics, tags
 
@@ -220,7 +220,7 @@ def stored_kr_status(run: Run, kr: KeyResult) -> KeyResultStatus:
         direction=stored["direction"] or None,
         current=stored["current"],
         progress=stored["progress"] or 0.0,
-        status=run.data.tags.get(vocabulary.TAG_STATUS, "not-started"),
+        status=vocabulary.read_status(run.data.tags.get(vocabulary.TAG_STATUS)),
         counted_runs=count("counted_runs"),
         best_run_id=stored["best_run_id"] or None,
         weight=kr.weight,

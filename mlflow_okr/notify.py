@@ -96,7 +96,7 @@ def pending_transition(
     except Exception:  # notifications must never fail the write that caused them
         logger.exception("mlflow-okr notify: cannot read KR run %s", run_id)
         return None
-    previous = run.data.tags.get(vocabulary.TAG_STATUS, "not-started")
+    previous = run.data.tags.get(vocabulary.TAG_STATUS, vocabulary.KrStatus.NOT_STARTED)
     if previous == status.status:
         return None
     return Transition(

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from mlflow_okr.engine import SUCCESS_GRADE
 from mlflow_okr.results import CycleStatus, KeyResultStatus, alignment_rows
+from mlflow_okr.vocabulary import KrStatus
 
 STATUS_MARKS = {
-    "achieved": "✔ achieved",
-    "on-track": "● on-track",
-    "at-risk": "▲ at-risk",
-    "off-track": "✖ off-track",
-    "not-started": "○ not-started",
-    "met": "✔ met",
-    "missed": "✖ missed",
+    KrStatus.ACHIEVED: "✔ achieved",
+    KrStatus.ON_TRACK: "● on-track",
+    KrStatus.AT_RISK: "▲ at-risk",
+    KrStatus.OFF_TRACK: "✖ off-track",
+    KrStatus.NOT_STARTED: "○ not-started",
+    KrStatus.MET: "✔ met",
+    KrStatus.MISSED: "✖ missed",
 }
 
 

@@ -17,6 +17,7 @@ from mlflow_okr import traces
 from mlflow_okr.engine import Scored, status_of, weighted_mean
 from mlflow_okr.practice_results import Confidence, CycleEffort, Effort, Unaligned, optional_field
 from mlflow_okr.spec import KeyResult, OkrSpec
+from mlflow_okr.vocabulary import KrStatus
 
 
 class CycleInfo(BaseModel):
@@ -41,7 +42,7 @@ class KeyResultStatus(BaseModel):
     direction: Literal["maximize", "minimize"] | None = None
     current: float | None = None
     progress: float
-    status: str
+    status: KrStatus
     counted_runs: int
     best_run_id: str | None = None
     weight: float = 1.0

@@ -183,6 +183,14 @@ class KrStatus(str, enum.Enum):
     __format__ = str.__format__
 
 
+def read_status(text: str | None) -> KrStatus:
+    """The status a KR run's okr.status tag holds; not-started when absent or hand-edited."""
+    try:
+        return KrStatus(text)
+    except ValueError:
+        return KrStatus.NOT_STARTED
+
+
 # ---- A source run's verdict for a KR: `counted`, `pending` or `excluded: <reason>`
 COUNTED = "counted"
 PENDING = "pending"

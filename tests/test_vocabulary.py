@@ -116,3 +116,16 @@ def test_run_tag_ids_name_the_cycle_only_when_shared():
     assert vocabulary.run_tag_id("ctr", "2026-Q4", shared=False) == "ctr"
     assert vocabulary.source_tag(vocabulary.run_tag_id("ctr", "2026-Q4", shared=True)) == "okr.kr.ctr/2026-Q4"
     assert vocabulary.value_tag("ctr") == "okr.kr.ctr.value"
+
+
+def test_a_stored_status_reads_back_and_a_hand_edited_one_reads_as_not_started():
+    assert vocabulary.read_status("at-risk") is KrStatus.AT_RISK
+    assert vocabulary.read_status("retired") is KrStatus.RETIRED
+    assert vocabulary.read_status("great") is KrStatus.NOT_STARTED
+    assert vocabulary.read_status(None) is KrStatus.NOT_STARTED
+
+
+def test_every_transition_a_webhook_can_name_is_a_status():
+    from mlflow_okr.spec import TRANSITIONS
+
+    assert {KrStatus(name) for name in TRANSITIONS} <= set(KrStatus)

@@ -17,11 +17,12 @@ from mlflow_okr.ledger.record import TrackRecord
 from mlflow_okr.report.suggestions import NextCycle, next_cycle
 from mlflow_okr.results import CycleStatus, KeyResultStatus
 from mlflow_okr.sync import stored_cycle_status
+from mlflow_okr.vocabulary import KrStatus
 
 logger = logging.getLogger("mlflow_okr")
 
 MAX_BREACHES_LISTED = 5
-HEADLINE_STATUSES = ("achieved", "on-track", "at-risk", "off-track")
+HEADLINE_STATUSES = (KrStatus.ACHIEVED, KrStatus.ON_TRACK, KrStatus.AT_RISK, KrStatus.OFF_TRACK)
 
 
 class RunLink(BaseModel):

@@ -7,19 +7,20 @@ from mlflow_okr.ledger.record import WinRate
 from mlflow_okr.render import STATUS_MARKS, number
 from mlflow_okr.report.model import Report
 from mlflow_okr.results import KeyResultStatus
+from mlflow_okr.vocabulary import KrStatus
 
 GRADE_NOTE = (
     f"Grades run from 0.0 to 1.0. OKRs are set to stretch, so {SUCCESS_GRADE:g} is the conventional success; "
     "a steady 1.0 means the targets were too easy."
 )
 STATUS_TITLES = {
-    "achieved": "Achieved",
-    "on-track": "On track",
-    "at-risk": "At risk",
-    "off-track": "Off track",
-    "not-started": "Not started",
-    "met": "Met",
-    "missed": "Missed",
+    KrStatus.ACHIEVED: "Achieved",
+    KrStatus.ON_TRACK: "On track",
+    KrStatus.AT_RISK: "At risk",
+    KrStatus.OFF_TRACK: "Off track",
+    KrStatus.NOT_STARTED: "Not started",
+    KrStatus.MET: "Met",
+    KrStatus.MISSED: "Missed",
 }
 
 
