@@ -123,3 +123,8 @@ def confidence_lines(status: CycleStatus) -> list[str]:
                 f"{c.points} points)"
             )
     return lines
+
+
+def confidence_label(kr: KeyResultStatus) -> str:
+    """` (62% to reach it)` beside a status, or nothing when the KR has no confidence."""
+    return f" ({kr.confidence.probability:.0%} to reach it)" if kr.confidence is not None else ""

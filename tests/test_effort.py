@@ -155,3 +155,19 @@ def test_status_json_without_effort_has_no_effort_fields(client, store, runner) 
     payload = json.loads(result.output)
     assert "unaligned" not in payload and "effort" not in payload
     assert "effort" not in payload["objectives"][0]["key_results"][0]
+
+
+def test_the_report_has_an_effort_section_with_a_chart(client, store, runner) -> None:
+    args = ["report", "--as-of", "2026-11-15", "--tracking-uri", client.tracking_uri]
+    markdown = invoke(runner, *args)
+    assert markdown.exit_code == 0, markdown.output
+    assert (
+        "8 runs by 5 people, 39.0 run-hours this cycle; 3 runs (38%) and 19.0 run-hours (49%) counted "
+        "for no KR. Top unaligned experiments: scratch (16.0 h), reco (3.0 h)."
+    ) in markdown.output
+    assert "| reco | ctr | 3 | 2 | 15.0 | 2 |" in markdown.output
+    page = invoke(runner, *args, "--format", "html")
+    chart = '<img class="chart" alt="Run-hours per key result and unaligned" src="data:image/svg+xml;base64,'
+    assert chart in page.output
+    payload = json.loads(invoke(runner, *args, "--format", "json").output)
+    assert payload["unaligned"]["runs"] == 3 and payload["effort"]["runs"] == 8

@@ -394,7 +394,7 @@ def test_html_is_self_contained_and_escapes_user_text(rendered):
     text = "".join(page.text)
     assert "<script>alert(1)</script> & learn faster" in " ".join(text.split())
     assert "two-tower-v2 <b>bold</b>" in text
-    assert names.count("img") == 5  # one trend chart per KR
+    assert names.count("img") == 6  # one trend chart per KR and the effort chart
     assert "@media print" in rendered["html"]
 
 

@@ -75,7 +75,7 @@ def test_dom_shows_user_text_as_text_and_holds_no_script(chromium, report_page, 
     assert "<main>" in dom and "OKR report" in dom
     assert re.search(r"<script\b", dom, re.I) is None
     assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; learn faster" in dom
-    assert dom.count('<img class="chart"') == 5
+    assert dom.count('<img class="chart"') == 6  # a trend chart per KR and the effort chart
     assert console_problems(result.stderr) == []
 
 
@@ -144,9 +144,9 @@ def test_nothing_is_wider_than_a_420_px_screen_and_tables_scroll(narrow_browser,
         "return [...document.querySelectorAll('table')].map(t => [getComputedStyle(t).overflowX,"
         " t.scrollWidth > t.clientWidth, t.getBoundingClientRect().right <= innerWidth])"
     )
-    # objectives, three objectives' KRs and three hypothesis groups are wider than 420 px; the
-    # next cycle's four columns fit
-    assert tables == [["auto", True, True]] * 7 + [["auto", False, True]]
+    # objectives, three objectives' KRs, the effort table and three hypothesis groups are wider
+    # than 420 px; the next cycle's four columns fit
+    assert tables == [["auto", True, True]] * 8 + [["auto", False, True]]
 
 
 def print_to_pdf(chromium: str, page: Path, profile: Path) -> Path:

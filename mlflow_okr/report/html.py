@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import html
 
+from mlflow_okr.confidence import confidence_label
 from mlflow_okr.engine import SUCCESS_GRADE
 from mlflow_okr.render import number
 from mlflow_okr.report import text
 from mlflow_okr.report.charts import trend_data_uri
+from mlflow_okr.report.effort_section import effort_html
 from mlflow_okr.report.model import Hypothesis, Report, RunLink
 from mlflow_okr.report.style import STYLESHEET
 from mlflow_okr.results import KeyResultStatus, ObjectiveStatus, alignment_rows
@@ -84,7 +86,8 @@ def _objectives_table(report: Report) -> str:
 
 def _kr_row(report: Report, kr: KeyResultStatus) -> str:
     return (
-        f'<tr><td><a href="#kr-{e(kr.id)}"><code>{e(kr.id)}</code></a></td><td>{_status_pill(kr.status)}</td>'
+        f'<tr><td><a href="#kr-{e(kr.id)}"><code>{e(kr.id)}</code></a></td><td>{_status_pill(kr.status)}'
+        f"{e(confidence_label(kr))}</td>"
         f"<td class=num>{e(number(kr.baseline, kr.unit))}</td>"
         f"<td class=num>{e(text.target_text(kr, report))}</td>"
         f"<td class=num>{e(number(kr.current, kr.unit))}</td><td>{_progress(kr.progress)}</td>"
@@ -234,6 +237,7 @@ def render_html(report: Report) -> str:
         + _objectives_table(report)
         + "".join(_objective(report, objective) for objective in report.status.objectives)
         + _alignment(report)
+        + effort_html(report)
         + _ledger(report)
         + _next_cycle(report)
     )

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import html
 
+from mlflow_okr.confidence import confidence_label
 from mlflow_okr.engine import SUCCESS_GRADE
 from mlflow_okr.render import bar, number
 from mlflow_okr.report import text
 from mlflow_okr.report.charts import sparkline
+from mlflow_okr.report.effort_section import effort_markdown
 from mlflow_okr.report.model import Hypothesis, Report, RunLink
 from mlflow_okr.results import KeyResultStatus, alignment_rows
 
@@ -40,7 +42,7 @@ def _kr_rows(report: Report, krs: list[KeyResultStatus]) -> list[list[str]]:
         rows.append(
             [
                 f"**{md(kr.id)}**" + (f"<br>{md(kr.title)}" if kr.title else ""),
-                text.status_label(kr.status),
+                text.status_label(kr.status) + confidence_label(kr),
                 number(kr.baseline, kr.unit),
                 md(text.target_text(kr, report)),
                 number(kr.current, kr.unit),
@@ -147,6 +149,7 @@ def render_markdown(report: Report) -> str:
             for depth, ref, score in rows
         ]
         lines += [""]
+    lines += effort_markdown(report)
     if report.ledger is not None:
         lines += ["## Hypotheses resolved this cycle", ""]
         record = [f"- {md(line)}" for line in text.track_record(report)]

@@ -12,6 +12,8 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, computed_field
 
 from mlflow_okr import mlflow_ui, state, traces, vocabulary
+from mlflow_okr.confidence import with_confidence
+from mlflow_okr.effort import with_effort
 from mlflow_okr.engine import GUARDRAIL_TAG_PREFIX, SUCCESS_GRADE, ReasonKind, verdict_from_tag
 from mlflow_okr.ledger.record import TrackRecord
 from mlflow_okr.report.suggestions import NextCycle, next_cycle
@@ -322,6 +324,8 @@ def build_report(
     over every set of the cycle or `team`'s; parents of enclosing cycles show in the alignment."""
     now = now or dt.datetime.now(dt.timezone.utc)
     status = stored_cycle_status(client, cycle=cycle, now=now, team=team)
+    # Beside each status its confidence, and where the cycle's effort went.
+    status = with_effort(client, with_confidence(client, status, now), now)
     sets = state.current_sets(client, status.cycle.name, team, now.timestamp())
     published = sets[0]
     finders = {s.experiment_id: BreachFinder(client, s, ui_url) for s in sets}
