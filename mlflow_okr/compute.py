@@ -15,7 +15,7 @@ from typing import Any
 
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state, traces
+from mlflow_okr import registry, state, traces
 from mlflow_okr.engine import (
     Scored,
     Tally,
@@ -40,6 +40,9 @@ class KrComputation:
     kr: KeyResult
     tally: Tally | None = None
     baseline: float | None = None
+    # A `model:` KR: where its alias points now, and why its tally may be empty.
+    model: registry.ModelStatus | None = None
+    notes: tuple[str, ...] = ()
 
 
 def new_computations(
@@ -56,6 +59,11 @@ def new_computations(
             computation.baseline, _ = state.resolve_baseline(client, kr)
             _, direction = kr.resolve(computation.baseline)
             computation.tally = Tally(kr.rule(), direction)
+        elif kr.model is not None and kr.metric is not None:
+            computation.baseline, _ = state.resolve_baseline(client, kr)
+            _, direction = kr.resolve(computation.baseline)
+            computation.tally, target, notes = registry.model_tally(client, kr, direction)
+            computation.model, computation.notes = registry.current_model(target), tuple(notes)
     return computations
 
 
@@ -188,6 +196,10 @@ def computed_statuses(
             excluded_runs=tally.excluded if tally else 0,
             guardrail_breaches=tally.guardrail_breaches if tally else 0,
         )
+        if computation.model is not None:
+            status = statuses[kr_id]
+            notes = [*computation.notes, *status.notes]
+            statuses[kr_id] = status.model_copy(update={"model": computation.model, "notes": notes})
     return statuses
 
 

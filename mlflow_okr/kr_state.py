@@ -16,7 +16,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
-from mlflow_okr import mlflow_ui, notify, state, vocabulary
+from mlflow_okr import mlflow_ui, notify, registry, state, vocabulary
 from mlflow_okr.engine import Tally, summaries_agree
 from mlflow_okr.results import CycleStatus, KeyResultStatus, cycle_status, kr_identity
 from mlflow_okr.spec import KeyResult
@@ -229,6 +229,7 @@ def stored_kr_status(run: Run, kr: KeyResult) -> KeyResultStatus:
         guardrail_breaches=count("guardrail_breaches"),
         run_id=run.info.run_id,
         notes=[note for note in notes.split(vocabulary.NOTES_SEPARATOR) if note],
+        model=registry.stored_model(run, kr),
     )
 
 
@@ -284,6 +285,11 @@ def settle_key_results(
         run = kr_runs.get(kr_id)
         drift = kr_drift(run, status, tallies.get(kr_id))
         settled.drift.extend(drift)
+        if run is not None and status.model is not None:  # a `model:` KR: record where its alias moved
+            model, promoted = registry.with_promotions(run, status.model, now)
+            statuses[kr_id] = status = status.model_copy(update={"model": model})
+            if promoted and not check:
+                state.log_kr_state(client, run.info.run_id, {}, promoted, published.cycle)
         if check or run is None:
             continue
         if drift or run.data.tags.get(vocabulary.TAG_STATUS) != status.status:

@@ -20,7 +20,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-from mlflow_okr import state, traces, vocabulary
+from mlflow_okr import registry, state, traces, vocabulary
 from mlflow_okr.render import STATUS_MARKS, number
 from mlflow_okr.results import CycleStatus, KeyResultStatus
 from mlflow_okr.spec import BaselineRef, Bounds, KeyResult, Objective
@@ -284,9 +284,16 @@ def kr_run_markdown(
         lines.append(f"| Runs | {_link(tally, context.counted_runs_href(kr.id))} |")
     if kr.source == "traces":
         lines.append(f"| Counted | {status.counted_runs} {traces.counted_noun(kr)} |")
+    if status.model is not None:
+        model = status.model
+        now_at = f"version {model.version}" if model.version else "no version yet"
+        lines.append(f"| Model | {code(f'{model.name}@{model.alias}')} → {escape(now_at)} |")
+        if model.promotions:
+            history = "; ".join(registry.promotion_text(p) for p in model.promotions)
+            lines.append(f"| Promotions | {escape(history)} |")
     if status.notes:
         lines.append(f"| Notes | {escape('; '.join(status.notes))} |")
-    if kr.kind in ("metric", "maintain"):
+    if kr.kind in ("metric", "maintain") and kr.model is None:  # a model KR's alias picks its run
         lines += ["", f"Counted runs match {code(counted_filter(kr.id))} in MLflow's search\\."]
     text = "\n".join(lines) + "\n"
     limit = vocabulary.MAX_TAG_VALUE_LENGTH

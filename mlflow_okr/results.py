@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from mlflow_okr import traces
 from mlflow_okr.engine import Scored, status_of, weighted_mean
 from mlflow_okr.practice_results import Confidence, CycleEffort, Effort, Unaligned, optional_field
+from mlflow_okr.registry import ModelStatus
 from mlflow_okr.spec import KeyResult, OkrSpec
 from mlflow_okr.vocabulary import KrStatus
 
@@ -53,6 +54,7 @@ class KeyResultStatus(BaseModel):
     notes: list[str] = []
     confidence: Confidence | None = optional_field("Chance of reaching the target by the cycle's end.")
     effort: Effort | None = optional_field("Runs, people, run-hours and improving runs (status --effort).")
+    model: ModelStatus | None = optional_field("A `model:` KR: the version its alias names, its promotions.")
 
 
 class ObjectiveStatus(BaseModel):

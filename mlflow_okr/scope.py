@@ -89,7 +89,8 @@ class CycleScan:
         if experiments is None:
             experiments = state.source_experiments(client)  # listed once for every KR
         for _, kr in spec.key_results():
-            if kr.metric is None or (wanted is not None and kr.id not in wanted):
+            # A `model:` KR counts the one run its alias names, not the runs of a scope.
+            if kr.metric is None or kr.model is not None or (wanted is not None and kr.id not in wanted):
                 continue
             experiment_ids = frozenset(state.match_experiments(experiments, kr.experiments))
             scan.scopes[kr.id] = Scope(experiment_ids, RunFilter(kr.filter), kr.rule())

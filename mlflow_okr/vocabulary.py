@@ -103,6 +103,7 @@ TAG_DIRECTION = "okr.direction"
 TAG_RETIRED = "okr.retired"
 TAG_CHECKIN = "okr.checkin"
 TAG_NOTES = "okr.notes"  # why a KR scores as it does, joined by NOTES_SEPARATOR
+TAG_PROMOTIONS = "okr.promotions"  # a `model:` KR: the versions its alias pointed at, JSON
 NOTES_SEPARATOR = "; "
 TAG_TALLY = "okr.tally"
 METRIC_VALUE = "okr.value"

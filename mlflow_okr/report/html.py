@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 
+from mlflow_okr import registry
 from mlflow_okr.confidence import confidence_label
 from mlflow_okr.engine import SUCCESS_GRADE
 from mlflow_okr.render import number
@@ -109,6 +110,13 @@ def _measure(kr: KeyResultStatus) -> str:
 def _kr_card(report: Report, kr: KeyResultStatus) -> str:
     detail = report.details[kr.id]
     facts = [f"<dt>Measured by</dt><dd>{_measure(kr)}</dd>"]
+    if kr.model is not None:
+        history = "".join(f"<li>{e(registry.promotion_text(p))}</li>" for p in kr.model.promotions)
+        where = f"version {kr.model.version}" if kr.model.version else "no version yet"
+        facts.append(
+            f"<dt>Model</dt><dd><code>{e(kr.model.name)}@{e(kr.model.alias)}</code> · now {e(where)}"
+            + (f"<ul>{history}</ul>" if history else "") + "</dd>"
+        )
     if detail.measures:
         facts.append(f"<dt>Traces</dt><dd>{e(detail.measures)}</dd>")
     if detail.best_run is not None:

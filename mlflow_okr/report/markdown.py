@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 
+from mlflow_okr import registry
 from mlflow_okr.confidence import confidence_label
 from mlflow_okr.engine import SUCCESS_GRADE
 from mlflow_okr.render import bar, number
@@ -58,6 +59,10 @@ def _kr_rows(report: Report, krs: list[KeyResultStatus]) -> list[list[str]]:
 def _evidence(report: Report, kr: KeyResultStatus) -> list[str]:
     detail = report.details[kr.id]
     lines = []
+    if kr.model is not None:
+        where = f"version {kr.model.version}" if kr.model.version else "no version yet"
+        lines.append(f"- `{md(kr.id)}` follows `{md(kr.model.name)}@{md(kr.model.alias)}`, now {where}")
+        lines += [f"  - promoted: {md(registry.promotion_text(p))}" for p in kr.model.promotions]
     if detail.measures:
         lines.append(f"- `{md(kr.id)}` measures {md(detail.measures)}: {kr.counted_runs} counted")
     if detail.best_run is not None:
