@@ -281,6 +281,7 @@ def settle_key_results(
         objective_runs = {}
         kr_runs = read_kr_runs(client, published, objective_runs)
     settled = Settled()
+    statuses = dict(statuses)  # the caller's statuses stay as computed; these gain promotions
     for kr_id, status in statuses.items():
         run = kr_runs.get(kr_id)
         drift = kr_drift(run, status, tallies.get(kr_id))

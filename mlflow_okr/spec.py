@@ -26,7 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from mlflow_okr import traces
 from mlflow_okr.check_codes import KR_CHECK_CODES, CheckCode, Measure
-from mlflow_okr.engine import AT_RISK, ON_TRACK, Bound, RunRule, infer_direction, relative_change
+from mlflow_okr.engine import Bound, RunRule, infer_direction
 from mlflow_okr.errors import SpecError
 from mlflow_okr.traces import WINDOW_PATTERN, TraceAggregation, TraceView
 
@@ -34,6 +34,7 @@ SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=64)]
 # A finite number written as a number: YAML's `yes` or `.nan` is not a baseline.
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+RELATIVE_TARGET = re.compile(r"^\s*([+-])\s*(\d+(?:\.\d+)?)\s*%\s*$")
 CYCLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # An aligns_to entry: [<cycle>:][<team>/]<objective id>.
 OBJECTIVE_REF_PATTERN = r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*:)?(?:[a-z0-9][a-z0-9-]*/)?[a-z0-9][a-z0-9-]*$"
@@ -106,32 +107,21 @@ def _utc_ms(day: dt.date) -> int:
     return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
 
 
-def cycle_name_parts(name: str) -> tuple[int, str, int] | None:
-    """2026-Q4 and Q4-2026 -> (2026, "Q", 4); 2026-H2 -> (2026, "H", 2); 2026 -> (2026, "", 0).
-
-    None for a name that is none of these (a cycle given as {name, start, end}).
-    """
-    match = re.fullmatch(r"(\d{4})-?([QqHh])([1-4])|([QqHh])([1-4])-?(\d{4})|(\d{4})", str(name).strip())
-    if not match:
-        return None
-    if match.group(7):
-        return int(match.group(7)), "", 0
-    unit = (match.group(2) or match.group(4)).upper()
-    return int(match.group(1) or match.group(6)), unit, int(match.group(3) or match.group(5))
-
-
 def parse_cycle(name: str) -> Cycle:
     """Turn a cycle name such as 2026-Q4, Q4-2026, 2026-H2 or 2026 into a Cycle."""
     text = str(name).strip()
-    parts = cycle_name_parts(text)
-    if parts is None:
+    match = re.fullmatch(r"(\d{4})-?([QqHh])([1-4])|([QqHh])([1-4])-?(\d{4})|(\d{4})", text)
+    if not match:
         raise ValueError(
             f"unknown cycle {text!r}: use YYYY-Qn (2026-Q4), YYYY-Hn (2026-H2), YYYY, "
             "or a mapping {name, start, end}"
         )
-    year, unit, number = parts
-    if not unit:
+    if match.group(7):
+        year = int(match.group(7))
         return Cycle(name=text, start=dt.date(year, 1, 1), end=dt.date(year, 12, 31))
+    year = int(match.group(1) or match.group(6))
+    unit = (match.group(2) or match.group(4)).upper()
+    number = int(match.group(3) or match.group(5))
     if unit == "H" and number > 2:
         raise ValueError(f"unknown cycle {text!r}: a half year is H1 or H2")
     months = 3 if unit == "Q" else 6
@@ -148,8 +138,8 @@ def parse_cycle(name: str) -> Cycle:
 class StatusThresholds(StrictModel):
     """Progress, as a multiple of the elapsed fraction, that separates the statuses."""
 
-    on_track: Number = Field(ON_TRACK, ge=0, le=1)
-    at_risk: Number = Field(AT_RISK, ge=0, le=1)
+    on_track: Number = Field(0.7, ge=0, le=1)
+    at_risk: Number = Field(0.4, ge=0, le=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> StatusThresholds:
@@ -270,7 +260,7 @@ class KeyResult(StrictModel):
     @field_validator("target")
     @classmethod
     def _target_form(cls, target: float | str | None) -> float | str | None:
-        if isinstance(target, str) and relative_change(target) is None:
+        if isinstance(target, str) and not RELATIVE_TARGET.match(target):
             raise ValueError(
                 f'target {target!r} is neither a number nor a relative change such as "+5%" or "-10%"'
             )
@@ -406,7 +396,7 @@ class KeyResult(StrictModel):
             raise _invalid(
                 f"target equals baseline ({self.baseline:g}); a KR must move its metric", "target"
             )
-        inferred = infer_direction(self.baseline, target, None)
+        inferred = "maximize" if target > self.baseline else "minimize"
         if self.direction is not None and self.direction != inferred:
             raise _invalid(
                 f"direction {self.direction} contradicts baseline {self.baseline:g} "
@@ -474,16 +464,17 @@ class KeyResult(StrictModel):
 
 
 def relative_direction(target: str) -> Direction:
-    change = relative_change(target)
-    assert change is not None
-    return "maximize" if change > 0 else "minimize"
+    match = RELATIVE_TARGET.match(target)
+    assert match is not None
+    return "maximize" if match.group(1) == "+" else "minimize"
 
 
 def resolve_target(target: float | str, baseline: float) -> float:
     """The absolute target: relative targets are a change of the baseline ("+5%" = 1.05 x)."""
     if isinstance(target, str):
-        change = relative_change(target)
-        assert change is not None
+        match = RELATIVE_TARGET.match(target)
+        assert match is not None
+        change = float(match.group(2)) / 100 * (1 if match.group(1) == "+" else -1)
         return baseline * (1 + change)
     return float(target)
 
