@@ -21,9 +21,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mlflow_okr import api
+from mlflow_okr import api, practice
 from mlflow_okr.errors import InputError
 from mlflow_okr.results import CycleStatus
+from mlflow_okr.review import Review
 from mlflow_okr.spec import load_spec
 from mlflow_okr.vocabulary import OKR_SCHEME_PREFIX
 
@@ -129,6 +130,8 @@ class DemoResult:
     status: CycleStatus
     training_runs: int
     seconds: float
+    effort: CycleStatus | None = None  # the status with effort and confidence (status --effort)
+    review: Review | None = None  # the last 7 days: everything the demo just did
 
     @property
     def ui_command(self) -> str:
@@ -219,6 +222,8 @@ def run_demo(
         status=result.status,
         training_runs=training_runs,
         seconds=time.perf_counter() - started,
+        effort=practice.effort_status(tracking_uri=store_uri, cycle=spec.cycle.name),
+        review=practice.weekly_review("7d", tracking_uri=store_uri, cycle=spec.cycle.name),
     )
 
 

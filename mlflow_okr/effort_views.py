@@ -13,10 +13,19 @@ from mlflow_okr.results import CycleStatus
 EFFORT_COLUMNS = ["level", "id", "runs", "people", "run_hours", "improving_runs", "runs_share", "hours_share"]
 
 
+def hours_text(hours: float) -> str:
+    """Run-hours to a tenth; a few minutes of runs show as <0.1, not as nothing."""
+    return "<0.1" if 0 < hours < 0.05 else f"{hours:.1f}"
+
+
+def _people(count: int) -> str:
+    return f"{count} {'person' if count == 1 else 'people'}"
+
+
 def _cells(label: str, effort: Effort | None) -> list[str]:
     if effort is None:
         return [label, "—", "—", "—", "—"]
-    hours = f"{effort.run_hours:.1f}"
+    hours = hours_text(effort.run_hours)
     return [label, str(effort.runs), str(effort.people), hours, str(effort.improving_runs)]
 
 
@@ -40,12 +49,12 @@ def effort_table(status: CycleStatus) -> str:
         every, loose = status.effort, status.unaligned
         lines += [
             "",
-            f"All runs: {every.runs} by {every.people} people, {every.run_hours:.1f} run-hours.",
+            f"All runs: {every.runs} by {_people(every.people)}, {hours_text(every.run_hours)} run-hours.",
             f"Unaligned (count for no KR): {loose.runs} runs ({loose.runs_share:.0%}), "
-            f"{loose.run_hours:.1f} run-hours ({loose.hours_share:.0%}).",
+            f"{hours_text(loose.run_hours)} run-hours ({loose.hours_share:.0%}).",
         ]
         lines += [
-            f"  {experiment.name}: {experiment.runs} runs, {experiment.run_hours:.1f} run-hours"
+            f"  {experiment.name}: {experiment.runs} runs, {hours_text(experiment.run_hours)} run-hours"
             for experiment in loose.top_experiments
         ]
     return "\n".join(lines)

@@ -52,6 +52,21 @@ def test_demo_prints_status_and_ui_command(demo_run):
         assert line in result.output
 
 
+def test_demo_prints_effort_and_a_review(demo_run):
+    _, result, client = demo_run
+    lines = result.output.splitlines()
+    effort = next(index for index, line in enumerate(lines) if line.startswith("Effort in "))
+    # The recall KR's runs are its counted runs, all logged by this process's user a moment ago.
+    recall = next(line for line in lines[effort:] if line.split()[:1] == ["recall"])
+    counted = status_json(client)["objectives"][0]["key_results"][0]
+    assert counted["id"] == "recall"
+    assert recall.split()[1:4] == [str(counted["counted_runs"]), "1", "<0.1"]
+    assert any(line.startswith("Unaligned (count for no KR): ") for line in lines)
+    assert any(line.startswith("# Weekly review: ") for line in lines)
+    # Every value the demo recorded is new this week: each metric KR shows its first value.
+    assert any(line.startswith("| `recall` |") and "first value" in line for line in lines)
+
+
 def test_demo_spec_has_every_category_and_kind():
     spec = parse_spec(demo.demo_spec("2026-Q4"), "demo okrs.yaml")
     assert {objective.category for objective in spec.objectives} == {"product", "operational", "research"}

@@ -25,11 +25,18 @@ def demo(directory: Path, force: bool) -> None:
     """Train scikit-learn models, log them to a new SQLite MLflow store and score them as OKRs."""
     from mlflow_okr import render
     from mlflow_okr.demo import run_demo
+    from mlflow_okr.effort_views import effort_table
+    from mlflow_okr.review_views import review_markdown
 
     result = run_demo(directory, force=force, report=click.echo)
     click.echo()
     click.echo(render.status_table(result.status))
     click.echo()
+    if result.effort is not None:
+        click.echo(effort_table(result.effort))
+        click.echo()
+    if result.review is not None:
+        click.echo(review_markdown(result.review))
     click.echo(
         f"Done in {result.seconds:.0f} s: {result.training_runs} training runs, OKRs in {result.spec_path}."
     )
@@ -37,3 +44,5 @@ def demo(directory: Path, force: bool) -> None:
     click.echo(f"  {result.ui_command}")
     click.echo("Query it from the command line:")
     click.echo(f"  MLFLOW_TRACKING_URI={shlex.quote(result.store_uri)} mlflow-okr status")
+    click.echo(f"  MLFLOW_TRACKING_URI={shlex.quote(result.store_uri)} mlflow-okr status --effort")
+    click.echo(f"  MLFLOW_TRACKING_URI={shlex.quote(result.store_uri)} mlflow-okr review --since 7d")

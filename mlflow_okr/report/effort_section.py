@@ -11,6 +11,7 @@ import base64
 import html
 import io
 
+from mlflow_okr.effort_views import hours_text
 from mlflow_okr.report.charts import ACTUAL_COLOR, DOCTYPE, EXPECTED_COLOR
 from mlflow_okr.report.model import Report
 
@@ -62,7 +63,7 @@ def _rows(report: Report) -> list[list[str]]:
             if kr.effort is not None:
                 effort = kr.effort
                 rows.append([objective.id, kr.id, str(effort.runs), str(effort.people),
-                             f"{effort.run_hours:.1f}", str(effort.improving_runs)])
+                             hours_text(effort.run_hours), str(effort.improving_runs)])
     return rows
 
 
@@ -70,10 +71,11 @@ def _summary(report: Report) -> str:
     every, loose = report.status.effort, report.status.unaligned
     if every is None or loose is None:
         return ""
-    top = ", ".join(f"{e.name} ({e.run_hours:.1f} h)" for e in loose.top_experiments) or "none"
+    top = ", ".join(f"{e.name} ({hours_text(e.run_hours)} h)" for e in loose.top_experiments) or "none"
+    people = f"{every.people} {'person' if every.people == 1 else 'people'}"
     return (
-        f"{every.runs} runs by {every.people} people, {every.run_hours:.1f} run-hours this cycle; "
-        f"{loose.runs} runs ({loose.runs_share:.0%}) and {loose.run_hours:.1f} run-hours "
+        f"{every.runs} runs by {people}, {hours_text(every.run_hours)} run-hours this cycle; "
+        f"{loose.runs} runs ({loose.runs_share:.0%}) and {hours_text(loose.run_hours)} run-hours "
         f"({loose.hours_share:.0%}) counted for no KR. Top unaligned experiments: {top}."
     )
 
