@@ -40,7 +40,8 @@ class KrComputation:
     kr: KeyResult
     tally: Tally | None = None
     baseline: float | None = None
-    # A `model:` KR: where its alias points now, and why its tally may be empty.
+    # A `model:` KR: where its alias points now. Notes: why its tally may be empty, or that a
+    # pinned dataset changed.
     model: registry.ModelStatus | None = None
     notes: tuple[str, ...] = ()
 
@@ -94,6 +95,10 @@ def compute_key_results(
             progress(scanned)
     if progress is not None:
         progress(scanned)
+    for kr_id, scope in scan.scopes.items():
+        note = scope.datasets.changed_note(cycle.start_ms, cycle.end_ms) if scope.datasets else None
+        if note is not None:
+            computations[kr_id].notes += (note,)
     return computations, scanned
 
 
@@ -196,7 +201,7 @@ def computed_statuses(
             excluded_runs=tally.excluded if tally else 0,
             guardrail_breaches=tally.guardrail_breaches if tally else 0,
         )
-        if computation.model is not None:
+        if computation.model is not None or computation.notes:
             status = statuses[kr_id]
             notes = [*computation.notes, *status.notes]
             statuses[kr_id] = status.model_copy(update={"model": computation.model, "notes": notes})

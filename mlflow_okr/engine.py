@@ -34,6 +34,7 @@ class ReasonKind(enum.Enum):
     NOT_A_NUMBER = "not-a-number"  # the KR metric is NaN or infinite
     GUARDRAIL_BREACH = "guardrail-breach"  # a guardrail metric is out of bounds
     GUARDRAIL_MISSING = "guardrail-missing"  # the run ended without a guardrail metric
+    OTHER_DATASET = "other-dataset"  # a dataset-pinned KR: the run's values are for other datasets
     UNKNOWN = "unknown"  # a tag this version did not write
 
 
@@ -44,6 +45,7 @@ _REASON_PATTERNS = (
     (ReasonKind.RUN_NOT_COUNTED, re.compile(r"^run (FAILED|KILLED)$")),
     (ReasonKind.GUARDRAIL_MISSING, re.compile(r"^guardrail .* never logged$")),
     (ReasonKind.GUARDRAIL_BREACH, re.compile(r"^guardrail .* breaks ")),
+    (ReasonKind.OTHER_DATASET, re.compile(r"^.+ logged only for dataset .+, not ")),
     (ReasonKind.NOT_A_NUMBER, re.compile(r" is \S+, not a finite number$")),
 )
 GUARDRAIL_TAG_PREFIX = vocabulary.EXCLUDED_PREFIX + "guardrail "  # narrows a search to breach candidates

@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
 from mlflow_okr import vocabulary
+from mlflow_okr.datasets import latest_for
 from mlflow_okr.engine import RunFacts, Tally, classify_run
 
 if TYPE_CHECKING:
@@ -93,6 +94,17 @@ def model_metrics(client: MlflowClient, target: AliasTarget) -> dict[str, float]
     return {key: value for key, (_, _, value) in latest.items()}
 
 
+def dataset_value(client: MlflowClient, target: AliasTarget, metric: str, dataset: Any) -> float | None:
+    """The latest `metric` logged with the version's `model_id` against `dataset`."""
+    if target.model_id is None:
+        return None
+    try:
+        logged = client.get_logged_model(target.model_id)
+    except MlflowException:
+        return None
+    return latest_for(logged.metrics or [], metric, dataset)
+
+
 def model_tally(
     client: MlflowClient, kr: KeyResult, direction: Any
 ) -> tuple[Tally, AliasTarget, list[str]]:
@@ -109,6 +121,13 @@ def model_tally(
     except MlflowException:
         return tally, target, [f"the run of {target.label} (version {target.version}) cannot be read"]
     metrics = {**run.data.metrics, **model_metrics(client, target)}
+    if kr.dataset is not None:  # only a value logged with the model against that dataset counts
+        value = dataset_value(client, target, kr.metric, kr.dataset)
+        if value is None:
+            return tally, target, [
+                f"{target.label} (version {target.version}) has no {kr.metric} for dataset {kr.dataset.name}"
+            ]
+        metrics[kr.metric] = value
     facts = RunFacts(
         run_id=run.info.run_id,
         start_time=run.info.start_time,

@@ -14,6 +14,7 @@ from typing import Any
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr import compat, state, vocabulary
+from mlflow_okr.datasets import DatasetValues, dataset_values
 from mlflow_okr.engine import RunFacts, RunRule, Verdict, classify_run, value_text
 from mlflow_okr.facts import CHUNK, FactKeys, TagChanges, reader_for
 from mlflow_okr.spec import OkrSpec
@@ -63,6 +64,7 @@ class Scope:
     experiment_ids: frozenset[str]
     run_filter: RunFilter
     rule: RunRule
+    datasets: DatasetValues | None = None  # a dataset-pinned KR: its runs' values for that dataset
 
     def covers(self, run: Any) -> bool:
         return run.info.experiment_id in self.experiment_ids and self.run_filter.matches(run)
@@ -94,6 +96,9 @@ class CycleScan:
                 continue
             experiment_ids = frozenset(state.match_experiments(experiments, kr.experiments))
             scan.scopes[kr.id] = Scope(experiment_ids, RunFilter(kr.filter), kr.rule())
+            if kr.dataset is not None:
+                values = dataset_values(client, sorted(experiment_ids), kr.metric, kr.dataset)
+                scan.scopes[kr.id].datasets = values
         return scan
 
     @property
@@ -122,7 +127,10 @@ class CycleScan:
         for kr_id, scope in self.scopes.items():
             if not scope.covers(run):
                 continue
-            verdict = classify_run(scope.rule, facts)
+            if scope.datasets is not None:
+                verdict = scope.datasets.verdict(scope.rule, facts)
+            else:
+                verdict = classify_run(scope.rule, facts)
             if verdict is not None:
                 verdicts[kr_id] = verdict
         return verdicts

@@ -217,6 +217,13 @@ class ModelRef(StrictModel):
     alias: str = Field(min_length=1, description="Alias, e.g. champion.")
 
 
+class DatasetRef(StrictModel):
+    """An evaluation dataset: only metric values MLflow logged against it count."""
+
+    name: str = Field(min_length=1, description="Dataset name, as logged with the metric.")
+    digest: str | None = Field(None, min_length=1, description="Only this version (digest) of it.")
+
+
 class KeyResult(StrictModel):
     """One key result: a metric KR, a maintain KR, a ledger KR or a manual KR."""
 
@@ -271,6 +278,10 @@ class KeyResult(StrictModel):
         description="Metric and maintain KRs: count only the run (or logged model) behind the version "
         "that holds this registry alias now.",
     )
+    dataset: DatasetRef | None = Field(
+        None,
+        description="Metric and maintain KRs: count only values logged against this evaluation dataset.",
+    )
     trace_metric: str | None = Field(
         None,
         min_length=1,
@@ -323,7 +334,7 @@ class KeyResult(StrictModel):
         return self
 
     def _check_trace_kr(self) -> None:
-        for key in ("metric", "linked_to", "count_only", "model"):
+        for key in ("metric", "linked_to", "count_only", "model", "dataset"):
             if getattr(self, key) is not None:
                 raise _invalid(f"a `source: traces` KR takes no {key}", key)
         if self.guardrails:
@@ -405,7 +416,7 @@ class KeyResult(StrictModel):
             )
 
     def _check_counter_kr(self) -> None:
-        for key in ("metric", "baseline", "filter", "maintain", "direction", "model"):
+        for key in ("metric", "baseline", "filter", "maintain", "direction", "model", "dataset"):
             if getattr(self, key) is not None:
                 raise _invalid(f"a `source: {self.source}` KR takes no {key}", key)
         if self.guardrails:
@@ -723,7 +734,9 @@ def _model_in(annotation: Any) -> Any:
 
 _MODELS = {
     model.__name__: model
-    for model in (Cycle, StatusThresholds, Bounds, Guardrail, BaselineRef, ModelRef, KeyResult, Objective)
+    for model in (
+        Cycle, StatusThresholds, Bounds, Guardrail, BaselineRef, ModelRef, DatasetRef, KeyResult, Objective
+    )
 }
 
 

@@ -59,6 +59,7 @@ def _kr_rows(report: Report, krs: list[KeyResultStatus]) -> list[list[str]]:
 def _evidence(report: Report, kr: KeyResultStatus) -> list[str]:
     detail = report.details[kr.id]
     lines = []
+    lines += [f"- `{md(kr.id)}`: {md(note)}" for note in kr.notes]  # e.g. evaluation data changed
     if kr.model is not None:
         where = f"version {kr.model.version}" if kr.model.version else "no version yet"
         lines.append(f"- `{md(kr.id)}` follows `{md(kr.model.name)}@{md(kr.model.alias)}`, now {where}")
