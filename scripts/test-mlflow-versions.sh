@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Run the store, semantics and live tests against given MLflow releases, one venv per release.
+# Run the store, semantics, live and server tests against given MLflow releases, one venv per
+# release. The server tests cover both deployments (--app-name okr over a plain URI, okr+ URIs),
+# MLflow's job runner and trace rollups behind it, restarts, and workspaces.
 #
 #   bash scripts/test-mlflow-versions.sh                 # the same as: oldest newest
 #   bash scripts/test-mlflow-versions.sh oldest          # the lower bound in setup.cfg (mlflow>=X)
@@ -13,7 +15,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TEST_FILES=(tests/test_store.py tests/test_mlflow_semantics.py tests/test_sync.py)
+TEST_FILES=(
+  tests/test_store.py tests/test_mlflow_semantics.py tests/test_sync.py
+  tests/test_store_server.py tests/test_server_deployment.py tests/test_workspaces.py
+)
 CACHE_DIR="${MLFLOW_OKR_VERSIONS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/mlflow-okr/mlflow-versions}"
 
 lower_bound() {

@@ -17,6 +17,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from packaging.version import Version
 
 from mlflow_okr import vocabulary
 from mlflow_okr.cli import cli
@@ -31,7 +32,19 @@ SETTLE_SECONDS = 60
 SERVER_ENV = {"MLFLOW_OKR_RUN_END_BUDGET": "0", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+# MLflow 3.16 binds the bound of `attributes.start_time >= N` in `search_runs` as text, which
+# PostgreSQL refuses with psycopg 3 (SQLAlchemy 2.1's driver for postgresql://): `status` through
+# such a server fails, with or without mlflow-okr. 3.17 fixed it; postgresql+psycopg2:// avoids it.
+MLFLOW_316_POSTGRES_SEARCH_BUG = pytest.mark.xfail(
+    Version(mlflow.__version__).release[:2] < (3, 17),
+    reason="MLflow 3.16 search_runs compares start_time with a text bound on PostgreSQL (psycopg 3)",
+    strict=True,
+)
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, MLFLOW_316_POSTGRES_SEARCH_BUG])]
+)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'workspaces.db'}"
@@ -61,12 +74,16 @@ def _log_run(url: str, value: float) -> str:
 
 
 def _kr_state(client: MlflowClient) -> dict[str, tuple]:
-    """Each KR's value history and tags: what a write elsewhere must leave exactly as it was."""
+    """Each KR's value history and okr.* tags: what a write elsewhere must leave exactly as it was.
+
+    (Not the UI description, which the workspace's own writer may refresh at any time.)
+    """
     found = {}
     for kr_id in ("acc", "staged", "loss"):
         run = kr_run(client, kr_id)
         history = client.get_metric_history(run.info.run_id, vocabulary.METRIC_VALUE)
-        found[kr_id] = ([(m.timestamp, m.value) for m in history], dict(run.data.tags))
+        tags = {key: value for key, value in run.data.tags.items() if vocabulary.is_okr_key(key)}
+        found[kr_id] = ([(m.timestamp, m.value) for m in history], tags)
     return found
 
 
