@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 from pathlib import Path
 
@@ -119,6 +118,7 @@ def checkin(
         note=note,
         count=previous + 1,
     )
-    client.set_tag(run.info.run_id, vocabulary.TAG_CHECKIN, json.dumps(record.model_dump(mode="json")))
+    record_text = vocabulary.checkin_text(record.model_dump(mode="json"))
+    client.set_tag(run.info.run_id, vocabulary.TAG_CHECKIN, record_text)
     _sync(client, cycle=published.cycle.name, team=published.team or "")
     return record

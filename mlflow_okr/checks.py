@@ -125,10 +125,7 @@ class TrackRecord:
                 run_id = published.kr_runs.get(past.id)
                 if past.kind != "metric" or past.metric != kr.metric or run_id is None:
                     continue
-                history = [
-                    (point.timestamp, point.value)
-                    for point in self.client.get_metric_history(run_id, vocabulary.METRIC_VALUE)
-                ]
+                history = state.kr_values(self.client, run_id)
                 baseline, _ = state.resolve_baseline(self.client, past)
                 target, _ = past.resolve(baseline)
                 calibrated = calibrate_metric(

@@ -23,7 +23,7 @@ import math
 
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import vocabulary
+from mlflow_okr import state, vocabulary
 from mlflow_okr.practice_results import Confidence
 from mlflow_okr.results import CycleStatus, KeyResultStatus
 from mlflow_okr.spec import Cycle, as_utc
@@ -71,11 +71,10 @@ def kr_confidence(
     if kr.kind != "metric" or kr.run_id is None or kr.target is None or kr.direction is None:
         return None
     now_ms = min(int(as_utc(now).timestamp() * 1000), cycle.end_ms)
-    history = client.get_metric_history(kr.run_id, vocabulary.METRIC_VALUE)
     points = sorted(
-        ((m.timestamp - cycle.start_ms) / DAY_MS, m.value)
-        for m in history
-        if cycle.start_ms <= m.timestamp <= now_ms and math.isfinite(m.value)
+        ((timestamp - cycle.start_ms) / DAY_MS, value)
+        for timestamp, value in state.kr_values(client, kr.run_id)
+        if cycle.start_ms <= timestamp <= now_ms and math.isfinite(value)
     )
     end_day = (cycle.end_ms + 1 - cycle.start_ms) / DAY_MS
     reached = kr.current is not None and (

@@ -23,29 +23,35 @@ Direction = Literal["maximize", "minimize"]
 TERMINAL_RUN_STATUSES = frozenset({"FINISHED", "FAILED", "KILLED"})
 NOT_COUNTED_RUN_STATUSES = frozenset({"FAILED", "KILLED"})
 SUCCESS_GRADE = 0.7
+# Default status thresholds (okrs.yaml `status_thresholds`): progress, as a multiple of the elapsed
+# fraction of the cycle, at or above which a KR is on track, or at risk.
+ON_TRACK = 0.7
+AT_RISK = 0.4
+# A relative target or expectation: "+5%", "-10%"
+RELATIVE_CHANGE = re.compile(r"^\s*([+-])\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
 class ReasonKind(enum.Enum):
     """Why a run stands as it does for a KR; readers ask this, never the reason's wording."""
 
+    OTHER_DATASET = "other-dataset"  # a dataset-pinned KR: the run's values are for other datasets
     NONE = "none"  # counted
     WAITING = "waiting"  # pending: a guardrail metric not logged yet
     RUN_NOT_COUNTED = "run-not-counted"  # the run FAILED or was KILLED
     NOT_A_NUMBER = "not-a-number"  # the KR metric is NaN or infinite
     GUARDRAIL_BREACH = "guardrail-breach"  # a guardrail metric is out of bounds
     GUARDRAIL_MISSING = "guardrail-missing"  # the run ended without a guardrail metric
-    OTHER_DATASET = "other-dataset"  # a dataset-pinned KR: the run's values are for other datasets
     UNKNOWN = "unknown"  # a tag this version did not write
 
 
 # The wording of each reason, and the pattern that reads it back from a run's okr.kr.<id> tag:
+    (ReasonKind.OTHER_DATASET, re.compile(r"^.+ logged only for dataset .+, not ")),
 # both live here, so rewording one rewords the other.
 _REASON_PATTERNS = (
     (ReasonKind.WAITING, re.compile(r"^waiting for ")),
     (ReasonKind.RUN_NOT_COUNTED, re.compile(r"^run (FAILED|KILLED)$")),
     (ReasonKind.GUARDRAIL_MISSING, re.compile(r"^guardrail .* never logged$")),
     (ReasonKind.GUARDRAIL_BREACH, re.compile(r"^guardrail .* breaks ")),
-    (ReasonKind.OTHER_DATASET, re.compile(r"^.+ logged only for dataset .+, not ")),
     (ReasonKind.NOT_A_NUMBER, re.compile(r" is \S+, not a finite number$")),
 )
 GUARDRAIL_TAG_PREFIX = vocabulary.EXCLUDED_PREFIX + "guardrail "  # narrows a search to breach candidates
@@ -500,6 +506,19 @@ def _to_float(exact: Fraction) -> float:
         return sys.float_info.max if exact > 0 else -sys.float_info.max
 
 
+def relative_change(text: str) -> float | None:
+    """`+5%` -> 0.05, `-10%` -> -0.1; None when `text` is not a relative change."""
+    match = RELATIVE_CHANGE.match(text)
+    if match is None:
+        return None
+    return float(match.group(2)) / 100 * (1 if match.group(1) == "+" else -1)
+
+
+def has_data(counted: int, needs_baseline: bool, baseline: float | None) -> bool:
+    """Whether a KR has anything to score: a counted run, and its baseline when it needs one."""
+    return counted > 0 and (not needs_baseline or baseline is not None)
+
+
 def infer_direction(baseline: float, target: float, explicit: Direction | None) -> Direction | None:
     """The KR's direction: explicit, or from target vs baseline (None when they are equal)."""
     if explicit is not None:
@@ -541,8 +560,8 @@ def status_of(
     has_data: bool,
     elapsed: float,
     cycle_over: bool,
-    on_track: float = 0.7,
-    at_risk: float = 0.4,
+    on_track: float = ON_TRACK,
+    at_risk: float = AT_RISK,
 ) -> KrStatus:
     """The KR status for `progress` when `elapsed` of the cycle has passed."""
     if progress >= 1.0:
@@ -588,20 +607,20 @@ def score_metric_kr(
     target: float | None,
     elapsed: float,
     cycle_over: bool,
-    on_track: float = 0.7,
-    at_risk: float = 0.4,
+    on_track: float = ON_TRACK,
+    at_risk: float = AT_RISK,
 ) -> Scored:
     """Score a metric or maintain KR from its tally, baseline and (absolute) target."""
     current, run_id = tally.current()
     notes: list[str] = []
     if tally.rule.maintain is not None:
         progress = maintain_progress(tally.count, current, tally.rule.maintain)
-        has_data = tally.count > 0
+        scorable = has_data(tally.count, False, baseline)
     else:
         if baseline is None:
             notes.append("baseline not resolved yet")
         progress = metric_progress(current, baseline, target)
-        has_data = tally.count > 0 and baseline is not None
+        scorable = has_data(tally.count, True, baseline)
         # A baseline read from a run can land on the wrong side of the target; scoring it would
         # reward moving the metric the wrong way.
         if baseline is not None and target is not None and tally.direction is not None:
@@ -611,7 +630,7 @@ def score_metric_kr(
                     f"baseline {baseline:g} -> target {target:g} contradicts direction {tally.direction}"
                 )
                 progress = 0.0
-    status = status_of(progress, has_data, elapsed, cycle_over, on_track, at_risk)
+    status = status_of(progress, scorable, elapsed, cycle_over, on_track, at_risk)
     return Scored(
         current=current,
         progress=progress,
@@ -631,8 +650,8 @@ def score_counter_kr(
     target: float,
     elapsed: float,
     cycle_over: bool,
-    on_track: float = 0.7,
-    at_risk: float = 0.4,
+    on_track: float = ON_TRACK,
+    at_risk: float = AT_RISK,
 ) -> Scored:
     """Score a ledger or manual KR: `events` is how many hypotheses or check-ins it has."""
     progress = counter_progress(current, target)
@@ -658,8 +677,8 @@ def score_aggregate_kr(
     maintain: Bound | None,
     elapsed: float,
     cycle_over: bool,
-    on_track: float = 0.7,
-    at_risk: float = 0.4,
+    on_track: float = ON_TRACK,
+    at_risk: float = AT_RISK,
 ) -> Scored:
     """Score a KR whose value is one aggregate the backend computed over `count` items (a trace KR).
 

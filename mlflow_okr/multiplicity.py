@@ -14,6 +14,16 @@ from collections.abc import Iterable, Mapping
 ALPHA = 0.05  # the ledger's level: `ledger evaluate` reports 1 - ALPHA = 95% intervals
 
 
+def significant(q_value: float) -> bool:
+    """Whether a hypothesis with this q-value counts as a discovery at the ledger's level."""
+    return q_value <= ALPHA
+
+
+def doubtful(status: str, q_value: float | None) -> bool:
+    """Validated, yet its q-value is above ALPHA: among its cycle's tests, maybe a false discovery."""
+    return status == "validated" and q_value is not None and not significant(q_value)
+
+
 def cycle_moment(resolved_at: int | None, evaluated_at: int | None, created_at: int) -> int:
     """When a hypothesis counts for a cycle: its resolution, else its last evaluation, else its creation."""
     return resolved_at or evaluated_at or created_at

@@ -14,7 +14,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from mlflow_okr import traces
-from mlflow_okr.engine import Scored, status_of, weighted_mean
+from mlflow_okr.engine import Scored, has_data, status_of, weighted_mean
 from mlflow_okr.practice_results import Confidence, CycleEffort, Effort, Unaligned, optional_field
 from mlflow_okr.registry import ModelStatus
 from mlflow_okr.spec import KeyResult, OkrSpec
@@ -200,10 +200,9 @@ def cycle_status(
 def restatus(status: KeyResultStatus, spec: OkrSpec, now: dt.datetime) -> KeyResultStatus:
     """The same KR with its status recomputed for `now` (status depends on elapsed time)."""
     thresholds = spec.status_thresholds
-    has_data = status.counted_runs > 0 and (status.kind != "metric" or status.baseline is not None)
     new_status = status_of(
         status.progress,
-        has_data,
+        has_data(status.counted_runs, status.kind == "metric", status.baseline),
         spec.cycle.elapsed(now),
         spec.cycle.is_over(now),
         thresholds.on_track,

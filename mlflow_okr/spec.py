@@ -24,9 +24,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from mlflow_okr import traces
+from mlflow_okr import traces, vocabulary
 from mlflow_okr.check_codes import KR_CHECK_CODES, CheckCode, Measure
-from mlflow_okr.engine import Bound, RunRule, infer_direction
+from mlflow_okr.engine import AT_RISK, ON_TRACK, Bound, RunRule, infer_direction, relative_change
 from mlflow_okr.errors import SpecError
 from mlflow_okr.traces import WINDOW_PATTERN, TraceAggregation, TraceView
 
@@ -34,7 +34,6 @@ SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 Slug = Annotated[str, Field(pattern=SLUG_PATTERN, max_length=64)]
 # A finite number written as a number: YAML's `yes` or `.nan` is not a baseline.
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-RELATIVE_TARGET = re.compile(r"^\s*([+-])\s*(\d+(?:\.\d+)?)\s*%\s*$")
 CYCLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # An aligns_to entry: [<cycle>:][<team>/]<objective id>.
 OBJECTIVE_REF_PATTERN = r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*:)?(?:[a-z0-9][a-z0-9-]*/)?[a-z0-9][a-z0-9-]*$"
@@ -107,21 +106,32 @@ def _utc_ms(day: dt.date) -> int:
     return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp() * 1000)
 
 
+def cycle_name_parts(name: str) -> tuple[int, str, int] | None:
+    """2026-Q4 and Q4-2026 -> (2026, "Q", 4); 2026-H2 -> (2026, "H", 2); 2026 -> (2026, "", 0).
+
+    None for a name that is none of these (a cycle given as {name, start, end}).
+    """
+    match = re.fullmatch(r"(\d{4})-?([QqHh])([1-4])|([QqHh])([1-4])-?(\d{4})|(\d{4})", str(name).strip())
+    if not match:
+        return None
+    if match.group(7):
+        return int(match.group(7)), "", 0
+    unit = (match.group(2) or match.group(4)).upper()
+    return int(match.group(1) or match.group(6)), unit, int(match.group(3) or match.group(5))
+
+
 def parse_cycle(name: str) -> Cycle:
     """Turn a cycle name such as 2026-Q4, Q4-2026, 2026-H2 or 2026 into a Cycle."""
     text = str(name).strip()
-    match = re.fullmatch(r"(\d{4})-?([QqHh])([1-4])|([QqHh])([1-4])-?(\d{4})|(\d{4})", text)
-    if not match:
+    parts = cycle_name_parts(text)
+    if parts is None:
         raise ValueError(
             f"unknown cycle {text!r}: use YYYY-Qn (2026-Q4), YYYY-Hn (2026-H2), YYYY, "
             "or a mapping {name, start, end}"
         )
-    if match.group(7):
-        year = int(match.group(7))
+    year, unit, number = parts
+    if not unit:
         return Cycle(name=text, start=dt.date(year, 1, 1), end=dt.date(year, 12, 31))
-    year = int(match.group(1) or match.group(6))
-    unit = (match.group(2) or match.group(4)).upper()
-    number = int(match.group(3) or match.group(5))
     if unit == "H" and number > 2:
         raise ValueError(f"unknown cycle {text!r}: a half year is H1 or H2")
     months = 3 if unit == "Q" else 6
@@ -138,8 +148,8 @@ def parse_cycle(name: str) -> Cycle:
 class StatusThresholds(StrictModel):
     """Progress, as a multiple of the elapsed fraction, that separates the statuses."""
 
-    on_track: Number = Field(0.7, ge=0, le=1)
-    at_risk: Number = Field(0.4, ge=0, le=1)
+    on_track: Number = Field(ON_TRACK, ge=0, le=1)
+    at_risk: Number = Field(AT_RISK, ge=0, le=1)
 
     @model_validator(mode="after")
     def _ordered(self) -> StatusThresholds:
@@ -207,6 +217,13 @@ def _check_filter(filter_string: str, key: str) -> None:
             SearchUtils.is_attribute(kind, name, comparator)
             SearchUtils.is_dataset(kind, comparator)
     except MlflowException as exc:
+class DatasetRef(StrictModel):
+    """An evaluation dataset: only metric values MLflow logged against it count."""
+
+    name: str = Field(min_length=1, description="Dataset name, as logged with the metric.")
+    digest: str | None = Field(None, min_length=1, description="Only this version (digest) of it.")
+
+
         raise _invalid(f"not a valid MLflow search filter: {exc.message}", key) from None
 
 
@@ -215,13 +232,6 @@ class ModelRef(StrictModel):
 
     name: str = Field(min_length=1, description="Registered model name.")
     alias: str = Field(min_length=1, description="Alias, e.g. champion.")
-
-
-class DatasetRef(StrictModel):
-    """An evaluation dataset: only metric values MLflow logged against it count."""
-
-    name: str = Field(min_length=1, description="Dataset name, as logged with the metric.")
-    digest: str | None = Field(None, min_length=1, description="Only this version (digest) of it.")
 
 
 class KeyResult(StrictModel):
@@ -267,7 +277,11 @@ class KeyResult(StrictModel):
     @field_validator("target")
     @classmethod
     def _target_form(cls, target: float | str | None) -> float | str | None:
-        if isinstance(target, str) and not RELATIVE_TARGET.match(target):
+        if isinstance(target, str) and relative_change(target) is None:
+    dataset: DatasetRef | None = Field(
+        None,
+        description="Metric and maintain KRs: count only values logged against this evaluation dataset.",
+    )
             raise ValueError(
                 f'target {target!r} is neither a number nor a relative change such as "+5%" or "-10%"'
             )
@@ -277,10 +291,6 @@ class KeyResult(StrictModel):
         None,
         description="Metric and maintain KRs: count only the run (or logged model) behind the version "
         "that holds this registry alias now.",
-    )
-    dataset: DatasetRef | None = Field(
-        None,
-        description="Metric and maintain KRs: count only values logged against this evaluation dataset.",
     )
     trace_metric: str | None = Field(
         None,
@@ -407,7 +417,7 @@ class KeyResult(StrictModel):
             raise _invalid(
                 f"target equals baseline ({self.baseline:g}); a KR must move its metric", "target"
             )
-        inferred = "maximize" if target > self.baseline else "minimize"
+        inferred = infer_direction(self.baseline, target, None)
         if self.direction is not None and self.direction != inferred:
             raise _invalid(
                 f"direction {self.direction} contradicts baseline {self.baseline:g} "
@@ -475,17 +485,16 @@ class KeyResult(StrictModel):
 
 
 def relative_direction(target: str) -> Direction:
-    match = RELATIVE_TARGET.match(target)
-    assert match is not None
-    return "maximize" if match.group(1) == "+" else "minimize"
+    change = relative_change(target)
+    assert change is not None
+    return "maximize" if change > 0 else "minimize"
 
 
 def resolve_target(target: float | str, baseline: float) -> float:
     """The absolute target: relative targets are a change of the baseline ("+5%" = 1.05 x)."""
     if isinstance(target, str):
-        match = RELATIVE_TARGET.match(target)
-        assert match is not None
-        change = float(match.group(2)) / 100 * (1 if match.group(1) == "+" else -1)
+        change = relative_change(target)
+        assert change is not None
         return baseline * (1 + change)
     return float(target)
 
@@ -625,7 +634,7 @@ class OkrSpec(StrictModel):
         published cycles (an annual and a quarterly set) both have a KR ctr; then each carries
         its cycle: `tags."okr.kr.ctr/2026-Q4" = 'counted'`.
         """
-        return f"{kr_id}/{self.cycle.name}" if kr_id in self._shared_kr_ids else kr_id
+        return vocabulary.run_tag_id(kr_id, self.cycle.name, shared=kr_id in self._shared_kr_ids)
 
     def sharing(self, kr_ids: frozenset[str]) -> OkrSpec:
         """This spec, knowing which of its KR ids other overlapping cycles use too."""

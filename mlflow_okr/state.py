@@ -405,7 +405,7 @@ def ledger_validated_count(
         if linked_to and linked_to not in linked:
             continue
         q_value = q_values.get(tags.get(vocabulary.TAG_LEDGER_ID, ""), 1.0)
-        if count_only == "significant" and q_value > multiplicity.ALPHA:
+        if count_only == "significant" and not multiplicity.significant(q_value):
             continue
         count += 1
     return count
@@ -427,6 +427,26 @@ def manual_checkin(run: Run) -> tuple[float | None, int]:
         vocabulary.TAG_CHECKIN,
     )
     return None, 0
+
+
+# The fields of a KR's recorded history, and the metric each is logged as
+HISTORY_METRICS = {"value": vocabulary.METRIC_VALUE, "progress": vocabulary.METRIC_PROGRESS}
+
+
+def kr_history(
+    client: MlflowClient, kr_run_id: str, fields: tuple[str, ...] = ("value", "progress")
+) -> dict[int, dict[str, float]]:
+    """A KR run's recorded state over time: {timestamp ms: {field: value}}, oldest first."""
+    points: dict[int, dict[str, float]] = {}
+    for name in fields:
+        for metric in client.get_metric_history(kr_run_id, HISTORY_METRICS[name]):
+            points.setdefault(metric.timestamp, {})[name] = metric.value
+    return dict(sorted(points.items()))
+
+
+def kr_values(client: MlflowClient, kr_run_id: str) -> list[tuple[int, float]]:
+    """A KR run's recorded values (okr.value), as (timestamp ms, value) in MLflow's order."""
+    return [(m.timestamp, m.value) for m in client.get_metric_history(kr_run_id, vocabulary.METRIC_VALUE)]
 
 
 def can_read_run(client: MlflowClient, run_id: str) -> bool:

@@ -24,7 +24,16 @@ from mlflow_okr.engine import SUCCESS_GRADE
 from mlflow_okr.errors import InputError
 from mlflow_okr.ledger import store as ledger_store
 from mlflow_okr.ledger.models import Hypothesis
-from mlflow_okr.spec import BaselineRef, Cycle, KeyResult, Objective, OkrSpec, parse_cycle, parse_spec
+from mlflow_okr.spec import (
+    BaselineRef,
+    Cycle,
+    KeyResult,
+    Objective,
+    OkrSpec,
+    cycle_name_parts,
+    parse_cycle,
+    parse_spec,
+)
 
 EXPECTED_ATTAINMENT = SUCCESS_GRADE
 NEW_OBJECTIVE_ID = "validated-learnings"
@@ -48,16 +57,15 @@ class Draft(BaseModel):
 def next_cycle_after(cycle: Cycle) -> str:
     """The name of the cycle after `cycle`: 2026-Q4 -> 2027-Q1, 2026-H2 -> 2027-H1, 2026 -> 2027."""
     name = cycle.name
-    match = re.fullmatch(r"(\d{4})-?([QqHh])([1-4])|([QqHh])([1-4])-?(\d{4})|(\d{4})", name)
-    if not match:
+    parts = cycle_name_parts(name)
+    if parts is None:
         raise InputError(
             f"cannot tell which cycle follows {name!r}; pass the next one with --cycle, e.g. --cycle 2027-Q1"
         )
-    if match.group(7):
-        return str(int(match.group(7)) + 1)
-    year = int(match.group(1) or match.group(6))
-    unit = (match.group(2) or match.group(4)).upper()
-    number = int(match.group(3) or match.group(5)) + 1
+    year, unit, number = parts
+    if not unit:
+        return str(year + 1)
+    number += 1
     if number > (4 if unit == "Q" else 2):
         year, number = year + 1, 1
     return f"{year}-{unit}{number}"
@@ -209,8 +217,7 @@ class _Drafter:
         run_id = self.published.kr_runs.get(kr.id)
         if run_id is None:
             return []
-        history = self.client.get_metric_history(run_id, vocabulary.METRIC_VALUE)
-        return [(m.timestamp, m.value) for m in history]
+        return state.kr_values(self.client, run_id)
 
     def metric_kr(self, kr: KeyResult) -> tuple[dict[str, Any], list[str]]:
         fields = _carried_fields(kr)

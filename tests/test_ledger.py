@@ -93,7 +93,8 @@ def test_link_records_evidence_and_links_show_in_the_description(client) -> None
     assert hypothesis.arm_runs("treatment") == [treatment]
     run = client.get_run(hypothesis.run_id)
     note = run.data.tags["mlflow.note.content"]
-    assert f"[{treatment}](#/experiments/{experiment}/runs/{treatment})" in note
+    # The route the report and the KR runs link: MLflow's classic runs view, not the GenAI one.
+    assert f"[{treatment}](#/experiments/{experiment}/runs/{treatment}?workflowType=machine_learning)" in note
     assert run.data.tags["okr.ledger.runs.control"] == "1"
     # Linking the same run again is a no-op; as the other arm it is refused.
     assert len(link_runs("pools", [treatment]).events) == 3
@@ -207,6 +208,14 @@ def test_verify_names_an_edited_state_tag(client) -> None:
         "hypothesis 'pools': tag okr.ledger.status is 'validated' but its events say 'inconclusive' "
         "(edited after event 3)"
     ]
+
+
+def test_verify_accepts_a_description_whose_run_links_0_1_wrote_without_the_view(client) -> None:
+    run_id = _three_events(client)
+    note = client.get_run(run_id).data.tags["mlflow.note.content"]
+    assert "?workflowType=machine_learning)" in note
+    client.set_tag(run_id, "mlflow.note.content", note.replace("?workflowType=machine_learning)", ")"))
+    assert verify_ledger().ok
 
 
 def test_verify_notices_a_rewritten_chain_and_a_removed_event(client) -> None:

@@ -341,3 +341,16 @@ def test_a_server_keeps_every_set_and_the_roll_up_current(tmp_path, deployment):
     # acc (live-year) 0.4 and vision-quality's acc-mean 0.4 roll up into company-quality.
     assert scores["live:vision/vision-quality"] == pytest.approx(0.4)
     assert scores["live-year:None/company-quality"] == pytest.approx(0.4)
+
+
+def test_the_ledger_narrows_to_a_teams_hypotheses(client, runner, write_spec):
+    assert apply(runner, write_spec, team_spec("team-a", "reco", "ctr", "ctr"), "a.yaml").exit_code == 0
+    assert apply(runner, write_spec, team_spec("team-b", "fraud", "recall", "recall"), "b.yaml").exit_code == 0
+    for hypothesis, kr in (("wider", "ctr"), ("rules", "recall")):
+        result = invoke(runner, "ledger", "add", f"{hypothesis} helps", "--id", hypothesis, "--kr", kr)
+        assert result.exit_code == 0, result.output
+    listed = invoke(runner, "ledger", "list", "--team", "team-a", "--format", "json")
+    assert listed.exit_code == 0, listed.output
+    assert [(h["id"], h["objective"]) for h in json.loads(listed.output)] == [("wider", "reco")]
+    unknown = invoke(runner, "ledger", "list", "--team", "team-z")
+    assert unknown.exit_code == 2 and "team 'team-z' has no set" in unknown.output

@@ -113,13 +113,9 @@ def _kr_details(
 
 def progress_history(client: MlflowClient, kr_run_id: str) -> list[dict[str, Any]]:
     """The KR's progress and value over time, one point per change (repeats add nothing to a sparkline)."""
-    points: dict[int, dict[str, Any]] = {}
-    for key, name in ((vocabulary.METRIC_PROGRESS, "progress"), (vocabulary.METRIC_VALUE, "value")):
-        for metric in client.get_metric_history(kr_run_id, key):
-            points.setdefault(metric.timestamp, {"t": metric.timestamp})[name] = metric.value
     history: list[dict[str, Any]] = []
-    for timestamp in sorted(points):
-        point = points[timestamp]
+    for timestamp, fields in state.kr_history(client, kr_run_id, ("progress", "value")).items():
+        point = {"t": timestamp, **fields}
         if history and all(history[-1].get(k) == point.get(k) for k in ("progress", "value")):
             continue
         history.append(point)
@@ -147,21 +143,18 @@ def _trace_measures(definition: str | None) -> str | None:
 
 
 def _checkin(kr: KeyResultStatus, raw: str | None) -> dict[str, Any] | None:
-    if not raw:
-        return None
-    try:
-        record = json.loads(raw)
-        return {
-            "kr": kr.id,
-            "kr_title": kr.title,
-            "value": float(record["value"]),
-            "unit": kr.unit,
-            "who": str(record.get("who") or ""),
-            "when": str(record.get("when") or ""),
-            "note": record.get("note"),
-        }
-    except (ValueError, TypeError, KeyError):
-        return None  # a hand-edited tag; `sync` and the next check-in deal with it
+    record = vocabulary.read_checkin(raw)
+    if record is None:
+        return None  # none, or a hand-edited tag; `sync` and the next check-in deal with it
+    return {
+        "kr": kr.id,
+        "kr_title": kr.title,
+        "value": record["value"],
+        "unit": kr.unit,
+        "who": str(record.get("who") or ""),
+        "when": str(record.get("when") or ""),
+        "note": record.get("note"),
+    }
 
 
 def hypotheses(tracking_uri: str | None, status: CycleStatus, ui_url: str | None) -> list[dict[str, Any]]:
@@ -186,16 +179,7 @@ def hypotheses(tracking_uri: str | None, status: CycleStatus, ui_url: str | None
         evaluation = hypothesis.evaluation or {}
         shown.append(
             {
-                "id": hypothesis.id,
-                "status": hypothesis.status,
-                "statement": hypothesis.statement,
-                "kr": hypothesis.kr,
-                "objective": hypothesis.objective,
-                "metric": hypothesis.metric,
-                "expect": hypothesis.expect,
-                "owner": hypothesis.owner,
-                "control_runs": len(hypothesis.arm_runs("control")),
-                "treatment_runs": len(hypothesis.arm_runs("treatment")),
+                **hypothesis.identity(),
                 "effect": evaluation.get("effect"),
                 "relative_effect": evaluation.get("relative_effect"),
                 "p_value": evaluation.get("p_value"),

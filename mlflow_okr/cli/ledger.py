@@ -20,6 +20,7 @@ from mlflow_okr.cli.common import (
     team_option,
     tracking_uri_option,
 )
+from mlflow_okr.multiplicity import ALPHA
 
 if TYPE_CHECKING:
     from mlflow_okr.ledger.models import Hypothesis
@@ -165,7 +166,7 @@ def evaluate(hypothesis_id: str, output_format: str, tracking_uri: str | None) -
 @ledger_group.command()
 @click.argument("hypothesis_id")
 @click.option("--power", type=float, default=0.8, show_default=True, help="Chance to detect the effect.")
-@click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level.")
+@click.option("--alpha", type=float, default=ALPHA, show_default=True, help="Significance level.")
 @click.option("--expect", default=None, help="Plan for this effect instead of the hypothesis's --expect.")
 @format_option("table", "json")
 @tracking_uri_option
@@ -262,11 +263,12 @@ def _print_track_record(record) -> None:
 @click.option("--metric", default=None, help="Only hypotheses on this metric.")
 @click.option("--cycle", default=None,
               help="Only this published cycle's hypotheses (default: all; q-values across the current one).")
+@team_option
 @click.option("--summary", is_flag=True, help="Print the cycle's track record instead of the hypotheses.")
 @format_option("table", "json", "csv")
 @tracking_uri_option
 @handle_errors
-def list_command(status, kr, metric, cycle, summary: bool, output_format: str,
+def list_command(status, kr, metric, cycle, team, summary: bool, output_format: str,
                  tracking_uri: str | None) -> None:
     """List hypotheses with status, evidence counts (control/treatment) and q-values."""
     from mlflow_okr import ledger
@@ -281,7 +283,7 @@ def list_command(status, kr, metric, cycle, summary: bool, output_format: str,
             _print_track_record(record)
         return
     hypotheses = ledger.list_hypotheses(status=status, kr=kr, metric=metric, tracking_uri=tracking_uri,
-                                        cycle=cycle)
+                                        cycle=cycle, team=team)
     _print_hypotheses(hypotheses, output_format)
     if output_format == "table" and hypotheses and not (status or kr or metric):
         click.echo()

@@ -12,7 +12,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import state, vocabulary
+from mlflow_okr import multiplicity, state, vocabulary
 from mlflow_okr.errors import InputError, NotPublishedError
 from mlflow_okr.ledger import evidence, io, looks, store
 from mlflow_okr.ledger.evaluate import GuardrailData, compare
@@ -275,18 +275,21 @@ def list_hypotheses(
     metric: str | None = None,
     tracking_uri: str | None = None,
     cycle: str | None = None,
+    team: str | None = None,
 ) -> list[Hypothesis]:
     """Hypotheses, oldest first, optionally only those with this status, KR or metric.
 
     Each hypothesis of the cycle (`cycle`, default the current published one) with an evaluation
     gets its Benjamini-Hochberg `q_value` across that cycle's evaluated hypotheses. With `cycle`
-    given, only that cycle's hypotheses are listed.
+    given, only that cycle's hypotheses are listed. With `team`, only those linked to a KR or an
+    objective of that team's sets ("" is the unnamed sets).
     """
     if status is not None and status not in STATUSES:
         raise InputError(f"unknown status {status!r}: use one of {', '.join(STATUSES)}")
     client = state.make_client(tracking_uri)
     _, contains = _cycle_scope(client, cycle)
     hypotheses = with_q_values(_auto_link(client, store.load_all(client)), contains)
+    team_ids = _team_ids(client, cycle, team) if team is not None else None
     return [
         h
         for h in hypotheses
@@ -294,7 +297,18 @@ def list_hypotheses(
         and (kr is None or h.kr == kr)
         and (metric is None or h.metric == metric)
         and (cycle is None or contains(h.cycle_moment))
+        and (team_ids is None or bool({h.kr, h.objective} & team_ids))
     ]
+
+
+def _team_ids(client: MlflowClient, cycle: str | None, team: str) -> set[str | None]:
+    """The KR and objective ids of `team`'s published sets (of `cycle`, or of every cycle)."""
+    specs = [spec for spec, _ in state.published_specs(client, cycle, team)]
+    if not specs:
+        raise state.nothing_published(cycle, team)
+    return {kr.id for spec in specs for _, kr in spec.key_results()} | {
+        objective.id for spec in specs for objective in spec.objectives
+    }
 
 
 @store.retrying
@@ -414,7 +428,7 @@ def evaluate_hypothesis(
 def plan_hypothesis(
     hypothesis_id: str,
     power: float = 0.8,
-    alpha: float = 0.05,
+    alpha: float = multiplicity.ALPHA,
     expect: str | float | None = None,
     tracking_uri: str | None = None,
 ) -> Plan:

@@ -9,6 +9,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr import state, vocabulary
+from mlflow_okr.engine import NOT_COUNTED_RUN_STATUSES
 from mlflow_okr.ledger.models import ARMS, Evidence, Hypothesis
 from mlflow_okr.spec import KeyResult
 
@@ -37,7 +38,7 @@ def usable_runs(client: MlflowClient, hypothesis: Hypothesis) -> list[tuple[Evid
     return [
         (item, runs[item.run_id])
         for item in hypothesis.evidence
-        if item.run_id in runs and runs[item.run_id].info.status not in ("FAILED", "KILLED")
+        if item.run_id in runs and runs[item.run_id].info.status not in NOT_COUNTED_RUN_STATUSES
     ]
 
 

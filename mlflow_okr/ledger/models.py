@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlflow_okr.engine import relative_change
 from mlflow_okr.errors import InputError
 from mlflow_okr.ledger.guardrails import GuardrailResult
 from mlflow_okr.multiplicity import cycle_moment
@@ -25,7 +25,6 @@ SUMMARY_COLUMNS = (
     "id", "status", "statement", "kr", "objective", "metric", "expect", "owner", "control_runs",
     "treatment_runs", "suggested_verdict", "p_value", "q_value", "resolved_at", "learning", "events",
 )
-RELATIVE_EXPECTATION = re.compile(r"^\s*([+-])\s*(\d+(?:\.\d+)?)\s*%\s*$")
 
 
 class Event(BaseModel):
@@ -116,9 +115,9 @@ def parse_expectation(text: str | float | None) -> Expectation | None:
     if text is None or (isinstance(text, str) and not text.strip()):
         return None
     raw = str(text).strip()
-    match = RELATIVE_EXPECTATION.match(raw)
-    if match:
-        value = float(match.group(2)) / 100 * (1 if match.group(1) == "+" else -1)
+    change = relative_change(raw)
+    if change is not None:
+        value = change
         relative = True
     else:
         try:
@@ -188,8 +187,8 @@ class Hypothesis(BaseModel):
     def arm_runs(self, arm: str) -> list[str]:
         return [item.run_id for item in self.evidence if item.arm == arm]
 
-    def summary(self) -> dict[str, Any]:
-        """One flat row for tables, CSV and JSON lists (the SUMMARY_COLUMNS)."""
+    def identity(self) -> dict[str, Any]:
+        """What it is, what it is about and how many runs back it: the start of every flat row."""
         return {
             "id": self.id,
             "status": self.status,
@@ -201,6 +200,12 @@ class Hypothesis(BaseModel):
             "owner": self.owner,
             "control_runs": len(self.arm_runs("control")),
             "treatment_runs": len(self.arm_runs("treatment")),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """One flat row for tables, CSV and JSON lists (the SUMMARY_COLUMNS)."""
+        return {
+            **self.identity(),
             "suggested_verdict": (self.evaluation or {}).get("suggested_verdict"),
             "p_value": self.verdict_p_value,
             "q_value": self.q_value,

@@ -74,8 +74,7 @@ def track_record(hypotheses: list[Hypothesis], cycle: str | None) -> TrackRecord
         tried=len(hypotheses),
         open=sum(h.is_open for h in hypotheses),
         validated_above_alpha=[
-            h.id for h in hypotheses
-            if h.status == "validated" and h.q_value is not None and h.q_value > multiplicity.ALPHA
+            h.id for h in hypotheses if multiplicity.doubtful(h.status, h.q_value)
         ],
         by_objective=_win_rates(hypotheses, lambda h: h.objective),
         by_owner=_win_rates(hypotheses, lambda h: h.owner),

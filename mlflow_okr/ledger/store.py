@@ -223,8 +223,13 @@ def unbacked_state_tags(tags: dict[str, str], expected: dict[str, str]) -> list[
 
 
 def run_link(experiment_id: str, run_id: str) -> str:
-    """A markdown link to a run in the MLflow UI (relative, so it works on any server)."""
-    return f"[{run_id}](#/experiments/{experiment_id}/runs/{run_id})"
+    """A markdown link to a run in the MLflow UI: the route the report and the KR runs use."""
+    return f"[{run_id}]({mlflow_ui.run_link(experiment_id, run_id)})"
+
+
+def legacy_description(text: str) -> str:
+    """`text` as mlflow-okr 0.1 wrote it: run links without the classic-view query."""
+    return text.replace(f"?{mlflow_ui.WORKFLOW_QUERY})", ")")
 
 
 def description(hypothesis: Hypothesis) -> str:

@@ -83,9 +83,9 @@ class Hypothesis(BaseModel):
     @property
     def doubtful(self) -> bool:
         """Validated, yet its q-value is above alpha: among the cycle's tests it may be a false discovery."""
-        from mlflow_okr.multiplicity import ALPHA
+        from mlflow_okr.multiplicity import doubtful
 
-        return self.status == "validated" and self.q_value is not None and self.q_value > ALPHA
+        return doubtful(self.status, self.q_value)
 
 
 class Report(BaseModel):
@@ -210,15 +210,10 @@ def history(client: MlflowClient, kr_run_id: str | None) -> list[HistoryPoint]:
     """The KR's recorded value and progress over time, from its okr.value/okr.progress metrics."""
     if not kr_run_id:
         return []
-    points: dict[int, HistoryPoint] = {}
-    for key, field in ((vocabulary.METRIC_VALUE, "value"), (vocabulary.METRIC_PROGRESS, "progress")):
-        for metric in client.get_metric_history(kr_run_id, key):
-            point = points.setdefault(
-                metric.timestamp,
-                HistoryPoint(time=dt.datetime.fromtimestamp(metric.timestamp / 1000, dt.timezone.utc)),
-            )
-            setattr(point, field, metric.value)
-    return [points[timestamp] for timestamp in sorted(points)]
+    return [
+        HistoryPoint(time=dt.datetime.fromtimestamp(timestamp / 1000, dt.timezone.utc), **fields)
+        for timestamp, fields in state.kr_history(client, kr_run_id).items()
+    ]
 
 
 def cycle_ledger(
@@ -265,22 +260,21 @@ def _number(value: Any) -> float | None:
         return None
 
 
+# What a report's hypothesis takes from the ledger's flat row as it is
+IDENTITY_FIELDS = ("id", "status", "statement", "kr", "objective", "control_runs", "treatment_runs")
+
+
 def _from_ledger(hypothesis: Any, experiment_id: str, ui_url: str | None) -> Hypothesis:
     """A hypothesis as the ledger's own API replays it from its events."""
     evaluation = hypothesis.evaluation or {}
     run_id = hypothesis.run_id or ""
+    row = hypothesis.identity()
     return Hypothesis(
-        id=hypothesis.id,
-        status=hypothesis.status,
-        statement=hypothesis.statement,
+        **{key: row[key] for key in IDENTITY_FIELDS},
         learnings=hypothesis.learning,
-        kr=hypothesis.kr,
-        objective=hypothesis.objective,
-        metric=hypothesis.metric or evaluation.get("metric"),
+        metric=row["metric"] or evaluation.get("metric"),
         resolved_at=_utc_from_ms(hypothesis.resolved_at),
         effect_size=_number(evaluation.get("effect")),
-        control_runs=len(hypothesis.arm_runs("control")),
-        treatment_runs=len(hypothesis.arm_runs("treatment")),
         relative_effect=_number(evaluation.get("relative_effect")),
         p_value=_number(evaluation.get("p_value")),
         q_value=hypothesis.q_value,
