@@ -345,7 +345,8 @@ def test_a_server_keeps_every_set_and_the_roll_up_current(tmp_path, deployment):
 
 def test_the_ledger_narrows_to_a_teams_hypotheses(client, runner, write_spec):
     assert apply(runner, write_spec, team_spec("team-a", "reco", "ctr", "ctr"), "a.yaml").exit_code == 0
-    assert apply(runner, write_spec, team_spec("team-b", "fraud", "recall", "recall"), "b.yaml").exit_code == 0
+    team_b = team_spec("team-b", "fraud", "recall", "recall")
+    assert apply(runner, write_spec, team_b, "b.yaml").exit_code == 0
     for hypothesis, kr in (("wider", "ctr"), ("rules", "recall")):
         result = invoke(runner, "ledger", "add", f"{hypothesis} helps", "--id", hypothesis, "--kr", kr)
         assert result.exit_code == 0, result.output
