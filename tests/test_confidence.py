@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from scipy import stats
@@ -103,3 +104,14 @@ def test_status_shows_confidence_in_json_and_table(client, history, runner) -> N
     table = invoke(runner, *args).output
     assert f"  ctr: {expected.probability:.0%} (projects 0.0866 ± " in table
     assert "  latency: — (fewer than 3 recorded values)" in table
+
+
+def test_the_board_shows_the_same_confidence(client, history) -> None:
+    from mlflow_okr.board.data import board_state
+
+    board = board_state(client.tracking_uri, None, now=NOW)
+    ctr = board["status"]["objectives"][0]["key_results"][0]
+    assert ctr["id"] == "ctr"
+    assert ctr["confidence"] == trend_confidence(CTR_POINTS, END_DAY, 0.08, "maximize").model_dump()
+    page = (Path(__file__).resolve().parents[1] / "mlflow_okr" / "board" / "page.html").read_text()
+    assert 'percent(kr.confidence.probability) + " to reach it"' in page

@@ -15,7 +15,7 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import api, state, traces, vocabulary
+from mlflow_okr import practice, state, traces, vocabulary
 from mlflow_okr.report.model import run_url
 from mlflow_okr.results import CycleStatus, KeyResultStatus
 from mlflow_okr.spec import KeyResult
@@ -39,7 +39,7 @@ def cycle_status(
     team: str | None = None,
 ) -> CycleStatus:
     """Exactly what `mlflow-okr status` reports for the same store, cycle, moment and team."""
-    return api.status(tracking_uri=tracking_uri, cycle=cycle, now=now, team=team)
+    return practice.annotated_status(tracking_uri=tracking_uri, cycle=cycle, now=now, team=team)
 
 
 def status_json(status: CycleStatus) -> dict[str, Any]:
