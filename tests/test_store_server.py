@@ -14,7 +14,7 @@ from mlflow.store.tracking.rest_store import RestStore
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service.utils import _get_store
 
-from mlflow_okr import vocabulary
+from mlflow_okr import compat, vocabulary
 from mlflow_okr.store import OkrHooks
 from mlflow_okr.sync import sync
 from tests.live_fixtures import CYCLE, EXPERIMENT, kr_run, publish
@@ -92,6 +92,10 @@ def test_okr_http_hooks_client_side_against_a_plain_server(tmp_path: Path) -> No
         try:
             store = _get_store()
             assert isinstance(store, RestStore) and isinstance(store, OkrHooks)
+            # The server-checked properties of a REST store ask the server: the same answers.
+            plain = compat.tracking_store_builder(server.url)(store_uri=server.url)
+            for name in ("supports_workspaces", "supports_trace_archival"):
+                assert getattr(store, name) == getattr(plain, name), name
             runs = _log_three_runs()
         finally:
             mlflow.set_tracking_uri(None)
