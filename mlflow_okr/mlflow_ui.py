@@ -155,8 +155,10 @@ def cycle_board_markdown(
     order = list(STATUS_MARKS)
     ranked = sorted(counts.items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order))
     summary = " · ".join(f"{count} {status_mark(name)}" for name, count in ranked)
+    team = f" · team {escape(published.team)}" if published.team else ""
+    aligns_to = {objective.id: objective.aligns_to for objective in published.spec.objectives}
     lines = [
-        f"# OKRs {escape(cycle.name)}: grade {status.score:.2f}",
+        f"# OKRs {escape(cycle.name)}{team}: grade {status.score:.2f}",
         "",
         f"{cycle.start} to {cycle.end}, {percent(cycle.elapsed)} of the cycle elapsed; "
         "0\\.7 is the conventional success grade\\. Kept current by mlflow\\-okr\\.",
@@ -169,6 +171,8 @@ def cycle_board_markdown(
         if objective_run:
             heading = _link(heading, run_link(published.experiment_id, objective_run))
         owner = f" · owner {escape(objective.owner)}" if objective.owner else ""
+        # Scores roll up when read (`mlflow-okr status`); here each set shows its own KRs.
+        owner += "".join(f" · serves {code(parent)}" for parent in aligns_to.get(objective.id, []))
         lines += [
             "",
             f"## {heading}",

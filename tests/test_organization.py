@@ -70,6 +70,8 @@ def test_a_second_teams_apply_keeps_the_first_teams_okrs(client, runner, write_s
     assert [o["id"] for o in narrowed["objectives"]] == ["fraud"]
     table = invoke(runner, "status", *AS_OF).output
     assert "[team team-a]" in table and "[team team-b]" in table
+    description = client.get_experiment_by_name("okr/2026-Q4/team-b").tags["mlflow.note.content"]
+    assert description.startswith("# OKRs 2026\\-Q4 · team team\\-b: grade")
 
 
 def test_a_kr_id_another_team_uses_is_refused_with_the_line(client, runner, write_spec):
@@ -145,6 +147,8 @@ def test_a_company_objective_rolls_up_its_teams_scores(client, runner, write_spe
     # (0.2 x 1 + 0.5 x 2 + 0.75 x 1) / 4
     assert grow["score"] == pytest.approx((0.2 + 2 * reco["score"] + fraud["score"]) / 4, abs=1e-15)
     assert grow["aligned_children"] == ["2026-Q4:team-a/reco", "2026-Q4:team-b/fraud"]
+    description = client.get_experiment_by_name("okr/2026-Q4/team-b").tags["mlflow.note.content"]
+    assert "· serves `2026:grow`" in description
     table = invoke(runner, "status", *AS_OF).output
     assert "  2026:grow  0.49\n    2026-Q4:team-a/reco  0.50\n    2026-Q4:team-b/fraud  0.75" in table
     assert not sync(client, check=True, now=dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)).drifted
