@@ -9,8 +9,10 @@ Inside a SQL store the counts come from one aggregate (SQLAlchemy Core over MLfl
 bound parameters only) grouped by `okr.krs` value, user and experiment; the groups are few, and
 each KR, objective, owner or team adds up the groups that name one of its KRs, so a run that
 counts for two KRs of an owner is counted once. The improving runs of a metric KR are read with
-one lean query per KR (its counted runs' start time and value). Elsewhere (`okr+http(s)`) one
-`search_runs` pass gives the same groups and values, so the server's auth decides what is read.
+one lean query per KR (its counted runs' start time and value); for a `best`, `min` or `max` KR a
+window function keeps only the runs that beat every earlier one, the only ones that can have
+raised it (SQLite >= 3.25, PostgreSQL, MySQL 8). Elsewhere (`okr+http(s)`) one `search_runs` pass
+gives the same groups and every counted run, so the server's auth decides what is read.
 
 A run *improves* its KR when, taking the counted runs in start order (run id breaking ties), the
 engine's tally of the runs so far has more progress with it than without it.
@@ -58,19 +60,33 @@ class CountedRun:
 
 @dataclass
 class EffortFacts:
-    """What effort is computed from: the run groups, and the counted runs of each metric KR."""
+    """What effort is computed from: the run groups, and the counted runs of each metric KR that
+    may have improved it (`candidates`, by run-tag id).
+
+    For a KR whose value is an extreme of its runs (`best`, `min`, `max`) only a run that beat every
+    earlier one can have raised it, so a SQL store returns just those; other aggregates move with
+    every run, so every counted run is a candidate. `improving_runs` decides among them.
+    """
 
     groups: list[RunGroup] = field(default_factory=list)
-    counted: dict[str, list[CountedRun]] = field(default_factory=dict)  # by run-tag id
+    candidates: dict[str, list[CountedRun]] = field(default_factory=dict)
     experiment_names: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class MetricKr:
-    """A metric KR whose improving runs are counted: its run-tag id, metric and rule."""
+    """A metric KR whose improving runs are counted: its run-tag id, its definition and direction."""
 
     tag_id: str
     kr: KeyResult
+    direction: str | None = None
+
+    @property
+    def extreme(self) -> str | None:
+        """`max` or `min` when the KR's value is the highest or lowest of its runs, else None."""
+        if self.kr.aggregate == "best" and self.direction is not None:
+            return "max" if self.direction == "maximize" else "min"
+        return self.kr.aggregate if self.kr.aggregate in ("max", "min") else None
 
 
 def _krs_of(text: str | None) -> frozenset[str]:
@@ -127,15 +143,31 @@ def _sql_facts(store: Any, cycle: Cycle, now_ms: int, metric_krs: list[MetricKr]
             value = and_(
                 SqlLatestMetric.run_uuid == SqlRun.run_uuid, SqlLatestMetric.key == metric_kr.kr.metric
             )
+            columns = [SqlRun.run_uuid, SqlRun.start_time, SqlLatestMetric.value, SqlLatestMetric.is_nan]
+            if metric_kr.extreme is not None:
+                # The extreme of the runs that started before each one (start time, then run id).
+                extreme = func.max if metric_kr.extreme == "max" else func.min
+                earlier = extreme(SqlLatestMetric.value).over(
+                    order_by=(SqlRun.start_time, SqlRun.run_uuid), rows=(None, -1)
+                )
+                columns.append(earlier.label("earlier"))
             query = (
-                select(SqlRun.run_uuid, SqlRun.start_time, SqlLatestMetric.value, SqlLatestMetric.is_nan)
+                select(*columns)
                 .select_from(SqlRun)
                 .join(SqlExperiment, SqlExperiment.experiment_id == SqlRun.experiment_id)
                 .join(SqlTag, verdict)
                 .join(SqlLatestMetric, value)
                 .where(*in_cycle)
             )
-            facts.counted[metric_kr.tag_id] = [
+            if metric_kr.extreme is not None:
+                ranked = query.subquery()
+                beats = ranked.c.value > ranked.c.earlier if metric_kr.extreme == "max" else (
+                    ranked.c.value < ranked.c.earlier
+                )
+                query = select(ranked.c.run_uuid, ranked.c.start_time, ranked.c.value, ranked.c.is_nan).where(
+                    ranked.c.earlier.is_(None) | beats
+                )
+            facts.candidates[metric_kr.tag_id] = [
                 CountedRun(run_id, start_time or 0, float("nan") if is_nan else value)
                 for run_id, start_time, value, is_nan in session.execute(query)
             ]
@@ -162,7 +194,7 @@ def _search_facts(client: MlflowClient, cycle: Cycle, now_ms: int, metric_krs: l
         RunGroup(krs, user, experiment_id, int(runs), duration)
         for (krs, user, experiment_id), (runs, duration) in totals.items()
     ]
-    facts.counted = counted
+    facts.candidates = counted
     return facts
 
 
@@ -266,13 +298,13 @@ def with_effort(
     spec_of = {kr.id: published.spec for published in sets for _, kr in published.spec.key_results()}
     tag_ids = {kr_id: spec.run_tag_id(kr_id) for kr_id, spec in spec_of.items()}
     metric_krs = [
-        MetricKr(tag_ids[kr.id], spec_of[kr.id].find_key_result(kr.id))
+        MetricKr(tag_ids[kr.id], spec_of[kr.id].find_key_result(kr.id), kr.direction)
         for kr in status.key_results()
         if kr.kind == "metric" and kr.id in spec_of
     ]
     facts = read_effort_facts(client, sets[0].cycle, now, metric_krs)
     improving = {
-        item.tag_id: improving_runs(item.kr, status.find(item.kr.id), facts.counted[item.tag_id])
+        item.tag_id: improving_runs(item.kr, status.find(item.kr.id), facts.candidates[item.tag_id])
         for item in metric_krs
     }
     counter = EffortCounter(facts, improving)

@@ -195,14 +195,15 @@ def _moved(
     for kr in status.key_results():
         owner = next((s for s in published if s.spec.find_key_result(kr.id)), None)
         if owner is not None and kr.kind == "metric":
-            metric_krs.append(MetricKr(owner.spec.run_tag_id(kr.id), owner.spec.find_key_result(kr.id)))
+            spec_kr = owner.spec.find_key_result(kr.id)
+            metric_krs.append(MetricKr(owner.spec.run_tag_id(kr.id), spec_kr, kr.direction))
     if not metric_krs:
         return {}
     facts = read_effort_facts(client, published[0].cycle, until, metric_krs)
     moved = {}
     for item in metric_krs:
-        starts = {run.run_id: run.start_time for run in facts.counted[item.tag_id]}
-        improving = improving_runs(item.kr, status.find(item.kr.id), facts.counted[item.tag_id])
+        starts = {run.run_id: run.start_time for run in facts.candidates[item.tag_id]}
+        improving = improving_runs(item.kr, status.find(item.kr.id), facts.candidates[item.tag_id])
         moved[item.kr.id] = [r for r in improving if _ms(since) < starts[r] <= _ms(until)]
     return moved
 

@@ -112,7 +112,10 @@ def test_effort_equals_a_hand_count(client, store) -> None:
 def test_search_runs_reads_the_same_facts_as_sql(client, store) -> None:
     published = practice.effort_status(tracking_uri=client.tracking_uri, now=NOW)
     spec = parse_spec(SPEC)
-    metric_krs = [effort.MetricKr(kr.id, kr) for _, kr in spec.key_results() if kr.kind == "metric"]
+    directions = {"ctr": "maximize", "latency": "minimize"}
+    metric_krs = [
+        effort.MetricKr(kr.id, kr, directions[kr.id]) for _, kr in spec.key_results() if kr.kind == "metric"
+    ]
     cycle = parse_cycle("2026-Q4")
     now_ms = int(NOW.timestamp() * 1000)
     from mlflow_okr import compat
@@ -121,13 +124,19 @@ def test_search_runs_reads_the_same_facts_as_sql(client, store) -> None:
     by_search = effort._search_facts(client, cycle, now_ms, metric_krs)
     key = lambda g: (sorted(g.krs), g.user, g.experiment_id)  # noqa: E731
     assert sorted(by_sql.groups, key=key) == sorted(by_search.groups, key=key)
-    for tag_id in ("ctr", "latency"):
-        assert sorted(by_sql.counted[tag_id], key=lambda r: r.run_id) == sorted(
-            by_search.counted[tag_id], key=lambda r: r.run_id
-        )
-    assert [store["r1"], store["r3"]] == effort.improving_runs(
-        spec.find_key_result("ctr"), published.find("ctr"), by_search.counted["ctr"]
-    )
+    # search_runs reads every counted run; SQL only those that beat every earlier one (r2 did not).
+    assert {run.run_id for run in by_search.candidates["ctr"]} == {store["r1"], store["r2"], store["r3"]}
+    assert {run.run_id for run in by_sql.candidates["ctr"]} == {store["r1"], store["r3"]}
+    for kr_id in ("ctr", "latency"):
+        improving = [
+            effort.improving_runs(spec.find_key_result(kr_id), published.find(kr_id), facts.candidates[kr_id])
+            for facts in (by_sql, by_search)
+        ]
+        assert improving[0] == improving[1]
+    assert improving[0] == [store["s1"]]
+    assert effort.improving_runs(
+        spec.find_key_result("ctr"), published.find("ctr"), by_search.candidates["ctr"]
+    ) == [store["r1"], store["r3"]]
 
 
 def test_status_effort_json_csv_and_table(client, store, runner) -> None:
