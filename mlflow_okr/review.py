@@ -55,6 +55,15 @@ class MovedRun(BaseModel):
     url: str | None = None
 
 
+class CheckinNote(BaseModel):
+    """A manual KR's check-in made in the window."""
+
+    value: float
+    who: str | None = None
+    when: dt.datetime
+    note: str | None = None
+
+
 class KeyResultReview(BaseModel):
     id: str
     title: str | None = None
@@ -74,6 +83,7 @@ class KeyResultReview(BaseModel):
     below_line: bool
     expected_progress: float
     confidence: Confidence | None = optional_field("Chance of reaching the target by the cycle's end.")
+    checkin: CheckinNote | None = optional_field("A manual KR's check-in in the window.")
 
     model_config = {"populate_by_name": True}
 
@@ -219,6 +229,22 @@ def _moved_runs(client: MlflowClient, run_ids: list[str], ui_url: str | None) ->
     return shown
 
 
+def _checkin(
+    client: MlflowClient, kr: KeyResultStatus, since: dt.datetime, until: dt.datetime
+) -> CheckinNote | None:
+    """The manual KR's latest check-in (the KR run's okr.checkin tag), if it was made in the window."""
+    if kr.kind != "manual" or kr.run_id is None:
+        return None
+    record = vocabulary.read_checkin(client.get_run(kr.run_id).data.tags.get(vocabulary.TAG_CHECKIN))
+    try:
+        when = as_utc(dt.datetime.fromisoformat(str(record["when"]))) if record else None
+    except ValueError:
+        return None  # a hand-edited tag: `sync` and the next check-in deal with it
+    if when is None or not since < when <= until:
+        return None
+    return CheckinNote(value=record["value"], who=record.get("who"), when=when, note=record.get("note"))
+
+
 def _hypotheses(client: MlflowClient, since: dt.datetime, until: dt.datetime) -> list[HypothesisEvent]:
     from mlflow_okr.ledger import store as ledger_store
 
@@ -271,6 +297,7 @@ def build_review(
                 below_line=current not in ("achieved", "met") and (progress_after or 0.0) < expected,
                 expected_progress=expected,
                 confidence=(confidences or {}).get(kr.id),
+                checkin=_checkin(client, kr, since, until),
             ))
     return Review(
         cycle=status.cycle.name, since=since, until=until, has_history=any_history,

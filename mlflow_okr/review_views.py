@@ -26,6 +26,10 @@ def _flags(kr: KeyResultReview) -> list[str]:
         flags.append(f"below the line (expected {kr.expected_progress:.0%}, has {(kr.progress_to or 0):.0%})")
     if kr.confidence is not None:
         flags.append(f"confidence {kr.confidence.probability:.0%}")
+    if kr.checkin is not None:
+        who = f" by {kr.checkin.who}" if kr.checkin.who else ""
+        note = f": {kr.checkin.note}" if kr.checkin.note else ""
+        flags.append(f"checked in {kr.checkin.value:g}{who} on {kr.checkin.when:%Y-%m-%d}{note}")
     return flags
 
 

@@ -83,6 +83,10 @@ def week(client):
     )
     log_history(client, krs["latency"], [(at(10, 5), 85.0, 0.3), (at(11, 13), 80.0, 0.4)])
     log_history(client, krs["recall"], [(at(10, 10), 0.6, 0.2)])
+    # A check-in on Nov 10, recorded as `mlflow-okr checkin` records it (its value is not synced here).
+    record = {"kr": "on-call", "value": 0.5, "who": "platform-lead", "when": "2026-11-10T09:00:00+00:00",
+              "note": "pager rota drafted", "count": 1}
+    client.set_tag(krs["on-call"], vocabulary.TAG_CHECKIN, vocabulary.checkin_text(record))
     return runs
 
 
@@ -111,6 +115,11 @@ def test_the_review_of_a_known_week_lists_exactly_its_changes(client, week) -> N
     assert recall.expected_progress == 0.7 * Q4.elapsed(NOW)
 
     on_call = krs["on-call"]
+    assert on_call.checkin.model_dump() == {
+        "value": 0.5, "who": "platform-lead", "when": dt.datetime(2026, 11, 10, 9, tzinfo=dt.timezone.utc),
+        "note": "pager rota drafted",
+    }
+    assert all(kr.checkin is None for kr in review.key_results if kr.id != "on-call")
     assert (on_call.from_value, on_call.to_value, on_call.stale) == (None, None, True)
     assert on_call.status == "not-started"
 
@@ -134,6 +143,7 @@ def test_review_json_markdown_and_html(client, week, runner) -> None:
     assert "| `recall` | at-risk | 0.6 (unchanged) | — | stale; below the line (expected 34%, has 20%) |" in (
         markdown.output
     )
+    assert "checked in 0.5 by platform-lead on 2026-11-10: pager rota drafted" in markdown.output
     page = invoke(runner, *args, "--format", "html")
     assert page.output.startswith("<!doctype html>") and "<td><code>ctr</code>" in page.output
 
