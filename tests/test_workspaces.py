@@ -156,6 +156,16 @@ def test_each_workspace_keeps_its_own_okrs(backend: str, tmp_path: Path) -> None
             assert _status_current(linked.text, "acc") == value
         assert requests.get(f"{server.url}/okr/api/status?workspace=nobody", timeout=30).status_code == 404
 
+    # `sync --check` straight on the database, per workspace, as an operator runs it: no drift.
+    for name in WORKSPACES:
+        result = runner.invoke(
+            cli,
+            ["sync", "--check", "--cycle", CYCLE, "--tracking-uri", backend],
+            env={"MLFLOW_WORKSPACE": name, "MLFLOW_ENABLE_WORKSPACES": "true"},
+            catch_exceptions=False,
+        )
+        assert result.exit_code == 0, result.output
+
 
 def test_lean_reads_keep_to_the_writers_workspace(
     sqlite_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
