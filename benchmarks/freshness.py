@@ -256,7 +256,7 @@ def stored_value(reader: Any, kr_run_id: str) -> float | None:
     return reader.get_run(kr_run_id).data.metrics.get(VALUE_METRIC)
 
 
-def watch(child: Child, reader: Any, kr_run_id: str, timeout: float) -> list[float]:
+def watch(child: Child, reader: Any, kr_run_id: str, timeout: float, kr_id: str = KR_ID) -> list[float]:
     """Poll okr.value until it shows the last value `child` logged; per logged value, its freshness."""
     observations: list[tuple[float, float | None]] = []
     while True:
@@ -270,11 +270,11 @@ def watch(child: Child, reader: Any, kr_run_id: str, timeout: float) -> list[flo
             break
         if records and time.time() - records[-1]["at"] > timeout:
             run_ids = [message["run_id"] for message in messages if "run_id" in message]
-            verdict = reader.get_run(run_ids[0]).data.tags.get(f"okr.kr.{KR_ID}") if run_ids else None
+            verdict = reader.get_run(run_ids[0]).data.tags.get(f"okr.kr.{kr_id}") if run_ids else None
             raise BenchmarkError(
-                f"KR {KR_ID!r} never showed {VALUE_METRIC} >= {records[-1]['value']!r}: "
+                f"KR {kr_id!r} never showed {VALUE_METRIC} >= {records[-1]['value']!r}: "
                 f"{timeout:.0f} s after the log_metric call returned, the stored value is {value!r} "
-                f"and the logging run's okr.kr.{KR_ID} tag is {verdict!r}. "
+                f"and the logging run's okr.kr.{kr_id} tag is {verdict!r}. "
                 f"The measuring process's stderr ends:\n{child.stderr_tail()}"
             )
         if not done:
@@ -290,11 +290,11 @@ def watch(child: Child, reader: Any, kr_run_id: str, timeout: float) -> list[flo
 def log_and_watch(
     target: dict[str, Any], values: list[float], interval: float, timeout: float
 ) -> list[float]:
-    """A fresh okr+ process logs `values`; return each one's freshness."""
+    """A fresh okr+ process logs `values`; return each one's freshness (of `target`'s KR, default KR_ID)."""
     params = {"mode": "log", "experiment_id": target["experiment_id"], "start_ms": target["start_ms"],
               "values": values, "interval": interval}
     with Child(params, "okr+" + target["uri"], target["workdir"]) as process:
-        return watch(process, target["reader"], target["kr_run_id"], timeout)
+        return watch(process, target["reader"], target["kr_run_id"], timeout, target.get("kr_id", KR_ID))
 
 
 def compare_in_child(target: dict[str, Any], run_ends: int, calls: int, timeout: float) -> dict[str, Any]:
@@ -328,13 +328,13 @@ def recompute(uri: str) -> Any:
     return api.sync(**sync_options(uri, check=True))
 
 
-def kr_run_id(reader: Any) -> str:
-    experiment = reader.get_experiment_by_name(f"okr/{CYCLE}")
+def kr_run_id(reader: Any, experiment_name: str = f"okr/{CYCLE}", kr_id: str = KR_ID) -> str:
+    experiment = reader.get_experiment_by_name(experiment_name)
     runs = [] if experiment is None else reader.search_runs(
-        [experiment.experiment_id], filter_string=f"tags.\"{KR_ID_TAG}\" = '{KR_ID}'"
+        [experiment.experiment_id], filter_string=f"tags.\"{KR_ID_TAG}\" = '{kr_id}'"
     )
     if len(runs) != 1:
-        raise BenchmarkError(f"expected one KR run for {KR_ID!r} in okr/{CYCLE}, found {len(runs)}")
+        raise BenchmarkError(f"expected one KR run for {kr_id!r} in {experiment_name}, found {len(runs)}")
     return runs[0].info.run_id
 
 

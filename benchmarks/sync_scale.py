@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import random
 import tempfile
 import time
 import tracemalloc
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -197,9 +198,10 @@ def peak_memory(work: Callable[[], Any]) -> int:
 
 
 def prepare(
-    directory: Path, runs: int, experiments: int, tracking_uri: str | None = None, tag_runs: bool = False
+    directory: Path, runs: int, experiments: int, tracking_uri: str | None = None, tag_runs: bool = False,
+    specs: Sequence[str] = (SPEC,),
 ) -> tuple[str, list[str], float]:
-    """A store with `runs` runs and the spec applied (not yet synced); return uri, ids, build time.
+    """A store with `runs` runs and `specs` applied (not yet synced); return uri, ids, build time.
 
     The store is `directory/mlflow.db` on SQLite unless `tracking_uri` names another database
     (an empty one, or one with MLflow's schema and no experiments yet). With `tag_runs`, the
@@ -210,8 +212,9 @@ def prepare(
     tracking_uri = tracking_uri or f"sqlite:///{directory / 'mlflow.db'}"
     started = time.perf_counter()
     experiment_ids = create_runs(tracking_uri, runs, experiments)
-    spec = mlflow_okr.parse_spec(SPEC, "benchmark okrs.yaml")
-    mlflow_okr.apply_spec(spec, tracking_uri=tracking_uri, sync_after=False)
+    for text in specs:
+        spec = mlflow_okr.parse_spec(text, "benchmark okrs.yaml")
+        mlflow_okr.apply_spec(spec, tracking_uri=tracking_uri, sync_after=False)
     if tag_runs:
         tag_in_bulk(tracking_uri)
     built = time.perf_counter() - started
@@ -223,8 +226,10 @@ def tag_in_bulk(tracking_uri: str) -> int:
 
     The first sync writes them with one MLflow `log_batch` per run (27x a plain pass at 10,000
     runs, most of an hour at 100,000): a one-time cost that the steady-state figures do not
-    measure. The tags come from the same plan as sync's (`scope.plan_run_tags`), so a sync
-    afterwards finds no run tag to repair.
+    measure. The tags come from the same plan as sync's (`scope.plan_run_tags`), one published
+    set after the other, so a sync afterwards finds no run tag to repair. A run that several sets
+    count (a team's quarter and the company's year) lists all their KRs in okr.krs, as sync
+    leaves it, and keeps the first set's okr.cycle (sync does not rewrite okr.cycle alone).
     """
     import sqlalchemy
     from mlflow.store.tracking.dbmodels.models import SqlTag
@@ -235,17 +240,25 @@ def tag_in_bulk(tracking_uri: str) -> int:
     from mlflow_okr.scope import plan_run_tags
 
     client = MlflowClient(tracking_uri)
-    spec = state.load_published(client, CYCLE).spec
-    rows: list[dict[str, str]] = []
+    tags_by_run: dict[str, dict[str, str]] = {}
 
-    def collect(run: Any, verdicts: dict) -> None:
+    def collect(spec: Any, run: Any, verdicts: dict) -> None:
         plan = plan_run_tags(spec, run, verdicts)
-        tags = dict(plan.changed)
+        if not plan.changed:
+            return
+        tags = tags_by_run.setdefault(run.info.run_id, {})
+        listed = {kr for text in (tags.get(vocabulary.TAG_KRS), plan.changed.get(vocabulary.TAG_KRS))
+                  if text for kr in text.split(",")}
+        tags.update(plan.changed)
+        if listed:
+            tags[vocabulary.TAG_KRS] = ",".join(sorted(listed))
         if plan.desired.get(vocabulary.TAG_CYCLE):
-            tags[vocabulary.TAG_CYCLE] = plan.desired[vocabulary.TAG_CYCLE]
-        rows.extend({"key": k, "value": v, "run_uuid": run.info.run_id} for k, v in tags.items())
+            tags.setdefault(vocabulary.TAG_CYCLE, plan.desired[vocabulary.TAG_CYCLE])
 
-    compute_key_results(client, spec, on_run=collect)
+    for published in state.published_sets(client):
+        compute_key_results(client, published.spec, on_run=functools.partial(collect, published.spec))
+    rows = [{"key": k, "value": v, "run_uuid": run_id} for run_id, tags in tags_by_run.items()
+            for k, v in tags.items()]
     engine = sqlalchemy.create_engine(tracking_uri)
     with engine.begin() as connection:
         for start in range(0, len(rows), INSERT_CHUNK):
