@@ -167,7 +167,8 @@ def check_directory(directory: Path, force: bool) -> None:
     if existing:
         raise InputError(
             f"{directory.resolve()} already has {' and '.join(existing)}; the demo never overwrites "
-            "data: pass --force to replace them, or choose another --dir"
+            "data: let it replace them, or choose another directory",
+            parameter="force",
         )
 
 

@@ -16,7 +16,15 @@ class SpecError(OkrError):
 
 
 class InputError(OkrError):
-    """A command got an argument it cannot use (unknown id, bad value)."""
+    """A command got an argument it cannot use (unknown id, bad value).
+
+    `parameter` names the function argument at fault (`expect`, `cycle`), so that the CLI can
+    name its option; the message itself names no command-line flag.
+    """
+
+    def __init__(self, message: str, parameter: str | None = None):
+        super().__init__(message)
+        self.parameter = parameter
 
 
 class NotPublishedError(InputError):

@@ -60,7 +60,8 @@ def next_cycle_after(cycle: Cycle) -> str:
     parts = cycle_name_parts(name)
     if parts is None:
         raise InputError(
-            f"cannot tell which cycle follows {name!r}; pass the next one with --cycle, e.g. --cycle 2027-Q1"
+            f"cannot tell which cycle follows {name!r}; name the next one, e.g. 2027-Q1",
+            parameter="cycle",
         )
     year, unit, number = parts
     if not unit:

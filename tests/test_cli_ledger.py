@@ -41,10 +41,12 @@ def test_add_prints_the_id_and_rejects_bad_input(runner, tracking_uri) -> None:
     assert add(runner, "Warm caches cut latency") == "warm-caches-cut-latency"
     duplicate = invoke(runner, "ledger", "add", "Again", "--id", "pools")
     assert duplicate.exit_code == 2
-    assert "Error: hypothesis 'pools' already exists" in duplicate.output
+    assert "Error: --id: hypothesis 'pools' already exists; pick another id" in duplicate.output
     bad_expect = invoke(runner, "ledger", "add", "X", "--expect", "lots")
     assert bad_expect.exit_code == 2
-    assert "Error: bad --expect 'lots': give a relative change such as +2%" in bad_expect.output
+    assert "Error: --expect: bad expected effect 'lots': give a relative change such as +2%" in (
+        bad_expect.output
+    )
     bad_id = invoke(runner, "ledger", "add", "X", "--id", "Not A Slug")
     assert bad_id.exit_code == 2 and "is not a valid id" in bad_id.output
     bad_tag = invoke(runner, "ledger", "add", "X", "--tag", "novalue")

@@ -246,7 +246,7 @@ def test_demo_refuses_a_users_own_okrs_yaml(tmp_path: Path):
 
 def test_force_allows_replacing_an_earlier_demo(tmp_path: Path):
     (tmp_path / "mlflow.db").write_bytes(b"")
-    with pytest.raises(demo.InputError, match="pass --force"):
+    with pytest.raises(demo.InputError, match="let it replace them, or choose another directory"):
         demo.check_directory(tmp_path, force=False)
     demo.check_directory(tmp_path, force=True)  # no error: --force replaces
     demo.check_directory(tmp_path / "new", force=False)  # a directory that does not exist yet is fine

@@ -141,7 +141,7 @@ def test_resolve_is_final_and_records_the_learning(client) -> None:
     with pytest.raises(InputError, match="unknown verdict"):
         resolve_hypothesis("pools", "maybe", "x")
     add_hypothesis("Other", hypothesis_id="other")
-    with pytest.raises(InputError, match="--note is required"):
+    with pytest.raises(InputError, match="a note is required"):
         resolve_hypothesis("other", "validated", "  ")
 
 

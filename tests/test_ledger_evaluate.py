@@ -117,7 +117,7 @@ def test_verdict_rules(low, high, expected, direction, verdict) -> None:
 
 @pytest.mark.parametrize("text", ["abc", "2%%", "+0%", "0", "nan", "+ %"])
 def test_bad_expectation_is_rejected(text: str) -> None:
-    with pytest.raises(InputError, match="bad --expect"):
+    with pytest.raises(InputError, match="bad expected effect"):
         parse_expectation(text)
 
 

@@ -63,8 +63,8 @@ def test_guardrails_parse(text, metric, upper, margin, relative) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("p99_ms<5%", "bad --guardrail 'p99_ms<5%': use METRIC<=CHANGE or METRIC>=CHANGE"),
-        ("<=+5%", "bad --guardrail '<=+5%'"),
+        ("p99_ms<5%", "bad guardrail 'p99_ms<5%': use METRIC<=CHANGE or METRIC>=CHANGE"),
+        ("<=+5%", "bad guardrail '<=+5%'"),
         ("p99_ms<=-5%", "the margin allows the metric to get worse, so it is +N with <="),
         ("acc>=+1%", "the margin allows the metric to get worse, so it is -N with >="),
     ],
@@ -177,9 +177,13 @@ def test_pairs_and_guardrails_through_mlflow_and_the_cli(client, runner) -> None
     assert (tags["okr.ledger.pair_by"], tags["okr.ledger.guardrails"]) == ("params.seed", "p99_ms<=+5%")
     bad = invoke(runner, "ledger", "add", "X", "--pair-by", "seed")
     assert bad.exit_code == 2
-    assert "Error: bad --pair-by 'seed': name a param or tag, e.g. params.seed or tags.split" in bad.output
+    assert (
+        "Error: --pair-by: bad pairing key 'seed': name a param or tag, e.g. params.seed or tags.split"
+        in bad.output
+    )
     bad_guardrail = invoke(runner, "ledger", "add", "X", "--guardrail", "p99_ms=5")
-    assert bad_guardrail.exit_code == 2 and "Error: bad --guardrail 'p99_ms=5'" in bad_guardrail.output
+    assert bad_guardrail.exit_code == 2
+    assert "Error: --guardrail: bad guardrail 'p99_ms=5'" in bad_guardrail.output
 
 
 def test_from_the_second_look_a_guardrail_is_judged_on_the_confidence_sequence() -> None:

@@ -249,14 +249,15 @@ def test_plan_gives_the_smallest_number_of_runs_with_the_power(client, runner) -
         "  effect      +0.05\n" in table.output and "  have        5 control, 0 treatment\n" in table.output
     )
     bad = invoke(runner, "ledger", "plan", "pools", "--power", "1.5")
-    assert bad.exit_code == 2 and "Error: --power 1.5 must be above --alpha (0.05) and below 1" in bad.output
+    assert bad.exit_code == 2
+    assert "Error: --power: power 1.5 must be above alpha (0.05) and below 1" in bad.output
     add_hypothesis("No spread yet", hypothesis_id="empty", metric="ctr", expect="+2%")
     with pytest.raises(
         InputError, match="no spread of ctr to plan from: hypothesis 'empty' has 0 control run"
     ):
         plan_hypothesis("empty")
     add_hypothesis("No expectation", hypothesis_id="vague", metric="ctr")
-    with pytest.raises(InputError, match="has no expected effect; give one, e.g. --expect"):
+    with pytest.raises(InputError, match="has no expected effect; give one, e.g. \\+2%"):
         plan_hypothesis("vague")
 
 

@@ -71,7 +71,7 @@ def test_next_cycle_after(cycle: str, following: str) -> None:
 
 def test_next_cycle_of_a_custom_cycle_needs_a_name() -> None:
     custom = Cycle(name="autumn", start=dt.date(2026, 9, 1), end=dt.date(2026, 11, 30))
-    with pytest.raises(InputError, match="pass the next one with --cycle"):
+    with pytest.raises(InputError, match="which cycle follows 'autumn'; name the next one, e.g. 2027-Q1"):
         next_cycle_after(custom)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from mlflow_okr.errors import CheckFailed, OkrError, SpecError
+from mlflow_okr.errors import CheckFailed, InputError, OkrError, SpecError
 from mlflow_okr.vocabulary import has_okr_scheme
 
 EXIT_CHECK_FAILED = 1
@@ -37,6 +37,8 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise CommandError("\n".join(exc.problems)) from None
         except CheckFailed as exc:
             raise CommandError(str(exc), EXIT_CHECK_FAILED) from None
+        except InputError as exc:
+            raise CommandError(_naming_the_option(exc)) from None
         except OkrError as exc:
             raise CommandError(str(exc)) from None
         except Exception as exc:
@@ -48,6 +50,16 @@ def handle_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise
 
     return wrapper
+
+
+def _naming_the_option(error: InputError) -> str:
+    """The library's message, led by the option of the current command that takes its parameter."""
+    context = click.get_current_context(silent=True)
+    if error.parameter and context is not None:
+        for param in context.command.params:
+            if param.name == error.parameter and isinstance(param, click.Option):
+                return f"{max(param.opts, key=len)}: {error}"
+    return str(error)
 
 
 def _checked_tracking_uri(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:

@@ -93,14 +93,24 @@ def add_hypothesis(
     if len(statement) > MAX_STATEMENT:
         raise InputError(f"the statement is {len(statement)} characters; keep it under {MAX_STATEMENT}")
     if hypothesis_id is not None and not re.match(SLUG_PATTERN, hypothesis_id):
-        raise InputError(f"--id {hypothesis_id!r} is not a valid id: use lowercase letters, digits and '-'")
+        raise InputError(
+            f"{hypothesis_id!r} is not a valid id: use lowercase letters, digits and '-'",
+            parameter="hypothesis_id",
+        )
     expectation = parse_expectation(expect)
     if pair_by is not None and (not evidence.PAIR_BY.match(pair_by.strip()) or not pair_by.strip()):
-        raise InputError(f"bad --pair-by {pair_by!r}: name a param or tag, e.g. params.seed or tags.split")
+        raise InputError(
+            f"bad pairing key {pair_by!r}: name a param or tag, e.g. params.seed or tags.split",
+            parameter="pair_by",
+        )
     guardrail_texts = [parse_guardrail(text).text for text in guardrails]
     for key in tags or {}:
         if not key or key.startswith(vocabulary.RESERVED_TAG_PREFIXES):
-            raise InputError(f"--tag {key!r}: tag keys must be non-empty and not start with okr. or mlflow.")
+            raise InputError(
+                f"tag {key!r}: tag keys must be non-empty and not start with "
+                f"{' or '.join(vocabulary.RESERVED_TAG_PREFIXES)}",
+                parameter="tags",
+            )
     client = state.make_client(tracking_uri)
     objective = _checked_links(client, kr, objective)
     changes = {
@@ -443,10 +453,14 @@ def plan_hypothesis(
     kr = _linked_kr(client, hypothesis)
     metric = hypothesis.metric or (kr.metric if kr else None)
     if metric is None:
-        raise InputError(f"hypothesis {hypothesis.id!r} has no metric: it needs --metric or a metric KR")
+        raise InputError(
+            f"hypothesis {hypothesis.id!r} has no metric: it needs a metric of its own or a metric KR"
+        )
     expectation = parse_expectation(expect if expect is not None else hypothesis.expect)
     if expectation is None:
-        raise InputError(f"hypothesis {hypothesis.id!r} has no expected effect; give one, e.g. --expect +2%")
+        raise InputError(
+            f"hypothesis {hypothesis.id!r} has no expected effect; give one, e.g. +2%", parameter="expect"
+        )
     usable = evidence.usable_runs(client, hypothesis)
     values = evidence.arm_values(usable, metric)
     control = values["control"]
@@ -469,7 +483,7 @@ def plan_hypothesis(
     effect = expectation.absolute(reference)
     if effect is None:
         raise InputError(f"the expected effect {expectation.text} is relative to a zero or unknown mean; "
-                         "give an absolute --expect in metric units")
+                         "give an absolute one in metric units", parameter="expect")
     have_pairs = None
     if hypothesis.pair_by:
         pairs, _ = evidence.pairs(usable, metric, hypothesis.pair_by)
@@ -505,7 +519,9 @@ def resolve_hypothesis(
         raise InputError(f"unknown verdict {verdict!r}: use one of {', '.join(VERDICTS)}")
     note = (note or "").strip()
     if not note:
-        raise InputError("--note is required: write down what was learned, whatever the verdict")
+        raise InputError(
+            "a note is required: write down what was learned, whatever the verdict", parameter="note"
+        )
     client = state.make_client(tracking_uri)
     hypothesis = store.load(client, hypothesis_id)
     if not hypothesis.is_open:

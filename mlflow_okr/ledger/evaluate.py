@@ -135,7 +135,7 @@ def compare(
         )
 
     if metric is None:
-        return inconclusive("no metric to compare: give the hypothesis --metric or link it to a metric KR")
+        return inconclusive("no metric to compare: give the hypothesis a metric or link it to a metric KR")
     short = []
     if paired:
         if len(pairs) < MIN_RUNS_PER_ARM:

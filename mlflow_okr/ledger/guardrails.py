@@ -45,8 +45,9 @@ def parse_guardrail(text: str) -> GuardrailSpec:
     match = GUARDRAIL.match(text or "")
     if not match:
         raise InputError(
-            f"bad --guardrail {text!r}: use METRIC<=CHANGE or METRIC>=CHANGE, where CHANGE is relative "
-            'to the control mean ("p99_ms<=+5%", "accuracy>=-1%") or in metric units ("p99_ms<=3")'
+            f"bad guardrail {text!r}: use METRIC<=CHANGE or METRIC>=CHANGE, where CHANGE is relative "
+            'to the control mean ("p99_ms<=+5%", "accuracy>=-1%") or in metric units ("p99_ms<=3")',
+            parameter="guardrails",
         )
     upper = match.group("op") == "<="
     value = float(match.group("number")) * (-1 if match.group("sign") == "-" else 1)
@@ -55,9 +56,10 @@ def parse_guardrail(text: str) -> GuardrailSpec:
         value /= 100
     if (upper and value < 0) or (not upper and value > 0):
         raise InputError(
-            f"bad --guardrail {text!r}: the margin allows the metric to get worse, so it is "
+            f"bad guardrail {text!r}: the margin allows the metric to get worse, so it is "
             f"{'+' if upper else '-'}N with {match.group('op')} (e.g. "
-            f"{match.group('metric')}{match.group('op')}{'+' if upper else '-'}5%)"
+            f"{match.group('metric')}{match.group('op')}{'+' if upper else '-'}5%)",
+            parameter="guardrails",
         )
     return GuardrailSpec(text=text.strip(), metric=match.group("metric"), upper=upper, margin=value,
                          relative=relative)

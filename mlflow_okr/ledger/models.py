@@ -127,11 +127,12 @@ def parse_expectation(text: str | float | None) -> Expectation | None:
         relative = False
         if value != value or value in (float("inf"), float("-inf")):
             raise InputError(
-                f"bad --expect {raw!r}: give a relative change such as +2% or -1.5%, "
-                "or an absolute change in metric units such as 0.02 or -3"
+                f"bad expected effect {raw!r}: give a relative change such as +2% or -1.5%, "
+                "or an absolute change in metric units such as 0.02 or -3",
+                parameter="expect",
             )
     if value == 0:
-        raise InputError(f"bad --expect {raw!r}: the expected effect must not be zero")
+        raise InputError(f"bad expected effect {raw!r}: it must not be zero", parameter="expect")
     return Expectation(text=raw, relative=relative, value=value)
 
 

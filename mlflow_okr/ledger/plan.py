@@ -60,6 +60,6 @@ def runs_needed(effect: float, sd: float, power: float, alpha: float, paired: bo
 
 def check_levels(power: float, alpha: float) -> None:
     if not 0 < alpha < 1:
-        raise InputError(f"--alpha {alpha:g} must be between 0 and 1")
+        raise InputError(f"alpha {alpha:g} must be between 0 and 1", parameter="alpha")
     if not alpha < power < 1:
-        raise InputError(f"--power {power:g} must be above --alpha ({alpha:g}) and below 1")
+        raise InputError(f"power {power:g} must be above alpha ({alpha:g}) and below 1", parameter="power")

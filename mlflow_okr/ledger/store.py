@@ -381,8 +381,9 @@ def create(
     """Start a hypothesis run with its `add` event; InputError when the id is taken."""
     if find_run(client, hypothesis_id) is not None:
         raise InputError(
-            f"hypothesis {hypothesis_id!r} already exists; pick another --id or see "
-            f"`mlflow-okr ledger show {hypothesis_id}`"
+            f"hypothesis {hypothesis_id!r} already exists; pick another id or see "
+            f"`mlflow-okr ledger show {hypothesis_id}`",
+            parameter="hypothesis_id",
         )
     event = seal(hypothesis_id, 1, who, when, "add", changes, "")
     return create_from_events(client, [event])
