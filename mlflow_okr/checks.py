@@ -97,7 +97,7 @@ def objective_warnings(spec: OkrSpec) -> list[CheckWarning]:
     return found
 
 
-class TrackRecord:
+class MetricTrackRecord:
     """What earlier cycles in this backend and the ledger say about how fast a metric moves."""
 
     def __init__(self, client: MlflowClient, spec: OkrSpec, now: dt.datetime):
@@ -157,7 +157,7 @@ class TrackRecord:
 
 def target_warnings(spec: OkrSpec, client: MlflowClient, now: dt.datetime) -> CheckReport:
     """okr-implausible-target for each metric KR whose target the track record makes implausible."""
-    record = TrackRecord(client, spec, now)
+    record = MetricTrackRecord(client, spec, now)
     report = CheckReport()
     unrecorded: list[str] = []
     for o_index, objective in enumerate(spec.objectives):

@@ -180,3 +180,13 @@ def test_the_report_has_an_effort_section_with_a_chart(client, store, runner) ->
     assert chart in page.output
     payload = json.loads(invoke(runner, *args, "--format", "json").output)
     assert payload["unaligned"]["runs"] == 3 and payload["effort"]["runs"] == 8
+
+
+def test_the_board_shows_effort_with_its_details(client, store) -> None:
+    from mlflow_okr.board.data import board_state
+
+    board = board_state(client.tracking_uri, None, now=NOW)
+    ctr = {"runs": 3, "people": 2, "run_hours": 15.0, "improving_runs": 2}
+    assert board["effort"]["key_results"]["ctr"] == ctr
+    assert board["effort"]["unaligned"]["runs_share"] == 3 / 8
+    assert board["effort"]["cycle"]["run_hours"] == 39.0

@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr import practice, state, traces, vocabulary
+from mlflow_okr.effort import with_effort
 from mlflow_okr.report.model import run_url
 from mlflow_okr.results import CycleStatus, KeyResultStatus
 from mlflow_okr.spec import KeyResult
@@ -60,6 +61,8 @@ def board_state(
     can drill from a company objective down to a team's KR and the runs that moved it.
     """
     status = cycle_status(tracking_uri, cycle, now, team)
+    # Effort is read with the details (every 30 s on the page), not on each status poll.
+    effort = with_effort(state.make_client(tracking_uri), status, now)
     client = state.make_client(tracking_uri)
     key_results: dict[str, Any] = {}
     checkins = []
@@ -78,6 +81,11 @@ def board_state(
         "key_results": key_results,
         "checkins": checkins[:MAX_CHECKINS],
         "hypotheses": hypotheses(tracking_uri, status, ui_url),
+        "effort": {
+            "cycle": effort.effort.model_dump() if effort.effort else None,
+            "unaligned": effort.unaligned.model_dump() if effort.unaligned else None,
+            "key_results": {kr.id: kr.effort.model_dump() for kr in effort.key_results() if kr.effort},
+        },
         "ui_url": ui_url,
         "generated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
