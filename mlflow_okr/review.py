@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from mlflow_okr import state, vocabulary
 from mlflow_okr.effort import MetricKr, improving_runs, read_effort_facts
-from mlflow_okr.engine import status_of
+from mlflow_okr.engine import GUARDRAIL_TAG_PREFIX, status_of, verdict_from_tag
 from mlflow_okr.errors import InputError
 from mlflow_okr.practice_results import Confidence, optional_field
 from mlflow_okr.report.model import HistoryPoint, history, run_url
@@ -84,6 +84,7 @@ class KeyResultReview(BaseModel):
     expected_progress: float
     confidence: Confidence | None = optional_field("Chance of reaching the target by the cycle's end.")
     checkin: CheckinNote | None = optional_field("A manual KR's check-in in the window.")
+    guardrail_breaches: list[str] = []
 
     model_config = {"populate_by_name": True}
 
@@ -245,6 +246,29 @@ def _checkin(
     return CheckinNote(value=record["value"], who=record.get("who"), when=when, note=record.get("note"))
 
 
+def _breaches(
+    client: MlflowClient, published: state.PublishedCycle, kr_id: str, since: dt.datetime, until: dt.datetime
+) -> list[str]:
+    """Runs started in the window that a guardrail of the KR excluded (the engine's reason kind)."""
+    kr = published.spec.find_key_result(kr_id)
+    if kr is None or not kr.guardrails:
+        return []
+    tag = vocabulary.source_tag(published.spec.run_tag_id(kr_id))
+    # The tag prefix narrows the search; the verdict's reason kind decides.
+    clauses = (
+        f"tags.`{tag}` LIKE '{GUARDRAIL_TAG_PREFIX}%'",
+        f"attributes.start_time > {_ms(since)}",
+        f"attributes.start_time <= {_ms(until)}",
+    )
+    experiment_ids = state.source_experiment_ids(client, kr.experiments)
+    found = []
+    for run in state.iter_runs(client, experiment_ids, " AND ".join(clauses)):
+        verdict = verdict_from_tag(run.data.tags.get(tag))
+        if verdict is not None and verdict.is_guardrail_breach:
+            found.append((run.info.start_time, run.info.run_id))
+    return [run_id for _, run_id in sorted(found)]
+
+
 def _hypotheses(client: MlflowClient, since: dt.datetime, until: dt.datetime) -> list[HypothesisEvent]:
     from mlflow_okr.ledger import store as ledger_store
 
@@ -275,7 +299,8 @@ def build_review(
     reviews, any_history = [], False
     for objective in status.objectives:
         for kr in objective.key_results:
-            spec = next(s.spec for s in published if s.spec.find_key_result(kr.id))
+            owner = next(s for s in published if s.spec.find_key_result(kr.id))
+            spec = owner.spec
             points = history(client, kr.run_id)
             # Progress is logged at apply too (0); a value means a counted run or event.
             any_history = any_history or any(point.value is not None for point in points)
@@ -298,6 +323,7 @@ def build_review(
                 expected_progress=expected,
                 confidence=(confidences or {}).get(kr.id),
                 checkin=_checkin(client, kr, since, until),
+                guardrail_breaches=_breaches(client, owner, kr.id, since, until),
             ))
     return Review(
         cycle=status.cycle.name, since=since, until=until, has_history=any_history,

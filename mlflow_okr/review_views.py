@@ -26,6 +26,8 @@ def _flags(kr: KeyResultReview) -> list[str]:
         flags.append(f"below the line (expected {kr.expected_progress:.0%}, has {(kr.progress_to or 0):.0%})")
     if kr.confidence is not None:
         flags.append(f"confidence {kr.confidence.probability:.0%}")
+    if kr.guardrail_breaches:
+        flags.append(f"{len(kr.guardrail_breaches)} new guardrail breach(es)")
     if kr.checkin is not None:
         who = f" by {kr.checkin.who}" if kr.checkin.who else ""
         note = f": {kr.checkin.note}" if kr.checkin.note else ""

@@ -27,7 +27,8 @@ objectives:
     category: product
     owner: reco-team
     key_results:
-      - {id: ctr, metric: online_ctr, measures: product, experiments: [reco], baseline: 0.05, target: 0.08}
+      - {id: ctr, metric: online_ctr, measures: product, experiments: [reco], baseline: 0.05, target: 0.08,
+         guardrails: [{metric: p99, max: 50}]}
       - {id: recall, metric: recall, experiments: [reco], baseline: 0.5, target: 1.0}
   - id: ops
     title: Fast serving
@@ -62,18 +63,21 @@ def week(client):
     """The week of 2026-11-08 .. 2026-11-15 and what happened around it.
 
     ctr's runs: a (Oct 20, before), b (Nov 9, a new best), c (Nov 10, not), d (Nov 12, a new best),
-    e (Nov 16, after). The KR history (okr.value / okr.progress) is written at known times:
-    ctr 0.06 (Oct 20) -> 0.065 (Nov 9) -> 0.07 (Nov 12); latency progress 0.3 from Oct 5, so it
-    slides below the on-track line (0.7 x elapsed) on Nov 9 at 10:17, then 0.4 on Nov 13 puts it
-    back; recall 0.6 on Oct 10 and nothing since; on-call never checked in.
+    e (Nov 16, after); f (Nov 11) and g (Oct 25) break its p99 guardrail. The KR history
+    (okr.value / okr.progress) is written at known times: ctr 0.06 (Oct 20) -> 0.065 (Nov 9) ->
+    0.07 (Nov 12); latency progress 0.3 from Oct 5, so it slides below the on-track line
+    (0.7 x elapsed) on Nov 9 at 10:17, then 0.4 on Nov 13 puts it back; recall 0.6 on Oct 10 and
+    nothing since; on-call checked in on Nov 10.
     """
     apply_spec(parse_spec(SPEC), tracking_uri=client.tracking_uri)
     reco = client.create_experiment("reco")
     runs = {
-        name: run(client, reco, start, {"online_ctr": value})
-        for name, start, value in (
-            ("a", at(10, 20), 0.06), ("b", at(11, 9), 0.065), ("c", at(11, 10), 0.062),
-            ("d", at(11, 12), 0.07), ("e", at(11, 16), 0.075),
+        name: run(client, reco, start, {"online_ctr": value, "p99": p99})
+        for name, start, value, p99 in (
+            ("a", at(10, 20), 0.06, 10), ("b", at(11, 9), 0.065, 10), ("c", at(11, 10), 0.062, 10),
+            ("d", at(11, 12), 0.07, 10), ("e", at(11, 16), 0.075, 10),
+            # Breaking the p99 guardrail: g before the week, f in it.
+            ("g", at(10, 25), 0.09, 80), ("f", at(11, 11), 0.095, 90),
         )
     }
     sync(tracking_uri=client.tracking_uri, now=NOW)  # tags the runs counted; its own points come later
@@ -98,6 +102,8 @@ def test_the_review_of_a_known_week_lists_exactly_its_changes(client, week) -> N
     assert (ctr.from_value, ctr.to_value, ctr.delta) == (0.06, 0.07, 0.07 - 0.06)
     assert ctr.transitions == [] and ctr.status == "on-track"
     assert ctr.moved_by == [week["b"], week["d"]]  # c did not beat b; a and e are outside the week
+    assert ctr.guardrail_breaches == [week["f"]]  # g broke it before the week
+    assert all(kr.guardrail_breaches == [] for kr in review.key_results if kr.id != "ctr")
     assert (ctr.stale, ctr.below_line) == (False, False)
 
     latency = krs["latency"]
