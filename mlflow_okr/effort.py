@@ -130,7 +130,7 @@ def _sql_facts(store: Any, cycle: Cycle, now_ms: int, metric_krs: list[MetricKr]
     )
     facts = EffortFacts()
     with compat.sql_session(store) as session:
-        for krs, user, experiment_id, name, runs, duration_ms in session.execute(groups_query):
+        for krs, user, experiment_id, name, runs, duration_ms in session.connection().execute(groups_query):
             group = RunGroup(_krs_of(krs), user, str(experiment_id), runs, float(duration_ms or 0))
             facts.groups.append(group)
             facts.experiment_names[str(experiment_id)] = name
@@ -169,7 +169,7 @@ def _sql_facts(store: Any, cycle: Cycle, now_ms: int, metric_krs: list[MetricKr]
                 )
             facts.candidates[metric_kr.tag_id] = [
                 CountedRun(run_id, start_time or 0, float("nan") if is_nan else value)
-                for run_id, start_time, value, is_nan in session.execute(query)
+                for run_id, start_time, value, is_nan in session.connection().execute(query)
             ]
     return facts
 
