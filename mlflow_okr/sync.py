@@ -65,14 +65,16 @@ class SyncResult(BaseModel):
 def runs_left_behind(client: MlflowClient, spec: OkrSpec) -> Iterable[Any]:
     """Runs still tagged for a KR in experiments that no KR looks at any more (the spec changed).
 
-    The main pass only visits experiments some KR covers, so it cannot see these tags.
+    The main pass only visits experiments some KR covers, so it cannot see these tags. Only this
+    set's own verdict tags are looked for: `okr.krs` is on every run another team's set counts,
+    and searching it made each set's sync read most of the store.
     """
     scanned = set(CycleScan.build(client, spec).experiment_ids)
     others = [e for e in state.source_experiment_ids(client, []) if e not in scanned]
     if not others:
         return
     seen: set[str] = set()
-    tags = [vocabulary.TAG_KRS] + [
+    tags = [
         vocabulary.source_tag(name)
         for _, kr in spec.key_results()
         if kr.metric

@@ -359,3 +359,17 @@ def test_the_ledger_narrows_to_a_teams_hypotheses(client, runner, write_spec):
     assert [(h["id"], h["objective"]) for h in json.loads(listed.output)] == [("wider", "reco")]
     unknown = invoke(runner, "ledger", "list", "--team", "team-z")
     assert unknown.exit_code == 2 and "team 'team-z' has no set" in unknown.output
+
+
+def test_a_sets_sync_reads_no_run_another_teams_set_counted(client, runner, write_spec):
+    from mlflow_okr.sync import runs_left_behind
+
+    ours, theirs = client.create_experiment("train"), client.create_experiment("fraud-train")
+    make_run(client, ours, {"ctr": 0.7})
+    other_run = make_run(client, theirs, {"recall": 0.8})
+    assert apply(runner, write_spec, team_spec("team-a", "reco", "ctr", "ctr"), "a.yaml").exit_code == 0
+    team_b = team_spec("team-b", "fraud", "recall", "recall").replace("[train]", "[fraud-train]")
+    assert apply(runner, write_spec, team_b, "b.yaml").exit_code == 0
+    assert client.get_run(other_run).data.tags["okr.krs"] == "recall"
+    team_a = state.load_published(client, "2026-Q4", team="team-a")
+    assert list(runs_left_behind(client, team_a.spec)) == []
