@@ -217,13 +217,6 @@ def _check_filter(filter_string: str, key: str) -> None:
             SearchUtils.is_attribute(kind, name, comparator)
             SearchUtils.is_dataset(kind, comparator)
     except MlflowException as exc:
-class DatasetRef(StrictModel):
-    """An evaluation dataset: only metric values MLflow logged against it count."""
-
-    name: str = Field(min_length=1, description="Dataset name, as logged with the metric.")
-    digest: str | None = Field(None, min_length=1, description="Only this version (digest) of it.")
-
-
         raise _invalid(f"not a valid MLflow search filter: {exc.message}", key) from None
 
 
@@ -232,6 +225,13 @@ class ModelRef(StrictModel):
 
     name: str = Field(min_length=1, description="Registered model name.")
     alias: str = Field(min_length=1, description="Alias, e.g. champion.")
+
+
+class DatasetRef(StrictModel):
+    """An evaluation dataset: only metric values MLflow logged against it count."""
+
+    name: str = Field(min_length=1, description="Dataset name, as logged with the metric.")
+    digest: str | None = Field(None, min_length=1, description="Only this version (digest) of it.")
 
 
 class KeyResult(StrictModel):
@@ -278,10 +278,6 @@ class KeyResult(StrictModel):
     @classmethod
     def _target_form(cls, target: float | str | None) -> float | str | None:
         if isinstance(target, str) and relative_change(target) is None:
-    dataset: DatasetRef | None = Field(
-        None,
-        description="Metric and maintain KRs: count only values logged against this evaluation dataset.",
-    )
             raise ValueError(
                 f'target {target!r} is neither a number nor a relative change such as "+5%" or "-10%"'
             )
@@ -291,6 +287,10 @@ class KeyResult(StrictModel):
         None,
         description="Metric and maintain KRs: count only the run (or logged model) behind the version "
         "that holds this registry alias now.",
+    )
+    dataset: DatasetRef | None = Field(
+        None,
+        description="Metric and maintain KRs: count only values logged against this evaluation dataset.",
     )
     trace_metric: str | None = Field(
         None,
