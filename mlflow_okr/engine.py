@@ -34,24 +34,24 @@ RELATIVE_CHANGE = re.compile(r"^\s*([+-])\s*(\d+(?:\.\d+)?)\s*%\s*$")
 class ReasonKind(enum.Enum):
     """Why a run stands as it does for a KR; readers ask this, never the reason's wording."""
 
-    OTHER_DATASET = "other-dataset"  # a dataset-pinned KR: the run's values are for other datasets
     NONE = "none"  # counted
     WAITING = "waiting"  # pending: a guardrail metric not logged yet
     RUN_NOT_COUNTED = "run-not-counted"  # the run FAILED or was KILLED
     NOT_A_NUMBER = "not-a-number"  # the KR metric is NaN or infinite
     GUARDRAIL_BREACH = "guardrail-breach"  # a guardrail metric is out of bounds
     GUARDRAIL_MISSING = "guardrail-missing"  # the run ended without a guardrail metric
+    OTHER_DATASET = "other-dataset"  # a dataset-pinned KR: the run's values are for other datasets
     UNKNOWN = "unknown"  # a tag this version did not write
 
 
 # The wording of each reason, and the pattern that reads it back from a run's okr.kr.<id> tag:
-    (ReasonKind.OTHER_DATASET, re.compile(r"^.+ logged only for dataset .+, not ")),
 # both live here, so rewording one rewords the other.
 _REASON_PATTERNS = (
     (ReasonKind.WAITING, re.compile(r"^waiting for ")),
     (ReasonKind.RUN_NOT_COUNTED, re.compile(r"^run (FAILED|KILLED)$")),
     (ReasonKind.GUARDRAIL_MISSING, re.compile(r"^guardrail .* never logged$")),
     (ReasonKind.GUARDRAIL_BREACH, re.compile(r"^guardrail .* breaks ")),
+    (ReasonKind.OTHER_DATASET, re.compile(r"^.+ logged only for dataset .+, not ")),
     (ReasonKind.NOT_A_NUMBER, re.compile(r" is \S+, not a finite number$")),
 )
 GUARDRAIL_TAG_PREFIX = vocabulary.EXCLUDED_PREFIX + "guardrail "  # narrows a search to breach candidates
