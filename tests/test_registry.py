@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from mlflow_okr import api, vocabulary
 from mlflow_okr.board.data import board_state
 from mlflow_okr.errors import SpecError
 from mlflow_okr.report import build_report, render
 from mlflow_okr.spec import parse_spec
-from tests.conftest import IN_CYCLE_MS, invoke, make_run
+from tests.conftest import IN_CYCLE_MS, invoke, make_run, requires_okr_store
 
 AS_OF = ("--as-of", "2026-11-15")
 NOW = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
@@ -170,3 +172,33 @@ def test_invalid_model_krs_name_file_and_line(lines, line, message):
     [problem] = error.value.problems
     assert problem.startswith(f"okrs.yaml:{line}: ")
     assert message in problem
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    """Poll `condition` until it holds or `seconds` pass; the caller asserts on the result."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@requires_okr_store
+def test_an_alias_move_through_the_okr_registry_moves_the_kr_live(registered, runner, tracking_uri):
+    assert invoke(runner, "sync", *AS_OF).exit_code == 0
+    kr_run_id = api.status(now=NOW).find("champion-auc").run_id
+    okr_uri = f"okr+{tracking_uri}"
+    okr_client = MlflowClient(tracking_uri=okr_uri, registry_uri=okr_uri)
+    for version, run in (("1", "v1"), ("2", "v2")):
+        okr_client.set_registered_model_alias("screener", "champion", version)
+
+        def moved(run: str = run) -> bool:
+            return okr_client.get_run(kr_run_id).data.tags.get(vocabulary.TAG_BEST_RUN) == registered[run]
+
+        assert _wait_for(moved, 5.0)
+    okr_client.delete_registered_model_alias("screener", "champion")
+    assert _wait_for(lambda: okr_client.get_run(kr_run_id).data.tags.get(vocabulary.TAG_COUNTED) == "0", 5.0)
+    promotions = json.loads(okr_client.get_run(kr_run_id).data.tags[vocabulary.TAG_PROMOTIONS])
+    assert [entry["version"] for entry in promotions] == ["1", "2", None]
+    assert invoke(runner, "sync", "--check", *AS_OF).exit_code == 0

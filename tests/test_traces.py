@@ -5,18 +5,20 @@ from __future__ import annotations
 import datetime as dt
 import json
 import statistics
+import time
 
 import mlflow
 import numpy
 import pytest
 from mlflow.entities import SpanType
+from mlflow.tracking import MlflowClient
 
 from mlflow_okr import api, vocabulary
 from mlflow_okr.board.data import board_state
 from mlflow_okr.errors import SpecError
 from mlflow_okr.report import build_report, render
 from mlflow_okr.spec import parse_spec
-from tests.conftest import invoke
+from tests.conftest import invoke, requires_okr_store
 
 AS_OF = ("--as-of", "2026-11-15")
 NOW = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
@@ -302,3 +304,39 @@ def test_validate_exits_2_on_an_unsupported_aggregation(runner, write_spec):
     assert result.exit_code == 2
     where = f"{path}:11: objectives[0].key_results[0].aggregation: "
     assert where + "aggregation count is not one MLflow supports for latency on traces" in result.output
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    """Poll `condition` until it holds or `seconds` pass; the caller asserts on the result."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+@requires_okr_store
+def test_trace_writes_through_the_okr_store_move_the_kr_live(traced, tracking_uri, runner):
+    """A trace logged through okr+sqlite shows in its KR within 5 s, as a recompute has it."""
+    status = api.status(now=NOW)
+    kr_run_id, csat_run_id = status.find("p99-latency").run_id, status.find("csat").run_id
+    mlflow.set_tracking_uri(f"okr+{tracking_uri}")  # the tracing exporter writes where this points
+    okr_client = MlflowClient(f"okr+{tracking_uri}")
+    log_trace(okr_client, traced, NOV_1_MS + 200_000, 20_000)
+    mlflow.flush_trace_async_logging()
+    expected = hand_p99(LATENCIES_MS + [20_000])
+
+    def moved() -> bool:
+        return okr_client.get_run(kr_run_id).data.metrics.get(vocabulary.METRIC_VALUE) == expected
+
+    assert _wait_for(moved, 5.0)
+    trace_id = log_trace(okr_client, traced, NOV_1_MS + 300_000, 10)
+    mlflow.flush_trace_async_logging()
+    mlflow.log_feedback(trace_id=trace_id, name="csat", value=1.0)
+    csat = statistics.fmean(CSAT + [1])
+    assert _wait_for(
+        lambda: okr_client.get_run(csat_run_id).data.metrics.get(vocabulary.METRIC_VALUE) == csat, 5.0
+    )
+    mlflow.set_tracking_uri(tracking_uri)
+    assert _wait_for(lambda: invoke(runner, "sync", "--check", *AS_OF).exit_code == 0, 5.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Any
 
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
@@ -14,6 +15,7 @@ from mlflow_okr.scope import RunFilter
 
 # A KR is named by the experiment id of its published cycle and its id.
 KrRef = tuple[str, str]
+ALL_EXPERIMENTS = "*"  # a trace KR without `experiments` aggregates every experiment's traces
 
 
 @dataclass
@@ -26,6 +28,17 @@ class WatchedKrs:
     param_krs: dict[str, frozenset[KrRef]] = field(default_factory=dict)
     okr_experiment_ids: frozenset[str] = frozenset()
     signature: tuple[tuple[str, str], ...] = ()
+    # Trace KRs by the experiment whose traces they aggregate (ALL_EXPERIMENTS: every one), and
+    # the ones that read assessments, which a write names by trace id only.
+    trace_krs: dict[str, frozenset[KrRef]] = field(default_factory=dict)
+    assessment_krs: frozenset[KrRef] = frozenset()
+    # `model:` KRs by registered model name: an alias move re-reads them.
+    model_krs: dict[str, frozenset[KrRef]] = field(default_factory=dict)
+
+    def trace_krs_of(self, experiment_id: str | None) -> frozenset[KrRef]:
+        """The trace KRs a trace or span written to `experiment_id` concerns."""
+        found = self.trace_krs.get(ALL_EXPERIMENTS, frozenset())
+        return found | self.trace_krs.get(str(experiment_id), frozenset()) if experiment_id else found
 
     def current_cycle(self, now: dt.datetime | None = None) -> state.PublishedCycle | None:
         """A set of the innermost published cycle whose dates contain `now` (`cycles.current`)."""
@@ -58,10 +71,27 @@ def load_watched_krs(client: MlflowClient) -> WatchedKrs:
     tag_krs: dict[str, set[KrRef]] = {}
     param_krs: dict[str, set[KrRef]] = {}
     cycles = {}
+    trace_krs: dict[str, set[KrRef]] = {}
+    assessment_krs: set[KrRef] = set()
+    model_krs: dict[str, set[KrRef]] = {}
+    experiments: list[Any] | None = None
     for spec, experiment in state.published_specs(client):
         published = state.published_set(client, spec, experiment)
         cycles[published.experiment_id] = published
         for _, kr in published.spec.key_results():
+            if kr.model is not None:
+                model_krs.setdefault(kr.model.name, set()).add((published.experiment_id, kr.id))
+            if kr.source == "traces":
+                ref = (published.experiment_id, kr.id)
+                if kr.assessment is not None:
+                    assessment_krs.add(ref)
+                if not kr.experiments:
+                    trace_krs.setdefault(ALL_EXPERIMENTS, set()).add(ref)
+                    continue
+                experiments = experiments if experiments is not None else state.source_experiments(client)
+                for experiment_id in state.match_experiments(experiments, kr.experiments):
+                    trace_krs.setdefault(experiment_id, set()).add(ref)
+                continue
             if kr.metric is None:
                 continue
             ref = (published.experiment_id, kr.id)
@@ -83,4 +113,7 @@ def load_watched_krs(client: MlflowClient) -> WatchedKrs:
         param_krs={key: frozenset(refs) for key, refs in param_krs.items()},
         okr_experiment_ids=frozenset(e.experiment_id for e in okr_experiments),
         signature=signature,
+        trace_krs={key: frozenset(refs) for key, refs in trace_krs.items()},
+        assessment_krs=frozenset(assessment_krs),
+        model_krs={name: frozenset(refs) for name, refs in model_krs.items()},
     )

@@ -18,7 +18,7 @@ from mlflow_okr import compat, state
 from mlflow_okr.store.keepers import Keepers
 from mlflow_okr.store.live import LiveKrs, fail_open
 
-_hooked_classes: dict[type, type] = {}
+_hooked_classes: dict[tuple[type, type], type] = {}
 _hooked_classes_lock = threading.Lock()
 
 
@@ -107,6 +107,35 @@ class OkrHooks:
         self._okr_live.run_changed(run_id)
         return result
 
+    # Trace writes: the trace KRs of the experiment are re-measured by the writer (traces are
+    # production traffic, so the write itself costs a set lookup). The signatures are MLflow's
+    # AbstractStore's, checked on 3.16.0 and 3.17.2.
+
+    def start_trace(self, trace_info):
+        result = super().start_trace(trace_info)
+        self._okr_live.traces_written(getattr(result, "experiment_id", None) or trace_info.experiment_id)
+        return result
+
+    def log_spans(self, location, spans, tracking_uri=None):
+        result = super().log_spans(location, spans, tracking_uri=tracking_uri)
+        self._okr_live.traces_written(location)
+        return result
+
+    def create_assessment(self, assessment):
+        result = super().create_assessment(assessment)
+        self._okr_live.traces_written(assessments=True)
+        return result
+
+    def update_assessment(self, *args, **kwargs):
+        result = super().update_assessment(*args, **kwargs)
+        self._okr_live.traces_written(assessments=True)
+        return result
+
+    def delete_assessment(self, trace_id, assessment_id):
+        result = super().delete_assessment(trace_id, assessment_id)
+        self._okr_live.traces_written(assessments=True)
+        return result
+
     def _hard_delete_run(self, run_id):
         # `mlflow gc` calls this private method of SqlAlchemyStore (checked on MLflow 3.16.0, 3.17.2):
         # no okr.* tag may be written for the run while its rows are being removed.
@@ -123,12 +152,13 @@ class OkrHooks:
             fail_open(error)
 
 
-def hooked_class(store_class: type) -> type:
+def hooked_class(store_class: type, hooks: type = OkrHooks) -> type:
     """`Okr<InnerStore>`: the inner store's class with the hooks in front; one per class."""
     with _hooked_classes_lock:
-        if store_class not in _hooked_classes:
-            _hooked_classes[store_class] = type(f"Okr{store_class.__name__}", (OkrHooks, store_class), {})
-        return _hooked_classes[store_class]
+        if (store_class, hooks) not in _hooked_classes:
+            hooked = type(f"Okr{store_class.__name__}", (hooks, store_class), {})
+            _hooked_classes[(store_class, hooks)] = hooked
+        return _hooked_classes[(store_class, hooks)]
 
 
 def wrap_store(store: Any, inner_uri: str) -> Any:
@@ -168,14 +198,48 @@ def build_tracking_store(store_uri: str, artifact_uri: str | None = None) -> Any
     return wrap_store(builder(store_uri=inner_uri, artifact_uri=artifact_uri), inner_uri)
 
 
+class OkrRegistryHooks:
+    """Mixed in before the inner registry store's class: an alias move re-reads `model:` KRs."""
+
+    _okr_keepers: Keepers
+
+    def set_registered_model_alias(self, name, alias, version):
+        result = super().set_registered_model_alias(name, alias, version)
+        self._okr_keepers.current().model_changed(name)
+        return result
+
+    def delete_registered_model_alias(self, name, alias):
+        result = super().delete_registered_model_alias(name, alias)
+        self._okr_keepers.current().model_changed(name)
+        return result
+
+    def delete_model_version(self, name, version):
+        result = super().delete_model_version(name, version)
+        self._okr_keepers.current().model_changed(name)
+        return result
+
+
 def build_registry_store(store_uri: str, tracking_uri: str | None = None) -> Any:
-    """The model registry store for `okr+<scheme>://rest`: MLflow's own for `<scheme>://rest`."""
+    """The model registry store for `okr+<scheme>://rest`: MLflow's own for `<scheme>://rest`,
+    hooked so that alias moves update the KRs that follow them."""
     inner_uri = inner_uri_of(store_uri)
     builder = compat.registry_store_builder(inner_uri)
     # As MLflow's registry does: not every registry store takes a tracking URI.
     if "tracking_uri" in inspect.signature(builder).parameters:
-        return builder(store_uri=inner_uri, tracking_uri=state.strip_plugin_scheme(tracking_uri))
-    return builder(store_uri=inner_uri)
+        store = builder(store_uri=inner_uri, tracking_uri=state.strip_plugin_scheme(tracking_uri))
+    else:
+        store = builder(store_uri=inner_uri)
+    compat.swap_class(store, hooked_class(type(store), OkrRegistryHooks))
+    # The KRs live in the tracking store (usually the same database or server): settled there.
+    tracking_inner = state.strip_plugin_scheme(tracking_uri) or inner_uri
+    store._okr_keepers = Keepers(tracking_inner, durable=compat.in_server_worker())
+    atexit.register(_flush_keepers_at_exit, store._okr_keepers)
+    return store
+
+
+def _flush_keepers_at_exit(keepers: Keepers) -> None:
+    for keeper in keepers.all():
+        keeper.flush_at_exit()
 
 
 def flush(store: Any | None = None) -> None:

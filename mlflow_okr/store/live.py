@@ -32,6 +32,7 @@ from mlflow_okr.compute import (
     VerdictChange,
     compute_key_results,
     computed_statuses,
+    new_computations,
     revise_tally,
     tally_texts,
 )
@@ -125,6 +126,8 @@ class LiveKrs:
         self._refresh_lock = threading.Lock()  # one reload of the definitions at a time
         self._marks = Marks()
         self._recounts = Recounts()
+        # Trace and `model:` KRs (measured outside the run scan) whose traces or alias moved; _lock
+        self._measured_marks: set[KrRef] = set()
         self._deleting: set[str] = set()  # runs being deleted: never tag them
         self._restored: set[str] = set()  # runs restored since their deletion was settled
         self._wake = threading.Event()
@@ -151,6 +154,7 @@ class LiveKrs:
         self._refresh_lock = threading.Lock()
         self._marks = Marks()
         self._recounts = Recounts()
+        self._measured_marks = set()
         self._wake = threading.Event()
         self._thread = None
         self._markers = None  # the parent's markers name the parent; the child writes its own
@@ -245,6 +249,34 @@ class LiveKrs:
                 self._mark(run_id, touched)
         except Exception as error:  # noqa: BLE001 - fail-open: never fail the user's write
             fail_open(error)
+
+    def traces_written(self, experiment_id: str | None = None, assessments: bool = False) -> None:
+        """Note a trace write (a trace, spans, an assessment): the writer re-measures the trace KRs
+        it concerns with MLflow's aggregation, as `sync` does. A set lookup when no KR reads traces."""
+        try:
+            watched = self.watched
+            touched = watched.trace_krs_of(experiment_id)
+            if assessments:
+                touched = touched | watched.assessment_krs
+            self._mark_measured(touched)
+        except Exception as error:  # noqa: BLE001 - fail-open: never fail the user's write
+            fail_open(error)
+
+    def model_changed(self, name: str) -> None:
+        """Note a registry write to model `name` (an alias set or removed, a version deleted): the
+        writer re-reads the `model:` KRs that follow its aliases."""
+        try:
+            self._mark_measured(self.watched.model_krs.get(name, frozenset()))
+        except Exception as error:  # noqa: BLE001 - fail-open: never fail the user's write
+            fail_open(error)
+
+    def _mark_measured(self, touched: frozenset[KrRef]) -> None:
+        if not touched:
+            return
+        with self._lock:
+            self._measured_marks |= touched
+        self._ensure_thread()
+        self._wake.set()
 
     def run_changed(self, run_id: str) -> None:
         """Note a change to the run itself (end, deletion, restore): the writer settles it soon.
@@ -341,7 +373,7 @@ class LiveKrs:
 
     def _has_work(self) -> bool:
         with self._lock:
-            return bool(self._marks.runs or self._recounts.last_revised)
+            return bool(self._marks.runs or self._recounts.last_revised or self._measured_marks)
 
     def _run(self) -> None:
         with compat.workspace_scope(self.workspace):
@@ -376,6 +408,7 @@ class LiveKrs:
                     self._refresh_due.clear()
                     self.refresh()
                 self._settle_marks()
+                self._settle_measured()
                 self._recount(time.monotonic())
                 self._keep_markers()
             except Exception as error:  # noqa: BLE001 - fail-open
@@ -449,8 +482,32 @@ class LiveKrs:
         state equals a recompute of what this process wrote."""
         with compat.workspace_scope(self.workspace), self._flush_lock:
             self._settle_marks()
+            self._settle_measured()
             self._recount(None)
         self._remove_markers_if_settled()
+
+    def _settle_measured(self) -> None:
+        """Re-measure the marked trace KRs (two SQL aggregates each) and `model:` KRs (the run
+        behind the alias), as `sync` does, and write what moved."""
+        with self._flush_lock:
+            with self._lock:
+                marks, self._measured_marks = self._measured_marks, set()
+            watched = self.watched
+            for experiment_id in sorted({experiment_id for experiment_id, _ in marks}):
+                published = watched.cycles.get(experiment_id)
+                if published is None:
+                    continue
+                kr_ids = [kr_id for e, kr_id in marks if e == experiment_id and kr_id in published.kr_runs]
+                # Neither kind is counted from runs: an empty scan; `new_computations` reads each
+                # one's own source.
+                scan = CycleScan(published.spec)
+                computations = new_computations(self.client, published.spec, scan, kr_ids)
+                try:
+                    self._write(published, computations, revision=True)
+                except Exception:
+                    with self._lock:  # tried again at the next settling; `sync` repairs the rest
+                        self._measured_marks |= {(experiment_id, kr_id) for kr_id in computations}
+                    raise
 
     def _settle_marks(self) -> None:
         with self._flush_lock:

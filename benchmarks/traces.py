@@ -1,0 +1,172 @@
+"""Trace and alias KRs, live: the cost of a trace write through okr+sqlite, and how soon KRs move.
+
+Prints (a) the median `start_trace` time through okr+sqlite as a ratio to plain sqlite, calls
+interleaved (target <= 1.02x); (b) seconds until a new trace shows in a p99 latency KR (target
+<= 5 s); (c) `status` and one trace KR measurement (`sync --check`'s two SQL aggregates) over
+--traces traces (target: status <= 1 s); (d) seconds until an alias move shows in a `model:` KR
+(target <= 1 s).
+
+    python benchmarks/traces.py [--calls 300] [--traces 20000] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from mlflow.entities import TraceInfo, TraceLocation, TraceState
+from mlflow.tracking import MlflowClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # overhead.py, a sibling script
+
+from overhead import _timed  # noqa: E402
+
+from mlflow_okr import api, compat, traces, vocabulary  # noqa: E402
+from mlflow_okr.spec import parse_spec  # noqa: E402
+
+TARGETS = {
+    "trace write": 1.02, "new trace visible (s)": 5.0, "status (s)": 1.0, "alias move visible (s)": 1.0,
+}
+SPEC = """
+version: 1
+cycle: {{name: bench, start: {start}, end: {end}}}
+objectives:
+  - id: serve
+    title: Serve fast
+    category: product
+    key_results:
+      - id: p99-latency
+        source: traces
+        trace_metric: latency
+        aggregation: p99
+        experiments: [svc]
+        baseline: 1000
+        target: 100
+      - id: champion-auc
+        metric: auc
+        model: {{name: screener, alias: champion}}
+        baseline: 0.5
+        target: 1.0
+"""
+
+
+def trace_info(experiment_id: str, latency_ms: int) -> TraceInfo:
+    return TraceInfo(
+        trace_id=f"tr-{uuid.uuid4().hex}",
+        trace_location=TraceLocation.from_experiment_id(experiment_id),
+        request_time=int(time.time() * 1000) - latency_ms,
+        execution_duration=latency_ms,
+        state=TraceState.OK,
+    )
+
+
+def wait_until(condition, seconds: float = 60.0) -> float:
+    started = time.perf_counter()
+    while not condition():
+        if time.perf_counter() - started > seconds:
+            return float("inf")
+        time.sleep(0.01)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--traces", type=int, default=20_000)
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="okr-traces-"))
+    today = dt.datetime.now(dt.timezone.utc).date()
+    spec = parse_spec(SPEC.format(start=today - dt.timedelta(days=30), end=today + dt.timedelta(days=30)))
+
+    clients, experiments = {}, {}
+    for name, prefix in (("plain", ""), ("okr", "okr+")):
+        uri = f"sqlite:///{workdir / name}.db"
+        MlflowClient(uri).create_experiment("svc")
+        api.apply_spec(spec, tracking_uri=uri)
+        clients[name] = MlflowClient(tracking_uri=prefix + uri, registry_uri=prefix + uri)
+        experiments[name] = clients[name].get_experiment_by_name("svc").experiment_id
+    stores = {name: compat.store_of(client) for name, client in clients.items()}
+    figures: dict[str, float] = {}
+
+    # (a) the write itself, interleaved so machine noise hits both alike
+    times: dict[str, list[float]] = {"plain": [], "okr": []}
+    for index in range(args.calls):
+        order = ["plain", "okr"] if index % 2 else ["okr", "plain"]
+        for name in order:
+            info = trace_info(experiments[name], 10 + index % 50)
+            times[name].append(_timed(lambda s=stores[name], i=info: s.start_trace(i)))
+    plain, okr = statistics.median(times["plain"]), statistics.median(times["okr"])
+    figures["trace write"] = okr / plain
+    print(f"(a) start_trace median: plain {plain * 1e3:.2f} ms, okr+ {okr * 1e3:.2f} ms, {okr / plain:.3f}x")
+
+    # (b) a new, slow trace moves the p99 KR
+    client = clients["okr"]
+    status = api.status(tracking_uri=f"sqlite:///{workdir / 'okr'}.db")
+    kr_run = status.find("p99-latency").run_id
+    def counted() -> str | None:  # how many traces the KR counts: every new trace moves it
+        return client.get_run(kr_run).data.tags.get(vocabulary.TAG_COUNTED)
+
+    wait_until(lambda: counted() == str(args.calls))  # the writes of (a) settled
+    stores["okr"].start_trace(trace_info(experiments["okr"], 60_000))
+    seconds = wait_until(lambda: counted() == str(args.calls + 1))
+    figures["new trace visible (s)"] = seconds
+    print(f"(b) a new trace shows in the p99 KR after {seconds:.2f} s")
+
+    # (c) many traces: the KR's measurement (MLflow's SQL aggregation) and status
+    plain_store = stores["plain"]
+    for _ in range(args.traces):
+        plain_store.start_trace(trace_info(experiments["plain"], 5 + _ % 200))
+    plain_uri = f"sqlite:///{workdir / 'plain'}.db"
+    plain_client = MlflowClient(plain_uri)
+    kr = spec.find_key_result("p99-latency")
+    started = time.perf_counter()
+    measured = traces.measure(plain_client, spec, kr, dt.datetime.now(dt.timezone.utc))
+    measure_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    api.sync(tracking_uri=plain_uri)
+    sync_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    api.status(tracking_uri=plain_uri)
+    figures["status (s)"] = status_seconds = time.perf_counter() - started
+    print(
+        f"(c) {measured.count:,} traces: one trace KR measurement {measure_seconds:.3f} s, "
+        f"sync {sync_seconds:.2f} s, status {status_seconds:.3f} s"
+    )
+
+    # (d) an alias move through the okr+ registry
+    experiment_id = client.create_experiment("train")
+    runs = []
+    for auc in (0.6, 0.9):
+        run_id = client.create_run(experiment_id).info.run_id
+        client.log_metric(run_id, "auc", auc)
+        client.set_terminated(run_id)
+        runs.append(run_id)
+    client.create_registered_model("screener")
+    for run_id in runs:
+        client.create_model_version("screener", f"runs:/{run_id}/model", run_id=run_id)
+    champion_run = status.find("champion-auc").run_id
+    moves = []
+    def best_run() -> str | None:
+        return client.get_run(champion_run).data.tags.get(vocabulary.TAG_BEST_RUN)
+
+    for version, run_id in (("1", runs[0]), ("2", runs[1]), ("1", runs[0]), ("2", runs[1])):
+        started = time.perf_counter()
+        client.set_registered_model_alias("screener", "champion", version)
+        moves.append(time.perf_counter() - started + wait_until(lambda r=run_id: best_run() == r))
+    figures["alias move visible (s)"] = statistics.median(moves)
+    print(f"(d) an alias move shows in the model KR after {statistics.median(moves):.2f} s (median of 4)")
+
+    for name, target in TARGETS.items():
+        verdict = "met" if figures[name] <= target else "NOT met"
+        print(f"  {name}: {figures[name]:.3f} (target <= {target}) {verdict}")
+
+
+if __name__ == "__main__":
+    main()
