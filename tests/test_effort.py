@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from mlflow_okr import effort, practice
+from mlflow_okr import effort, effort_reads, practice
 from mlflow_okr.api import apply_spec, sync
 from mlflow_okr.spec import parse_cycle, parse_spec
 from tests.conftest import NOW, invoke
@@ -114,14 +114,16 @@ def test_search_runs_reads_the_same_facts_as_sql(client, store) -> None:
     spec = parse_spec(SPEC)
     directions = {"ctr": "maximize", "latency": "minimize"}
     metric_krs = [
-        effort.MetricKr(kr.id, kr, directions[kr.id]) for _, kr in spec.key_results() if kr.kind == "metric"
+        effort_reads.MetricKr(kr.id, kr, directions[kr.id])
+        for _, kr in spec.key_results()
+        if kr.kind == "metric"
     ]
     cycle = parse_cycle("2026-Q4")
     now_ms = int(NOW.timestamp() * 1000)
     from mlflow_okr import compat
 
-    by_sql = effort._sql_facts(compat.store_of(client), cycle, now_ms, metric_krs)
-    by_search = effort._search_facts(client, cycle, now_ms, metric_krs)
+    by_sql = effort_reads.sql_facts(compat.store_of(client), cycle, now_ms, metric_krs)
+    by_search = effort_reads.search_facts(client, cycle, now_ms, metric_krs)
     key = lambda g: (sorted(g.krs), g.user, g.experiment_id)  # noqa: E731
     assert sorted(by_sql.groups, key=key) == sorted(by_search.groups, key=key)
     # search_runs reads every counted run; SQL only those that beat every earlier one (r2 did not).
