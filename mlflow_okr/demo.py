@@ -21,7 +21,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mlflow_okr import api, practice
+from mlflow_okr import api, demo_serving, practice
 from mlflow_okr.errors import InputError
 from mlflow_okr.results import CycleStatus
 from mlflow_okr.review import Review
@@ -66,6 +66,19 @@ objectives:
         experiments: [demo-screening]
         baseline: {{filter: "tags.role = 'baseline'", experiments: [demo-screening]}}
         target: "+2%"
+      - id: champion-recall
+        title: The model at @champion catches 97% of malignant cases
+        metric: val_recall
+        model: {{name: screener, alias: champion}}   # only the version that serves counts
+        baseline: 0.90
+        target: 0.97
+      - id: clinician-csat
+        title: Keep clinicians' rating of served screenings at 4/5 or above
+        source: traces
+        assessment: csat                   # feedback logged on each traced screening
+        aggregation: avg
+        experiments: [demo-serving]
+        maintain: {{min: 4}}
   - id: fast-serving
     title: Keep predictions fast and reliable
     category: operational
@@ -208,6 +221,10 @@ def run_demo(
         "alerting-live", 1, note="Drift alerts wired to the on-call channel", tracking_uri=store_uri,
         cycle=spec.cycle.name, who="platform-team",
     )
+    say("Registering the screening model and serving it: @champion, traced predictions, clinician feedback")
+    with _tracking_uri(logging_uri):
+        demo_serving.register_champion(logging_uri, _experiment_id("demo-screening", directory), say)
+        demo_serving.serve(_experiment_id(demo_serving.SERVING_EXPERIMENT, directory), say)
     say("Testing a hypothesis in the ledger: does a random forest forecast better than linear regression?")
     with _tracking_uri(logging_uri):
         arms = _train_study(directory)

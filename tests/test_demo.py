@@ -71,7 +71,7 @@ def test_demo_spec_has_every_category_and_kind():
     spec = parse_spec(demo.demo_spec("2026-Q4"), "demo okrs.yaml")
     assert {objective.category for objective in spec.objectives} == {"product", "operational", "research"}
     krs = {kr.id: kr for _, kr in spec.key_results()}
-    assert {kr.kind for kr in krs.values()} == {"metric", "maintain", "manual", "ledger"}
+    assert {kr.kind for kr in krs.values()} == {"metric", "maintain", "manual", "ledger", "traces"}
     assert isinstance(krs["f1-vs-first-model"].target, str) and isinstance(krs["forecast-mae"].target, str)
     assert krs["p99-latency"].resolve(10)[1] == "minimize"
     assert krs["recall"].guardrails and krs["p99-latency"].filter
@@ -378,3 +378,29 @@ def test_readme_has_the_two_setup_commands_and_placeholders():
     for heading in ("Live updates", "Ledger", "Quarter-end report and notifications",
                     "Reliability and security", "Benchmarks"):
         assert re.search(rf"^## {re.escape(heading)}$", text, re.MULTILINE), heading
+
+
+def test_the_demo_follows_champion_and_rates_served_screenings(demo_run):
+    """@champion names the gradient-boosting version; 300 traced screenings carry a csat each."""
+    directory, _, client = demo_run
+    krs = {kr["id"]: kr for objective in status_json(client)["objectives"] for kr in objective["key_results"]}
+    screening = runs_by_name(client, "demo-screening")
+    champion = krs["champion-recall"]
+    assert champion["model"]["version"] == "2"
+    assert champion["best_run_id"] == screening["gradient-boosting"].info.run_id
+    assert champion["current"] == screening["gradient-boosting"].data.metrics["val_recall"]
+    assert [p["version"] for p in champion["model"]["promotions"]] == ["2"]
+    csat = krs["clinician-csat"]
+    serving = client.get_experiment_by_name("demo-serving").experiment_id
+    scores = [
+        assessment.value
+        for trace in client.search_traces(locations=[serving], max_results=500)
+        for assessment in trace.info.assessments
+        if assessment.name == "csat"
+    ]
+    assert (csat["kind"], csat["counted_runs"], len(scores)) == ("traces", 300, 300)
+    assert csat["current"] == pytest.approx(sum(scores) / len(scores), rel=1e-12)
+    assert csat["status"] == "achieved"
+    report = invoke(CliRunner(), "report", "--format", "md", "--tracking-uri", client.tracking_uri).output
+    assert "- `champion-recall` follows `screener@champion`, now version 2" in report
+    assert "- `clinician-csat` measures avg of the csat assessments on traces in demo-serving" in report
