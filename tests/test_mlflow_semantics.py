@@ -251,6 +251,8 @@ def sequence(rec: Recorder) -> None:
         predict(5)
         mlflow.flush_trace_async_logging()  # traces are exported in the background
         traces = client.search_traces(locations=[exp_a], order_by=["timestamp_ms ASC"])
+        # Two traces may start in the same millisecond: their order is then the database's.
+        traces = sorted(traces, key=lambda t: (t.info.timestamp_ms, t.info.request_preview))
         rec.note("traces", [
             (str(t.info.state), t.info.request_preview, t.info.response_preview,
              sorted((span.name, span.attributes.get("rows")) for span in t.data.spans))
