@@ -559,3 +559,29 @@ def test_a_recount_waits_for_the_writes_to_its_whole_cycle_to_pause() -> None:
     recounts.revised(("2", "other-cycle"), 0.0)
     assert recounts.take(3.0) == {("2", "other-cycle")}
     assert recounts.take(3.0 + schedule.RECOUNT_PAUSE) == {("1", "latest-latency"), ("1", "accuracy")}
+
+
+def test_a_spec_applied_through_the_okr_store_counts_the_next_write(
+    tracking_uri: str, client: MlflowClient
+) -> None:
+    """As a client applying through an okr server does: the definitions the store loaded before
+    the apply are replaced at once, so the first write after it counts with no later write."""
+    from mlflow.entities import RunTag
+
+    from mlflow_okr.apply import apply_spec
+    from mlflow_okr.spec import parse_spec
+
+    okr_client = MlflowClient(use_okr_uri(tracking_uri))
+    experiment_id = okr_client.create_experiment(EXPERIMENT)
+    warm_up = okr_client.create_run(experiment_id).info.run_id
+    okr_client.log_metric(warm_up, "warm_up", 1.0)  # the store loads its definitions: none yet
+    apply_spec(okr_client, parse_spec(live_spec_text()))
+    run_id = okr_client.create_run(experiment_id).info.run_id
+    now = int(time.time() * 1000)
+    okr_client.log_batch(
+        run_id, metrics=[Metric("val_acc", 0.7, now, 0), Metric("latency", 12, now, 0)],
+        tags=[RunTag("stage", "prod")],
+    )
+    assert wait_for(lambda: kr_run(client, "acc").data.tags.get(vocabulary.TAG_BEST_RUN) == run_id)
+    flush()
+    assert_no_drift(client)

@@ -14,7 +14,7 @@ from typing import Any
 
 from mlflow.entities import RunStatus
 
-from mlflow_okr import compat, state
+from mlflow_okr import compat, state, vocabulary
 from mlflow_okr.store.keepers import Keepers
 from mlflow_okr.store.live import LiveKrs, fail_open
 
@@ -64,6 +64,14 @@ class OkrHooks:
     def log_param(self, run_id, param):
         result = super().log_param(run_id, param)
         self._okr_live.written(run_id, param_keys=(param.key,))
+        return result
+
+    def set_experiment_tag(self, experiment_id, tag):
+        result = super().set_experiment_tag(experiment_id, tag)
+        # `apply` writes this tag last: a spec published through this store (a client applying
+        # through the server) is loaded at once, not at the next write after REFRESH_INTERVAL.
+        if tag.key == vocabulary.TAG_APPLIED_AT:
+            self._okr_live.definitions_changed()
         return result
 
     def set_tag(self, run_id, tag):

@@ -185,6 +185,20 @@ class LiveKrs:
             self._wake.set()
         return watched
 
+    def definitions_changed(self) -> None:
+        """A spec was applied through this store: reload the definitions now, in the writer.
+
+        Definitions loaded while the apply ran (before its spec tags) would otherwise stay in use
+        until a write came REFRESH_INTERVAL later, so a first write soon after the apply marked
+        nothing; the reload's recount of the new cycle counts it.
+        """
+        try:
+            self._refresh_due.set()
+            self._ensure_thread()
+            self._wake.set()
+        except Exception as error:  # noqa: BLE001 - fail-open: never fail the user's write
+            fail_open(error)
+
     def refresh(self) -> bool:
         """Reload the definitions if a spec was applied since; True when they changed.
 
