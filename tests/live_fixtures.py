@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import textwrap
+import time
 
 import mlflow
 from hypothesis import strategies as st
@@ -131,3 +132,13 @@ def run_operations(okr_client: MlflowClient, client: MlflowClient, operations, s
         elif op[0] == "delete":
             okr_client.delete_run(run_id)
             deleted.add(run_id)
+
+
+def wait_for(condition, seconds: float = 30.0) -> bool:
+    """Poll `condition` until it holds or `seconds` pass; the caller asserts on the result."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 
 import mlflow
 import pytest
@@ -17,7 +16,15 @@ from mlflow_okr.spec import parse_cycle
 from mlflow_okr.store import flush
 from mlflow_okr.sync import stored_cycle_status, sync
 from tests.conftest import invoke, make_run, requires_okr_store
-from tests.live_fixtures import EXPERIMENT, live_spec_text, operation, publish, run_operations, use_okr_uri
+from tests.live_fixtures import (
+    EXPERIMENT,
+    live_spec_text,
+    operation,
+    publish,
+    run_operations,
+    use_okr_uri,
+    wait_for,
+)
 from tests.servers import DEPLOYMENTS, deployment_args, mlflow_server
 
 AS_OF = ("--as-of", "2026-11-15")
@@ -259,16 +266,6 @@ def organization_uri(tracking_uri: str) -> str:
     return uri
 
 
-def wait_for(condition, seconds: float = 60.0) -> bool:
-    """Poll `condition` until it holds or `seconds` pass."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.5)
-    return condition()
-
-
 def objective_scores(status) -> dict[str, float]:
     return {
         f"{cycle.cycle.name}:{objective.team}/{objective.id}": objective.score
@@ -337,7 +334,7 @@ def test_a_server_keeps_every_set_and_the_roll_up_current(tmp_path, deployment):
         finally:
             mlflow.set_tracking_uri(None)
         client = MlflowClient(database)
-        assert wait_for(lambda: not sync(client, check=True).drifted), sync(client, check=True).kr_drift
+        assert wait_for(lambda: not sync(client, check=True).drifted, 60), sync(client, check=True).kr_drift
     tags = client.get_run(run.info.run_id).data.tags
     assert tags["okr.kr.acc/live"] == tags["okr.kr.acc/live-year"] == tags["okr.kr.acc-mean"] == "counted"
     stored = stored_cycle_status(client)

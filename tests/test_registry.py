@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -15,6 +14,7 @@ from mlflow_okr.errors import SpecError
 from mlflow_okr.report import build_report, render
 from mlflow_okr.spec import parse_spec
 from tests.conftest import IN_CYCLE_MS, invoke, make_run, requires_okr_store
+from tests.live_fixtures import wait_for
 
 AS_OF = ("--as-of", "2026-11-15")
 NOW = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
@@ -174,16 +174,6 @@ def test_invalid_model_krs_name_file_and_line(lines, line, message):
     assert message in problem
 
 
-def _wait_for(condition, seconds: float) -> bool:
-    """Poll `condition` until it holds or `seconds` pass; the caller asserts on the result."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @requires_okr_store
 def test_an_alias_move_through_the_okr_registry_moves_the_kr_live(registered, runner, tracking_uri):
     assert invoke(runner, "sync", *AS_OF).exit_code == 0
@@ -196,9 +186,9 @@ def test_an_alias_move_through_the_okr_registry_moves_the_kr_live(registered, ru
         def moved(run: str = run) -> bool:
             return okr_client.get_run(kr_run_id).data.tags.get(vocabulary.TAG_BEST_RUN) == registered[run]
 
-        assert _wait_for(moved, 5.0)
+        assert wait_for(moved)
     okr_client.delete_registered_model_alias("screener", "champion")
-    assert _wait_for(lambda: okr_client.get_run(kr_run_id).data.tags.get(vocabulary.TAG_COUNTED) == "0", 5.0)
+    assert wait_for(lambda: okr_client.get_run(kr_run_id).data.tags.get(vocabulary.TAG_COUNTED) == "0")
     promotions = json.loads(okr_client.get_run(kr_run_id).data.tags[vocabulary.TAG_PROMOTIONS])
     assert [entry["version"] for entry in promotions] == ["1", "2", None]
     assert invoke(runner, "sync", "--check", *AS_OF).exit_code == 0

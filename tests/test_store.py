@@ -31,6 +31,7 @@ from tests.live_fixtures import (
     publish,
     run_operations,
     use_okr_uri,
+    wait_for,
 )
 
 
@@ -481,16 +482,6 @@ def test_exit_never_waits_long_on_a_stuck_backend(
 
 # ---------------------------------------------------------------------------------------------
 # The writer's lifecycle
-
-
-def wait_for(condition, seconds: float = 30.0) -> bool:
-    """Poll `condition` until it holds or `seconds` pass; the caller asserts on the result."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_an_idle_writer_ends_and_the_next_write_starts_one(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import statistics
-import time
 
 import mlflow
 import numpy
@@ -19,6 +18,7 @@ from mlflow_okr.errors import SpecError
 from mlflow_okr.report import build_report, render
 from mlflow_okr.spec import parse_spec
 from tests.conftest import invoke, requires_okr_store
+from tests.live_fixtures import wait_for
 
 AS_OF = ("--as-of", "2026-11-15")
 NOW = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
@@ -306,16 +306,6 @@ def test_validate_exits_2_on_an_unsupported_aggregation(runner, write_spec):
     assert where + "aggregation count is not one MLflow supports for latency on traces" in result.output
 
 
-def _wait_for(condition, seconds: float) -> bool:
-    """Poll `condition` until it holds or `seconds` pass; the caller asserts on the result."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 @requires_okr_store
 def test_trace_writes_through_the_okr_store_move_the_kr_live(traced, tracking_uri, runner):
     """A trace logged through okr+sqlite shows in its KR within 5 s, as a recompute has it."""
@@ -330,13 +320,13 @@ def test_trace_writes_through_the_okr_store_move_the_kr_live(traced, tracking_ur
     def moved() -> bool:
         return okr_client.get_run(kr_run_id).data.metrics.get(vocabulary.METRIC_VALUE) == expected
 
-    assert _wait_for(moved, 5.0)
+    assert wait_for(moved)
     trace_id = log_trace(okr_client, traced, NOV_1_MS + 300_000, 10)
     mlflow.flush_trace_async_logging()
     mlflow.log_feedback(trace_id=trace_id, name="csat", value=1.0)
     csat = statistics.fmean(CSAT + [1])
-    assert _wait_for(
-        lambda: okr_client.get_run(csat_run_id).data.metrics.get(vocabulary.METRIC_VALUE) == csat, 5.0
+    assert wait_for(
+        lambda: okr_client.get_run(csat_run_id).data.metrics.get(vocabulary.METRIC_VALUE) == csat
     )
     mlflow.set_tracking_uri(tracking_uri)
-    assert _wait_for(lambda: invoke(runner, "sync", "--check", *AS_OF).exit_code == 0, 5.0)
+    assert wait_for(lambda: invoke(runner, "sync", "--check", *AS_OF).exit_code == 0)
