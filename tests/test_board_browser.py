@@ -62,9 +62,12 @@ def css(driver, selector: str):
 
 
 def wait(driver, condition, seconds: float = WAIT_SECONDS):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, seconds, poll_frequency=0.2).until(condition)
+    # The board re-renders on every poll: an element found just before may be gone when read.
+    ignored = (StaleElementReferenceException,)
+    return WebDriverWait(driver, seconds, poll_frequency=0.2, ignored_exceptions=ignored).until(condition)
 
 
 def open_board(driver, url: str) -> None:
@@ -78,7 +81,14 @@ def card_ids(driver) -> list[str]:
 
 
 def shown(driver, kr_id: str, part: str) -> str:
-    return css(driver, f'[data-kr="{kr_id}"] .{part}')[0].text
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(50):
+        try:
+            return css(driver, f'[data-kr="{kr_id}"] .{part}')[0].text
+        except StaleElementReferenceException:
+            continue  # the board re-rendered between the look-up and the read: look again
+    raise AssertionError(f"{kr_id} .{part} kept being re-rendered")
 
 
 def console_errors(driver) -> list[str]:
