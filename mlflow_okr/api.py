@@ -38,8 +38,8 @@ def apply_spec(
         _sync(client, cycle=spec.cycle.name, team=spec.team or "")
         # A KR id this set shares with an overlapping cycle renames that cycle's run tags too.
         for other in state.published_sets(client):
-            if other.cycle.name != spec.cycle.name and other.spec._shared_kr_ids:
-                if {kr.id for _, kr in spec.key_results()} & other.spec._shared_kr_ids:
+            if other.cycle.name != spec.cycle.name and other.spec.shared_kr_ids:
+                if {kr.id for _, kr in spec.key_results()} & other.spec.shared_kr_ids:
                     _sync(client, cycle=other.cycle.name, team=other.team or "")
     return plan
 

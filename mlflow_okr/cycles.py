@@ -35,12 +35,6 @@ def current(items: Iterable[Item], now: dt.datetime, cycle_of: Callable[[Item], 
     return [item for item in items if cycle_of(item).name == cycle_of(latest).name]
 
 
-def current_cycles(cycles: Iterable[Cycle], now: dt.datetime) -> list[Cycle]:
-    """The distinct current cycles at `now`, innermost first."""
-    unique = {cycle.name: cycle for cycle in cycles}
-    return current(unique.values(), now, lambda cycle: cycle)
-
-
 def encloses(outer: Cycle, inner: Cycle) -> bool:
     """Whether `outer` contains every day of `inner` (a cycle encloses itself)."""
     return outer.start <= inner.start and inner.end <= outer.end

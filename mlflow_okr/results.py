@@ -14,6 +14,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from mlflow_okr import traces
+from mlflow_okr.alignment import ObjectiveKey
 from mlflow_okr.engine import Scored, has_data, status_of, weighted_mean
 from mlflow_okr.practice_results import Confidence, CycleEffort, Effort, Unaligned, optional_field
 from mlflow_okr.registry import ModelStatus
@@ -107,7 +108,7 @@ def alignment_rows(status: CycleStatus) -> list[tuple[int, str, float | None]]:
     children: dict[str, list[str]] = {}
     for cycle in [status, *status.enclosing_cycles]:
         for objective in cycle.objectives:
-            ref = f"{cycle.cycle.name}:" + (f"{objective.team}/" if objective.team else "") + objective.id
+            ref = ObjectiveKey(cycle.cycle.name, objective.team, objective.id).ref
             scores[ref] = objective.score
             if objective.aligned_children:
                 children[ref] = objective.aligned_children

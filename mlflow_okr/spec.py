@@ -636,6 +636,11 @@ class OkrSpec(StrictModel):
         """
         return vocabulary.run_tag_id(kr_id, self.cycle.name, shared=kr_id in self._shared_kr_ids)
 
+    @property
+    def shared_kr_ids(self) -> frozenset[str]:
+        """This spec's KR ids that another overlapping published cycle uses too (see `sharing`)."""
+        return self._shared_kr_ids
+
     def sharing(self, kr_ids: frozenset[str]) -> OkrSpec:
         """This spec, knowing which of its KR ids other overlapping cycles use too."""
         copy = self.model_copy()

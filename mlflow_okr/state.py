@@ -237,6 +237,14 @@ def current_sets(
     return [_with_run_ids(client, spec, e.experiment_id) for spec, e in found]
 
 
+def innermost_sets(
+    client: MlflowClient, cycle: str | None = None, team: str | None = None, now: float | None = None
+) -> list[PublishedCycle]:
+    """The sets of `cycle`, or of the innermost cycle current at `now`; raise if none."""
+    sets = current_sets(client, cycle, team, now)
+    return [s for s in sets if s.cycle.name == sets[0].cycle.name]
+
+
 def load_published(
     client: MlflowClient, cycle: str | None = None, now: float | None = None, team: str | None = None
 ) -> PublishedCycle:
@@ -244,8 +252,7 @@ def load_published(
 
     A cycle with several sets needs `team` ("" is the unnamed set); see `current_sets` for all.
     """
-    sets = current_sets(client, cycle, team, now)
-    innermost = [s for s in sets if s.cycle.name == sets[0].cycle.name]
+    innermost = innermost_sets(client, cycle, team, now)
     if len(innermost) > 1:
         names = ", ".join(s.team or "(unnamed)" for s in innermost)
         raise InputError(f"cycle {innermost[0].cycle.name} has several sets ({names}); name the team")

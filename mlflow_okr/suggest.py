@@ -444,9 +444,8 @@ def suggest_next_cycles(
     """Draft next cycle's okrs.yaml of every set of the cycle (or `team`'s), one draft per set."""
     client = state.make_client(tracking_uri)
     now = now or dt.datetime.now(dt.timezone.utc)
-    sets = state.current_sets(client, from_cycle, team, now.timestamp())
-    innermost = [s for s in sets if s.cycle.name == sets[0].cycle.name]
-    return [_draft(client, published, next_cycle, now) for published in innermost]
+    sets = state.innermost_sets(client, from_cycle, team, now.timestamp())
+    return [_draft(client, published, next_cycle, now) for published in sets]
 
 
 def suggest_next_cycle(

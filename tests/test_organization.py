@@ -164,10 +164,10 @@ def test_a_company_objective_rolls_up_its_teams_scores(client, runner, write_spe
 def test_the_current_cycles_are_innermost_first():
     year, half, quarter = parse_cycle("2026"), parse_cycle("2026-H2"), parse_cycle("2026-Q4")
     now = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
-    current = cycles.current_cycles([year, quarter, half], now)
+    current = cycles.current([year, quarter, half], now, lambda cycle: cycle)
     assert [c.name for c in current] == ["2026-Q4", "2026-H2", "2026"]
     after = dt.datetime(2027, 2, 1, tzinfo=dt.timezone.utc)
-    assert [c.name for c in cycles.current_cycles([year, quarter, half], after)] == ["2026-Q4"]
+    assert [c.name for c in cycles.current([year, quarter, half], after, lambda cycle: cycle)] == ["2026-Q4"]
 
 
 def test_overlapping_cycles_give_one_answer_everywhere(client, runner, write_spec):
@@ -179,7 +179,7 @@ def test_overlapping_cycles_give_one_answer_everywhere(client, runner, write_spe
         assert apply(runner, write_spec, text, f"{cycle}.yaml").exit_code == 0
     now = dt.datetime.now(dt.timezone.utc)
     published = [parse_cycle(name) for name in ("2026", "2026-Q4", "2026-H2")]
-    expected = [c.name for c in cycles.current_cycles(published, now)]
+    expected = [c.name for c in cycles.current(published, now, lambda cycle: cycle)]
     watched = load_watched_krs(client).current_cycle(now)
     assert watched is not None and watched.cycle.name == expected[0]
     assert state.load_published(client, now=now.timestamp()).cycle.name == expected[0]

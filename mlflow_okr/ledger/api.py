@@ -134,7 +134,7 @@ def _checked_links(client: MlflowClient, kr: str | None, objective: str | None) 
     if kr is None and objective is None:
         return None
     try:
-        sets = _innermost_sets(client)
+        sets = state.innermost_sets(client)
     except NotPublishedError:
         return objective  # nothing to check against yet
     if kr is not None:
@@ -145,12 +145,6 @@ def _checked_links(client: MlflowClient, kr: str | None, objective: str | None) 
         known = ", ".join(objectives)
         raise InputError(f"unknown objective {objective!r} in cycle {sets[0].cycle.name} (known: {known})")
     return objective
-
-
-def _innermost_sets(client: MlflowClient, cycle: str | None = None, now: float | None = None):
-    """Every set of `cycle`, or of the innermost current cycle."""
-    sets = state.current_sets(client, cycle, now=now)
-    return [s for s in sets if s.cycle.name == sets[0].cycle.name]
 
 
 def _source_run(client: MlflowClient, run_id: str):
@@ -270,7 +264,7 @@ def _cycle_scope(client: MlflowClient, cycle: str | None) -> tuple[str | None, C
     Without a published cycle the whole ledger is one family.
     """
     try:
-        published = _innermost_sets(client, cycle)[0]
+        published = state.innermost_sets(client, cycle)[0]
     except NotPublishedError:
         if cycle is not None:
             raise
@@ -365,7 +359,7 @@ def _linked_kr(client: MlflowClient, hypothesis: Hypothesis) -> KeyResult | None
     if hypothesis.kr is None:
         return None
     try:
-        sets = _innermost_sets(client)
+        sets = state.innermost_sets(client)
     except NotPublishedError:
         return None
     found = (s.spec.find_key_result(hypothesis.kr) for s in sets)
@@ -552,7 +546,7 @@ def refresh_ledger_krs(
     refreshed = []
     for moment in sorted(set(moments_ms)):
         try:
-            sets = _innermost_sets(client, now=moment / 1000)
+            sets = state.innermost_sets(client, now=moment / 1000)
         except NotPublishedError:
             return refreshed
         for published in sets:
