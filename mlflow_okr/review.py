@@ -32,6 +32,7 @@ from mlflow_okr.practice_results import Confidence, optional_field
 from mlflow_okr.report.model import HistoryPoint, history, run_url
 from mlflow_okr.results import CycleStatus, KeyResultStatus
 from mlflow_okr.spec import Cycle, OkrSpec, as_utc
+from mlflow_okr.vocabulary import KrStatus
 
 DEFAULT_WINDOW = "7d"
 MAX_MOVED_LISTED = 5  # runs named per KR in the md/html review; JSON lists every id
@@ -40,8 +41,8 @@ _RELATIVE = re.compile(r"^\s*(\d+)\s*([dw])\s*$")
 
 class Transition(BaseModel):
     time: dt.datetime
-    from_status: str = Field(alias="from")
-    to_status: str = Field(alias="to")
+    from_status: KrStatus = Field(alias="from")
+    to_status: KrStatus = Field(alias="to")
 
     model_config = {"populate_by_name": True}
 
@@ -75,7 +76,7 @@ class KeyResultReview(BaseModel):
     delta: float | None = None
     progress_from: float | None = None
     progress_to: float | None = None
-    status: str
+    status: KrStatus
     transitions: list[Transition] = []
     moved_by: list[str] = []
     moved_runs: list[MovedRun] = []
@@ -145,7 +146,9 @@ def _at(points: list[HistoryPoint], moment: dt.datetime, field: str) -> float | 
     return found
 
 
-def _status(spec: OkrSpec, kr: KeyResultStatus, points: list[HistoryPoint], moment: dt.datetime) -> str:
+def _status(
+    spec: OkrSpec, kr: KeyResultStatus, points: list[HistoryPoint], moment: dt.datetime
+) -> KrStatus:
     """The KR's status at `moment` from its recorded history, by the engine's one rule."""
     progress = _at(points, moment, "progress") or 0.0
     has_data = _at(points, moment, "value") is not None
@@ -308,6 +311,8 @@ def build_review(
             progress_before, progress_after = _at(points, since, "progress"), _at(points, until, "progress")
             expected = spec.status_thresholds.on_track * spec.cycle.elapsed(until)
             current = _status(spec, kr, points, until)
+            unmoved = before == after and progress_before == progress_after
+            below = current not in (KrStatus.ACHIEVED, KrStatus.MET) and (progress_after or 0.0) < expected
             run_ids = moved.get(kr.id, [])
             reviews.append(KeyResultReview(
                 id=kr.id, title=kr.title, objective=objective.id, kind=kr.kind, unit=kr.unit,
@@ -318,8 +323,8 @@ def build_review(
                 transitions=transitions(spec, kr, points, since, until),
                 moved_by=run_ids,
                 moved_runs=_moved_runs(client, run_ids, ui_url),
-                stale=current != "achieved" and before == after and progress_before == progress_after,
-                below_line=current not in ("achieved", "met") and (progress_after or 0.0) < expected,
+                stale=current is not KrStatus.ACHIEVED and unmoved,
+                below_line=below,
                 expected_progress=expected,
                 confidence=(confidences or {}).get(kr.id),
                 checkin=_checkin(client, kr, since, until),
