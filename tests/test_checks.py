@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,62 +12,39 @@ from mlflow_okr.checks import check_spec
 from mlflow_okr.errors import SpecError
 from mlflow_okr.spec import parse_cycle, parse_spec
 from tests.conftest import NOW, invoke
+from tests.specs import objective, okrs_yaml, reco
 
 EXAMPLE_SPEC = Path(__file__).resolve().parents[1] / "examples" / "okrs.yaml"
 DAY_MS = vocabulary.MS_PER_DAY
 
-TRAPS = """
-version: 1
-cycle: 2026-Q4
-objectives:
-  - id: uptime
-    title: Keep the service up
-    category: operational
-    owner: platform
-    key_results:
-      - {id: availability, metric: availability, maintain: {min: 0.999}}
-  - id: reco
-    title: Better recommendations
-    category: product
-    owner: reco-team
-    key_results:
-      - {id: auc, metric: auc, baseline: 0.7, target: 0.8}
-  - id: forecasting
-    title: Learn whether deep models forecast better
-    category: research
-    owner: research
-    key_results:
-      - {id: mape, metric: mape, baseline: 12, target: 10}
-  - id: everything
-    title: Do everything at once
-    category: operational
-    key_results:
-      - {id: k1, metric: m1, baseline: 0, target: 1}
-      - {id: k2, metric: m2, baseline: 0, target: 1}
-      - {id: k3, metric: m3, baseline: 0, target: 1}
-      - {id: k4, metric: m4, baseline: 0, target: 1}
-      - {id: k5, metric: m5, baseline: 0, target: 1}
-      - {id: k6, metric: m6, baseline: 0, target: 1}
-"""
+TRAPS = okrs_yaml(
+    objective("uptime", "{id: availability, metric: availability, maintain: {min: 0.999}}",
+              title="Keep the service up", category="operational", owner="platform"),
+    reco("{id: auc, metric: auc, baseline: 0.7, target: 0.8}"),
+    objective("forecasting", "{id: mape, metric: mape, baseline: 12, target: 10}",
+              title="Learn whether deep models forecast better", category="research", owner="research"),
+    objective("everything", *(f"{{id: k{n}, metric: m{n}, baseline: 0, target: 1}}" for n in range(1, 7)),
+              title="Do everything at once", category="operational"),
+)
 
 
 def lines(spec_text: str, client=None) -> list[str]:
-    report = check_spec(parse_spec(textwrap.dedent(spec_text)), client, NOW)
+    report = check_spec(parse_spec(spec_text), client, NOW)
     return [warning.line() for warning in report.warnings]
 
 
 def test_every_spec_only_trap_fires_with_its_code_and_line() -> None:
     assert lines(TRAPS) == [
-        "okrs.yaml:5: objectives[0].id: okr-bau: objective 'uptime' has only maintain KRs; track these as "
+        "okrs.yaml:4: objectives[0].id: okr-bau: objective 'uptime' has only maintain KRs; track these as "
         "KPIs or add a KR that changes something",
-        "okrs.yaml:11: objectives[1].id: okr-no-business-proxy: objective 'reco' is a product objective "
+        "okrs.yaml:10: objectives[1].id: okr-no-business-proxy: objective 'reco' is a product objective "
         "measured only by model metrics; add a KR with `measures: product` or `business` "
         "(or mark one that is)",
-        "okrs.yaml:17: objectives[2].id: okr-research-without-learning: objective 'forecasting' is research "
+        "okrs.yaml:16: objectives[2].id: okr-research-without-learning: objective 'forecasting' is research "
         "with no learning KR; add a `source: ledger` KR counting validated hypotheses",
-        "okrs.yaml:23: objectives[3].id: okr-too-many-krs: objective 'everything' has 6 KRs; keep at most 5 "
+        "okrs.yaml:22: objectives[3].id: okr-too-many-krs: objective 'everything' has 6 KRs; keep at most 5 "
         "that people can follow",
-        "okrs.yaml:23: objectives[3].id: okr-no-owner: objective 'everything' has no owner; name who answers "
+        "okrs.yaml:22: objectives[3].id: okr-no-owner: objective 'everything' has no owner; name who answers "
         "for its KRs",
     ]
 
@@ -103,42 +79,26 @@ def test_allow_silences_a_code_on_its_objective_only() -> None:
 
 def test_allow_is_per_objective_or_kr_never_global() -> None:
     with pytest.raises(SpecError) as raised:
-        parse_spec(TRAPS.replace("version: 1\n", "version: 1\nallow: [okr-bau]\n", 1).lstrip())
+        parse_spec(TRAPS.replace("version: 1\n", "version: 1\nallow: [okr-bau]\n", 1))
     assert "okrs.yaml:2: allow: unknown key 'allow'" in str(raised.value)
     with pytest.raises(SpecError) as raised:
-        parse_spec(TRAPS.replace("{id: auc, metric", "{id: auc, allow: [okr-bau], metric").lstrip())
+        parse_spec(TRAPS.replace("{id: auc, metric", "{id: auc, allow: [okr-bau], metric"))
     assert "okr-bau is about an objective; allow it on the objective, not on a KR" in str(raised.value)
     with pytest.raises(SpecError) as raised:
-        parse_spec(TRAPS.replace("{id: auc, metric", "{id: auc, allow: [okr-nope], metric").lstrip())
+        parse_spec(TRAPS.replace("{id: auc, metric", "{id: auc, allow: [okr-nope], metric"))
     assert "'okr-nope' is not allowed" in str(raised.value)
 
 
 # ---------------------------------------------------------------------------------------------
 # okr-implausible-target: the track record of an earlier cycle
 
-PAST = """
-version: 1
-cycle: 2026-Q3
-objectives:
-  - id: reco
-    title: Better recommendations
-    category: product
-    owner: reco-team
-    key_results:
-      - {id: ctr-q3, metric: online_ctr, measures: product, baseline: 0.05, target: 0.08}
-"""
-NEXT = """
-version: 1
-cycle: 2026-Q4
-objectives:
-  - id: reco
-    title: Better recommendations
-    category: product
-    owner: reco-team
-    key_results:
-      - {id: ctr, metric: online_ctr, measures: product, baseline: 0.07, target: TARGET}
-      - {id: recall, metric: recall, measures: product, baseline: 0.5, target: 0.9}
-"""
+PAST = okrs_yaml(
+    reco("{id: ctr-q3, metric: online_ctr, measures: product, baseline: 0.05, target: 0.08}"), cycle="2026-Q3"
+)
+NEXT = okrs_yaml(reco(
+    "{id: ctr, metric: online_ctr, measures: product, baseline: 0.07, target: TARGET}",
+    "{id: recall, metric: recall, measures: product, baseline: 0.5, target: 0.9}",
+))
 
 
 def publish_past_cycle(client) -> None:
@@ -159,7 +119,7 @@ def test_a_target_beyond_twice_the_track_record_is_implausible(client) -> None:
     publish_past_cycle(client)
     report = check_spec(parse_spec(NEXT.replace("TARGET", "0.15")), client, NOW)
     assert [warning.line() for warning in report.warnings] == [
-        "okrs.yaml:10: objectives[0].key_results[0].target: okr-implausible-target: KR 'ctr' asks online_ctr "
+        "okrs.yaml:9: objectives[0].key_results[0].target: okr-implausible-target: KR 'ctr' asks online_ctr "
         "to move 0.08 (0.07 -> 0.15); 2026-Q3's pace on online_ctr makes about 0.02857 plausible this cycle, "
         "and this is more than 2x that"
     ]

@@ -14,23 +14,16 @@ from mlflow_okr.api import apply_spec
 from mlflow_okr.confidence import trend_confidence
 from mlflow_okr.spec import parse_cycle, parse_spec
 from tests.conftest import NOW, invoke
+from tests.specs import ON_CALL, okrs_yaml, reco
 
 Q4 = parse_cycle("2026-Q4")
 DAY_MS = vocabulary.MS_PER_DAY
 END_DAY = 92.0  # 2026-10-01 .. 2026-12-31
-SPEC = """
-version: 1
-cycle: 2026-Q4
-objectives:
-  - id: reco
-    title: Better recommendations
-    category: product
-    owner: reco-team
-    key_results:
-      - {id: ctr, metric: online_ctr, measures: product, baseline: 0.05, target: 0.08}
-      - {id: latency, metric: p99, baseline: 100, target: 50}
-      - {id: on-call, source: manual, target: 1}
-"""
+SPEC = okrs_yaml(reco(
+    "{id: ctr, metric: online_ctr, measures: product, baseline: 0.05, target: 0.08}",
+    "{id: latency, metric: p99, baseline: 100, target: 50}",
+    ON_CALL,
+))
 # ctr: about 0.05 + 0.0004 x day, give or take 0.001; the fitted line, 0.0498 + 0.0004 x day,
 # reaches 0.0866 by day 92.
 CTR_POINTS = [(5.0, 0.0510), (15.0, 0.0570), (25.0, 0.0590), (35.0, 0.0650), (45.0, 0.0670)]

@@ -11,28 +11,17 @@ from mlflow_okr import effort, effort_reads, practice
 from mlflow_okr.api import apply_spec, sync
 from mlflow_okr.spec import parse_cycle, parse_spec
 from tests.conftest import NOW, invoke
+from tests.specs import ON_CALL, okrs_yaml, ops, reco
 
 HOUR_MS = 3_600_000
 NOV_1 = parse_cycle("2026-Q4").start_ms + 31 * 24 * HOUR_MS
-SPEC = """
-version: 1
-cycle: 2026-Q4
-objectives:
-  - id: reco
-    title: Better recommendations
-    category: product
-    owner: reco-team
-    key_results:
-      - {id: ctr, metric: online_ctr, measures: product, experiments: [reco], baseline: 0.05, target: 0.08}
-      - {id: csat, metric: csat, measures: business, experiments: [reco], maintain: {min: 4.0}}
-  - id: ops
-    title: Fast serving
-    category: operational
-    owner: platform
-    key_results:
-      - {id: latency, metric: p99, experiments: [serving], baseline: 100, target: 50}
-      - {id: on-call, source: manual, target: 1}
-"""
+SPEC = okrs_yaml(
+    reco(
+        "{id: ctr, metric: online_ctr, measures: product, experiments: [reco], baseline: 0.05, target: 0.08}",
+        "{id: csat, metric: csat, measures: business, experiments: [reco], maintain: {min: 4.0}}",
+    ),
+    ops("{id: latency, metric: p99, experiments: [serving], baseline: 100, target: 50}", ON_CALL),
+)
 
 
 def run(client, experiment_id, user, start_hour, hours=None, metrics=None, status="FINISHED") -> str:

@@ -15,29 +15,18 @@ from mlflow_okr.errors import InputError
 from mlflow_okr.review import parse_since
 from mlflow_okr.spec import parse_cycle, parse_spec
 from tests.conftest import NOW, invoke
+from tests.specs import ON_CALL, okrs_yaml, ops, reco
 
 Q4 = parse_cycle("2026-Q4")
 SINCE = dt.datetime(2026, 11, 8, tzinfo=dt.timezone.utc)
-SPEC = """
-version: 1
-cycle: 2026-Q4
-objectives:
-  - id: reco
-    title: Better recommendations
-    category: product
-    owner: reco-team
-    key_results:
-      - {id: ctr, metric: online_ctr, measures: product, experiments: [reco], baseline: 0.05, target: 0.08,
-         guardrails: [{metric: p99, max: 50}]}
-      - {id: recall, metric: recall, experiments: [reco], baseline: 0.5, target: 1.0}
-  - id: ops
-    title: Fast serving
-    category: operational
-    owner: platform
-    key_results:
-      - {id: latency, metric: p99, experiments: [serving], baseline: 100, target: 50}
-      - {id: on-call, source: manual, target: 1}
-"""
+SPEC = okrs_yaml(
+    reco(
+        "{id: ctr, metric: online_ctr, measures: product, experiments: [reco], baseline: 0.05, target: 0.08, "
+        "guardrails: [{metric: p99, max: 50}]}",
+        "{id: recall, metric: recall, experiments: [reco], baseline: 0.5, target: 1.0}",
+    ),
+    ops("{id: latency, metric: p99, experiments: [serving], baseline: 100, target: 50}", ON_CALL),
+)
 
 
 def at(month: int, day: int, hour: int = 0) -> int:
