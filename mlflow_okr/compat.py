@@ -272,3 +272,24 @@ def act_in_requested_workspace(name: str, path: str) -> None:
 
     workspace = resolve_workspace_for_request_if_enabled(path, name)
     set_server_request_workspace(workspace.name if workspace else None)
+
+
+# -- model registry --------------------------------------------------------------------------------
+
+
+def logged_model_id_of_source(source: str | None) -> str | None:
+    """The logged model id in a model version's `models:/<model_id>` source, else None.
+
+    MLflow's SQL registry store does not keep `ModelVersion.model_id` (always None on 3.16.0 and
+    3.17.2); the id survives only in the source. `_parse_model_uri`: module-private in
+    mlflow.store.artifact.utils.models; checked on 3.17.2.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.utils.models import _parse_model_uri
+
+    if not source or not source.startswith("models:/"):
+        return None
+    try:
+        return _parse_model_uri(source).model_id
+    except MlflowException:
+        return None

@@ -44,6 +44,8 @@ class KrComputation:
     # pinned dataset changed.
     model: registry.ModelStatus | None = None
     notes: tuple[str, ...] = ()
+    # A `model:` trace KR: the version its alias names, read once so value and model agree.
+    alias: registry.AliasTarget | None = None
 
 
 def new_computations(
@@ -65,6 +67,10 @@ def new_computations(
             _, direction = kr.resolve(computation.baseline)
             computation.tally, target, notes = registry.model_tally(client, kr, direction)
             computation.model, computation.notes = registry.current_model(target), tuple(notes)
+        elif kr.model is not None and kr.source == "traces":
+            computation.alias, notes = traces.model_scope(client, kr)
+            assert computation.alias is not None
+            computation.model, computation.notes = registry.current_model(computation.alias), tuple(notes)
     return computations
 
 
@@ -163,12 +169,17 @@ def score(
 
 
 def counter_inputs(
-    client: MlflowClient, published: state.PublishedCycle, kr: KeyResult, now: dt.datetime
+    client: MlflowClient,
+    published: state.PublishedCycle,
+    kr: KeyResult,
+    now: dt.datetime,
+    alias: registry.AliasTarget | None = None,
 ) -> tuple[float | None, int]:
     """The current value and event count of a ledger or manual KR; of a trace KR, MLflow's
-    aggregate and how many traces, spans or assessments it covers at `now`."""
+    aggregate and how many traces, spans or assessments it covers at `now` (`alias`: where a
+    `model:` trace KR's alias points)."""
     if kr.source == "traces":
-        measured = traces.measure(client, published.spec, kr, now)
+        measured = traces.measure(client, published.spec, kr, now, model=alias)
         return measured.value, measured.count
     if kr.source == "ledger":
         count = state.ledger_validated_count(client, published.cycle, kr.linked_to, count_only=kr.count_only)
@@ -190,7 +201,7 @@ def computed_statuses(
     for kr_id, computation in computations.items():
         counters = (None, 0)
         if computation.tally is None:
-            counters = counter_inputs(client, published, computation.kr, now)
+            counters = counter_inputs(client, published, computation.kr, now, computation.alias)
         scored = score(computation, published.spec, now, counters)
         tally = computation.tally
         statuses[kr_id] = kr_status(

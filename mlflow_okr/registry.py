@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow.exceptions import MlflowException
 from pydantic import BaseModel
 
-from mlflow_okr import vocabulary
+from mlflow_okr import compat, vocabulary
 from mlflow_okr.datasets import latest_for
 from mlflow_okr.engine import RunFacts, Tally, classify_run
 
@@ -73,9 +73,9 @@ def alias_target(client: MlflowClient, name: str, alias: str) -> AliasTarget:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return AliasTarget(name, alias)
         raise
-    return AliasTarget(
-        name, alias, str(version.version), version.run_id or None, getattr(version, "model_id", None) or None
-    )
+    # MLflow's SQL registry keeps a version's logged model only in its `models:/<model_id>` source.
+    model_id = getattr(version, "model_id", None) or compat.logged_model_id_of_source(version.source)
+    return AliasTarget(name, alias, str(version.version), version.run_id or None, model_id)
 
 
 def model_metrics(client: MlflowClient, target: AliasTarget) -> dict[str, float]:

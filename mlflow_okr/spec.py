@@ -286,7 +286,8 @@ class KeyResult(StrictModel):
     model: ModelRef | None = Field(
         None,
         description="Metric and maintain KRs: count only the run (or logged model) behind the version "
-        "that holds this registry alias now.",
+        "that holds this registry alias now. Trace KRs: count only the traces of that version's logged "
+        "model.",
     )
     dataset: DatasetRef | None = Field(
         None,
@@ -344,9 +345,17 @@ class KeyResult(StrictModel):
         return self
 
     def _check_trace_kr(self) -> None:
-        for key in ("metric", "linked_to", "count_only", "model", "dataset"):
+        for key in ("metric", "linked_to", "count_only", "dataset"):
             if getattr(self, key) is not None:
                 raise _invalid(f"a `source: traces` KR takes no {key}", key)
+        # `model:` adds MLflow's filter on the model id each trace carries; a second one would
+        # contradict it or say the same.
+        if self.model is not None and self.filter and traces.MODEL_ID_METADATA in self.filter:
+            raise _invalid(
+                f"a `model:` trace KR filters on {traces.MODEL_ID_METADATA} itself (the version behind "
+                "the alias); remove that clause from `filter`",
+                "filter",
+            )
         if self.guardrails:
             raise _invalid("a `source: traces` KR takes no guardrails", "guardrails")
         # The published spec carries the default `aggregate: best`; any other value is a mix-up.

@@ -9,6 +9,7 @@ measure a trace KR with `measure`, and the engine scores the result (`engine.sco
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from mlflow_okr import compat
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
+    from mlflow_okr.registry import AliasTarget
     from mlflow_okr.spec import KeyResult, OkrSpec
 
 TraceAggregation = Literal["count", "sum", "avg", "min", "max", "p50", "p90", "p95", "p99"]
@@ -29,6 +31,8 @@ _WINDOW_UNIT_MS = {"h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
 # MLflow's metric names for "how many" in each view: a KR's counted_runs is this count.
 _COUNT_METRICS = {"TRACES": "trace_count", "SPANS": "span_count", "ASSESSMENTS": "assessment_count"}
 _ASSESSMENT_VALUE = "assessment_value"
+# The trace metadata key MLflow stamps the active model's id under (TraceMetadataKey.MODEL_ID).
+MODEL_ID_METADATA = "mlflow.modelId"
 # A clause boundary: AND outside quotes (MLflow takes a trace metrics filter one clause at a time).
 _QUOTED_OR_AND = re.compile(r"""('(?:[^']|'')*'|"[^"]*"|`[^`]*`)|\s+AND\s+""", re.IGNORECASE)
 
@@ -162,6 +166,8 @@ def describe(kr: KeyResult) -> str:
     else:
         text = f"{kr.aggregation} of {kr.trace_metric} over {query.view.lower()}"
     text += " in " + (", ".join(kr.experiments) or "all experiments")
+    if kr.model is not None:
+        text += f", of the model version behind {kr.model.name}@{kr.model.alias}"
     if kr.filter:
         text += f" matching `{kr.filter}`"
     text += f", the last {kr.window}" if kr.window else ", over the whole cycle"
@@ -191,22 +197,58 @@ def time_span(spec: OkrSpec, kr: KeyResult, now: dt.datetime) -> tuple[int, int]
     return max(cycle.start_ms, end - window_ms(kr.window)), end
 
 
+def model_filter(model_id: str) -> str:
+    """The trace metrics filter clause for the traces of one logged model."""
+    return f"trace.metadata.`{MODEL_ID_METADATA}` = '{model_id}'"
+
+
+def model_scope(client: MlflowClient, kr: KeyResult) -> tuple[AliasTarget | None, list[str]]:
+    """The model version a `model:` trace KR counts the traces of (None: the KR has no `model:`),
+    with a note on why no trace can count when the alias names no logged model."""
+    from mlflow_okr import registry
+
+    if kr.model is None:
+        return None, []
+    target = registry.alias_target(client, kr.model.name, kr.model.alias)
+    if target.version is None:
+        return target, [f"alias {target.label} does not exist yet"]
+    if _traced_model_id(target) is None:
+        return target, [f"{target.label} (version {target.version}) has no logged model for traces to name"]
+    return target, []
+
+
+def _traced_model_id(target: AliasTarget) -> str | None:
+    """The logged model id the traces of `target`'s version carry (None: it has none; MLflow's ids
+    are `m-<hex>`, and one with a quote could not be a filter value)."""
+    model_id = target.model_id
+    return model_id if model_id and "'" not in model_id else None
+
+
 def measure(
     client: MlflowClient,
     spec: OkrSpec,
     kr: KeyResult,
     now: dt.datetime,
     experiment_ids: list[str] | None = None,
+    model: AliasTarget | None = None,
 ) -> TraceMeasure:
-    """Measure a trace KR with MLflow's `query_trace_metrics` (`experiment_ids`: matched already)."""
+    """Measure a trace KR with MLflow's `query_trace_metrics` (`experiment_ids`: matched already;
+    `model`: where a `model:` KR's alias points, read already)."""
     from mlflow_okr import state
 
     start_ms, end_ms = time_span(spec, kr, now)
+    query = query_of(kr)
+    if kr.model is not None:
+        if model is None:
+            model, _ = model_scope(client, kr)
+        model_id = _traced_model_id(model) if model is not None else None
+        if model_id is None:  # no alias, or it names no logged model: no trace counts
+            return TraceMeasure(None, 0, start_ms, end_ms)
+        query = dataclasses.replace(query, filters=(*query.filters, model_filter(model_id)))
     if experiment_ids is None:
         experiment_ids = state.source_experiment_ids(client, kr.experiments)
     if not experiment_ids:
         return TraceMeasure(None, 0, start_ms, end_ms)
-    query = query_of(kr)
     span = (experiment_ids, start_ms, end_ms)
     count = _aggregate(client, query, query.count_metric, "count", *span)
     value = count

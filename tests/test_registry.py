@@ -111,6 +111,8 @@ def test_a_metric_logged_with_the_model_id_is_the_value(client, runner, write_sp
     run_id = make_run(client, experiment_id, {"auc": 0.81, "latency_ms": 20})
     logged = client.create_logged_model(experiment_id, name="screener", source_run_id=run_id)
     client.log_metric(run_id, "auc", 0.87, model_id=logged.model_id)
+    # Logged later, without the model: the run's latest auc, but not the registered model's.
+    client.log_metric(run_id, "auc", 0.95)
     client.create_registered_model("screener")
     client.create_model_version("screener", f"models:/{logged.model_id}", run_id=run_id,
                                 model_id=logged.model_id)

@@ -12,7 +12,7 @@ import pytest
 from mlflow.entities import SpanType
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import api, vocabulary
+from mlflow_okr import api, traces, vocabulary
 from mlflow_okr.board.data import board_state
 from mlflow_okr.errors import SpecError
 from mlflow_okr.report import build_report, render
@@ -214,6 +214,129 @@ def test_a_trace_filter_narrows_the_traces(client, runner, write_spec):
     assert (latency.current, latency.counted_runs) == (100.0, 1)
 
 
+MODEL_SPEC = """
+version: 1
+cycle: 2026-Q4
+objectives:
+  - id: serve
+    title: Serve users fast with the deployed model
+    category: product
+    key_results:
+      - id: champion-latency
+        source: traces
+        trace_metric: latency
+        aggregation: max
+        experiments: [svc]
+        model: {name: screener, alias: champion}
+        baseline: 1000
+        target: 200
+      - id: champion-csat
+        source: traces
+        assessment: csat
+        aggregation: avg
+        experiments: [svc]
+        model: {name: screener, alias: champion}
+        maintain: {min: 4}
+"""
+
+
+@pytest.fixture
+def versions(client, runner, write_spec):
+    """Versions 1 and 2 of `screener` (each its own logged model) and 3 (none), with traces of the
+    first two models and of no model in experiment svc; csat feedback on some; the spec applied."""
+    train = client.create_experiment("train")
+    svc = client.create_experiment("svc")
+    client.create_registered_model("screener")
+    model_ids = []
+    for name in ("v1", "v2"):
+        logged = client.create_logged_model(train, name=name)
+        model_ids.append(logged.model_id)
+        client.create_model_version("screener", f"models:/{logged.model_id}", model_id=logged.model_id)
+    client.create_model_version("screener", "runs:/0123456789abcdef/model")  # no logged model
+    served = {model_ids[0]: [(100, 5.0), (300, 4.0)], model_ids[1]: [(50, 3.0), (70, None), (90, None)]}
+    start = NOV_1_MS
+    for model_id, calls in served.items():
+        with mlflow.set_active_model(model_id=model_id):  # MLflow stamps it on each trace
+            for latency, csat in calls:
+                start += 1000
+                trace_id = log_trace(client, svc, start, latency)
+                mlflow.flush_trace_async_logging()
+                if csat is not None:
+                    mlflow.log_feedback(trace_id=trace_id, name="csat", value=csat)
+    mlflow.flush_trace_async_logging()
+    unscoped = log_trace(client, svc, start + 1000, 5000)  # no active model: no KR counts it
+    mlflow.flush_trace_async_logging()
+    mlflow.log_feedback(trace_id=unscoped, name="csat", value=1.0)
+    assert invoke(runner, "apply", str(write_spec(MODEL_SPEC))).exit_code == 0
+    return model_ids
+
+
+def model_krs(runner) -> dict[str, dict]:
+    result = invoke(runner, "status", "--format", "json", *AS_OF)
+    assert result.exit_code == 0, result.output
+    return {kr["id"]: kr for kr in json.loads(result.output)["objectives"][0]["key_results"]}
+
+
+def test_a_model_scoped_trace_kr_counts_the_traces_of_the_version_behind_the_alias(versions, runner, client):
+    assert invoke(runner, "sync", *AS_OF).exit_code == 0
+    krs = model_krs(runner)
+    latency = krs["champion-latency"]
+    assert (latency["status"], latency["current"], latency["counted_runs"]) == ("not-started", None, 0)
+    assert latency["notes"] == ["alias screener@champion does not exist yet"]
+
+    client.set_registered_model_alias("screener", "champion", "1")
+    assert invoke(runner, "sync", *AS_OF).exit_code == 0
+    krs = model_krs(runner)
+    latency, csat = krs["champion-latency"], krs["champion-csat"]
+    assert (latency["current"], latency["counted_runs"]) == (300.0, 2)
+    assert latency["progress"] == (300 - 1000) / (200 - 1000)
+    assert (csat["current"], csat["counted_runs"], csat["status"]) == (4.5, 2, "achieved")
+    assert latency["model"]["version"] == "1"
+
+    client.set_registered_model_alias("screener", "champion", "2")
+    result = invoke(runner, "sync", "--check", *AS_OF)
+    assert result.exit_code == 1
+    assert "KR champion-latency: current stored 300.0, recomputed 90.0" in result.output
+    assert invoke(runner, "sync", *AS_OF).exit_code == 0
+    krs = model_krs(runner)
+    latency, csat = krs["champion-latency"], krs["champion-csat"]
+    assert (latency["current"], latency["counted_runs"]) == (90.0, 3)
+    assert (csat["current"], csat["counted_runs"], csat["progress"]) == (3.0, 1, 0.0)
+    assert [p["version"] for p in latency["model"]["promotions"]] == ["1", "2"]
+    assert invoke(runner, "sync", "--check", *AS_OF).exit_code == 0
+
+    client.set_registered_model_alias("screener", "champion", "3")
+    assert invoke(runner, "sync", *AS_OF).exit_code == 0
+    latency = model_krs(runner)["champion-latency"]
+    assert (latency["status"], latency["current"], latency["counted_runs"]) == ("not-started", None, 0)
+    assert latency["notes"] == ["screener@champion (version 3) has no logged model for traces to name"]
+
+
+def test_the_model_scope_is_mlflows_own_trace_metadata_key():
+    from mlflow.tracing.constant import TraceMetadataKey
+
+    assert traces.MODEL_ID_METADATA == TraceMetadataKey.MODEL_ID
+
+
+@requires_okr_store
+def test_an_alias_move_through_the_okr_registry_moves_a_model_scoped_trace_kr_live(
+    versions, runner, tracking_uri
+):
+    assert invoke(runner, "sync", *AS_OF).exit_code == 0
+    kr_run_id = api.status(now=NOW).find("champion-latency").run_id
+    okr_uri = f"okr+{tracking_uri}"
+    okr_client = MlflowClient(tracking_uri=okr_uri, registry_uri=okr_uri)
+    for version, latency in (("1", 300.0), ("2", 90.0)):
+        okr_client.set_registered_model_alias("screener", "champion", version)
+        assert wait_for(
+            lambda latency=latency: okr_client.get_run(kr_run_id).data.metrics.get(vocabulary.METRIC_VALUE)
+            == latency
+        )
+    okr_client.delete_registered_model_alias("screener", "champion")
+    assert wait_for(lambda: okr_client.get_run(kr_run_id).data.tags.get(vocabulary.TAG_COUNTED) == "0")
+    assert invoke(runner, "sync", "--check", *AS_OF).exit_code == 0
+
+
 def _kr(lines: str) -> str:
     return (
         "version: 1\ncycle: 2026-Q4\nobjectives:\n  - id: o\n    title: O\n    category: product\n"
@@ -284,6 +407,27 @@ def _kr(lines: str) -> str:
             "        metric: acc\n        aggregation: p99\n        baseline: 1\n        target: 2\n",
             10,
             "aggregation only applies to `source: traces` KRs",
+        ),
+        (
+            "        source: traces\n        trace_metric: latency\n        aggregation: avg\n"
+            "        model: {name: m, alias: a}\n"
+            "        filter: \"trace.metadata.`mlflow.modelId` = 'm-1'\"\n"
+            "        baseline: 2\n        target: 1\n",
+            13,
+            "a `model:` trace KR filters on mlflow.modelId itself (the version behind the alias); "
+            "remove that clause from `filter`",
+        ),
+        (
+            "        source: traces\n        trace_metric: latency\n        aggregation: avg\n"
+            "        model: {name: m}\n        baseline: 2\n        target: 1\n",
+            12,
+            "missing required key 'alias'",
+        ),
+        (
+            "        source: traces\n        trace_metric: latency\n        aggregation: avg\n"
+            "        dataset: {name: d}\n        baseline: 2\n        target: 1\n",
+            12,
+            "a `source: traces` KR takes no dataset",
         ),
     ],
 )
