@@ -576,3 +576,34 @@ def test_a_spec_applied_through_the_okr_store_counts_the_next_write(
     assert wait_for(lambda: kr_run(client, "acc").data.tags.get(vocabulary.TAG_BEST_RUN) == run_id)
     flush()
     assert_no_drift(client)
+
+
+def test_a_spec_applied_elsewhere_counts_a_write_made_right_after_with_no_later_write(
+    tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two server workers on one database: the one that did not serve the apply loaded its
+    definitions before it, then gets the first KR write and nothing after it. The KR shows it with
+    no further write and no sync: a write owes the store one more look for a newly applied spec."""
+    from mlflow.entities import RunTag
+
+    from mlflow_okr.store.hooks import build_tracking_store
+
+    interval = 10.0  # longer than the apply takes, so the write comes before any due check
+    monkeypatch.setattr(live, "REFRESH_INTERVAL", interval)
+    experiment_id = client.create_experiment(EXPERIMENT)
+    run_id = client.create_run(experiment_id).info.run_id
+    worker = build_tracking_store(vocabulary.OKR_SCHEME_PREFIX + tracking_uri)
+    worker.log_metric(run_id, Metric("warm_up", 1.0, int(time.time() * 1000), 0))  # loads: none yet
+    loaded = time.monotonic()
+    assert worker._okr_live.watched.cycles == {}
+    publish(tracking_uri)  # through another store: no hook of this one sees it
+    now = int(time.time() * 1000)
+    worker.log_batch(
+        run_id, metrics=[Metric("val_acc", 0.7, now, 0), Metric("latency", 12, now, 0)], params=[],
+        tags=[RunTag("stage", "prod")],
+    )
+    assert time.monotonic() - loaded < interval  # the write came before the interval ran out
+    assert wait_for(lambda: kr_run(client, "acc").data.tags.get(vocabulary.TAG_BEST_RUN) == run_id, 60)
+    assert kr_state(client, "acc")[0] == 0.7
+    worker.flush_okr()
+    assert_no_drift(client)

@@ -50,10 +50,19 @@ class WatchedKrs:
 
 
 def published_signature(client: MlflowClient) -> tuple[tuple[str, str], ...]:
-    """One cheap query: which cycles are published, with their spec hashes."""
+    """One cheap query: which cycles are published, with their spec hashes and apply times.
+
+    The apply time is the tag `apply` writes last: definitions read while an apply was still
+    writing its tags carry an older (or no) apply time, so the next check reads them again.
+    """
     return tuple(
         sorted(
-            (experiment.experiment_id, experiment.tags.get(vocabulary.TAG_SPEC_HASH, ""))
+            (
+                experiment.experiment_id,
+                experiment.tags.get(vocabulary.TAG_SPEC_HASH, "")
+                + "@"
+                + experiment.tags.get(vocabulary.TAG_APPLIED_AT, ""),
+            )
             for experiment in state.list_cycle_experiments(client)
         )
     )

@@ -133,8 +133,12 @@ class LiveKrs:
         self._wake = threading.Event()
         self._stop = threading.Event()  # set when the store is closed: the writer ends
         self._refresh_due = threading.Event()
+        # Set by a write looked up in the definitions since the last check for a newly applied
+        # spec: the writer checks again at _next_refresh, so a spec applied elsewhere (another
+        # worker, another client) just before the write is found and its recount counts the write.
+        self._check_owed = threading.Event()
         self._thread: threading.Thread | None = None
-        self._next_refresh = 0.0
+        self._next_refresh = 0.0  # when the next check may run; written under _refresh_lock
         self._next_flush = 0.0  # read and written by the writer thread only
         self._next_describe = 0.0  # written under _flush_lock
         self._settle_seconds = 0.0  # recent settling time, smoothed; written under _flush_lock
@@ -156,6 +160,7 @@ class LiveKrs:
         self._recounts = Recounts()
         self._measured_marks = set()
         self._wake = threading.Event()
+        self._check_owed = threading.Event()
         self._thread = None
         self._markers = None  # the parent's markers name the parent; the child writes its own
 
@@ -178,9 +183,19 @@ class LiveKrs:
                     self._watched = load_watched_krs(self.client)
                     self._next_refresh = time.monotonic() + REFRESH_INTERVAL
                 watched = self._watched
-        if time.monotonic() >= self._next_refresh:
-            self._next_refresh = time.monotonic() + REFRESH_INTERVAL
-            self._refresh_due.set()
+        return watched
+
+    def _watched_for_write(self) -> WatchedKrs:
+        """The definitions a user's write is looked up in; the write owes them one more check.
+
+        A spec applied elsewhere (another worker or client) just before the write may not be in
+        them yet: the writer checks for one at most REFRESH_INTERVAL after the last check, and
+        the recount of a new cycle counts the write. Later writes find the check owed already
+        (one flag read).
+        """
+        watched = self.watched
+        if not self._check_owed.is_set():
+            self._check_owed.set()
             self._ensure_thread()
             self._wake.set()
         return watched
@@ -206,6 +221,7 @@ class LiveKrs:
         process-exit settling waiting.
         """
         with self._refresh_lock:
+            self._next_refresh = time.monotonic() + REFRESH_INTERVAL
             signature = published_signature(self.client)
             previous = self._watched
             if previous is not None and signature == previous.signature:
@@ -248,7 +264,7 @@ class LiveKrs:
     ) -> None:
         """Note a write: a dictionary lookup per key; KR work only for keys some KR uses."""
         try:
-            watched = self.watched
+            watched = self._watched_for_write()
             touched: set[KrRef] = set()
             for keys, index in (
                 (metric_keys, watched.metric_krs),
@@ -268,7 +284,7 @@ class LiveKrs:
         """Note a trace write (a trace, spans, an assessment): the writer re-measures the trace KRs
         it concerns with MLflow's aggregation, as `sync` does. A set lookup when no KR reads traces."""
         try:
-            watched = self.watched
+            watched = self._watched_for_write()
             touched = watched.trace_krs_of(experiment_id)
             if assessments:
                 touched = touched | watched.assessment_krs
@@ -280,7 +296,7 @@ class LiveKrs:
         """Note a registry write to model `name` (an alias set or removed, a version deleted): the
         writer re-reads the `model:` KRs that follow its aliases."""
         try:
-            self._mark_measured(self.watched.model_krs.get(name, frozenset()))
+            self._mark_measured(self._watched_for_write().model_krs.get(name, frozenset()))
         except Exception as error:  # noqa: BLE001 - fail-open: never fail the user's write
             fail_open(error)
 
@@ -298,7 +314,7 @@ class LiveKrs:
         With MLFLOW_OKR_RUN_END_BUDGET set, it settles now while settling is that cheap.
         """
         try:
-            if not self.watched.cycles:
+            if not self._watched_for_write().cycles:
                 return
             self._mark(run_id, ALL_KRS)
             budget = run_end_budget()
@@ -398,6 +414,8 @@ class LiveKrs:
             timeout = IDLE_EXIT
             with self._lock:
                 next_due = self._recounts.next_due()
+            if self._check_owed.is_set():
+                next_due = self._next_refresh if next_due is None else min(next_due, self._next_refresh)
             if next_due is not None:
                 timeout = max(0.0, next_due - time.monotonic())
             woken = self._wake.wait(timeout)
@@ -410,6 +428,7 @@ class LiveKrs:
                 not woken
                 and not self._has_work()
                 and not self._refresh_due.is_set()
+                and not self._check_owed.is_set()
                 and not self._catch_up_due.is_set()
             ):
                 return  # idle: the next mark starts a new writer
@@ -418,8 +437,11 @@ class LiveKrs:
                 return
             self._wake.clear()
             try:
-                if self._refresh_due.is_set():
+                checked = self._check_owed.is_set() and time.monotonic() >= self._next_refresh
+                if self._refresh_due.is_set() or checked:
+                    # Cleared before the check reads: a write after this point owes the next one.
                     self._refresh_due.clear()
+                    self._check_owed.clear()
                     self.refresh()
                 self._settle_marks()
                 self._settle_measured()
