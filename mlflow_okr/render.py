@@ -39,14 +39,26 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), "  ".join("-" * width for width in widths), *map(line, rows)])
 
 
+def target_text(kr: KeyResultStatus) -> str:
+    """The target as people read it: a number, or the bound a maintain KR (of runs or of traces)
+    must hold: `stay ≥ 4.5`."""
+    if kr.maintain is None:
+        return number(kr.target, kr.unit)
+    bounds = []
+    if kr.maintain.min is not None:
+        bounds.append(f"≥ {number(kr.maintain.min, kr.unit)}")
+    if kr.maintain.max is not None:
+        bounds.append(f"≤ {number(kr.maintain.max, kr.unit)}")
+    return "stay " + " and ".join(bounds)
+
+
 def kr_row(kr: KeyResultStatus) -> list[str]:
-    target = number(kr.target, kr.unit) if kr.kind != "maintain" else "maintain"
     return [
         "  " + kr.id,
         STATUS_MARKS.get(kr.status, kr.status),
         number(kr.baseline, kr.unit),
         number(kr.current, kr.unit),
-        target,
+        target_text(kr),
         f"{bar(kr.progress)} {kr.progress:.0%}",
         str(kr.counted_runs),
     ]

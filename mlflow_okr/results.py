@@ -18,7 +18,7 @@ from mlflow_okr.alignment import ObjectiveKey
 from mlflow_okr.engine import Scored, has_data, status_of, weighted_mean
 from mlflow_okr.practice_results import Confidence, CycleEffort, Effort, Unaligned, optional_field
 from mlflow_okr.registry import ModelStatus
-from mlflow_okr.spec import KeyResult, OkrSpec
+from mlflow_okr.spec import Bounds, KeyResult, OkrSpec
 from mlflow_okr.vocabulary import KrStatus
 
 
@@ -56,6 +56,7 @@ class KeyResultStatus(BaseModel):
     confidence: Confidence | None = optional_field("Chance of reaching the target by the cycle's end.")
     effort: Effort | None = optional_field("Runs, people, run-hours and improving runs (status --effort).")
     model: ModelStatus | None = optional_field("A `model:` KR: the version its alias names, its promotions.")
+    maintain: Bounds | None = optional_field("A maintain KR (of runs or of traces): the bound it holds.")
 
 
 class ObjectiveStatus(BaseModel):
@@ -134,7 +135,10 @@ def kr_identity(kr: KeyResult) -> dict[str, Any]:
     """The fields of a KeyResultStatus that come from the KR's definition."""
     # A trace KR's `metric` says what MLflow aggregates: `p99 latency`, `avg csat`.
     metric = traces.label(kr) if kr.source == "traces" else kr.metric
-    return {"id": kr.id, "title": kr.title, "kind": kr.kind, "metric": metric, "unit": kr.unit}
+    return {
+        "id": kr.id, "title": kr.title, "kind": kr.kind, "metric": metric, "unit": kr.unit,
+        "maintain": kr.maintain,
+    }
 
 
 def kr_status(

@@ -145,6 +145,16 @@ def test_sync_stores_what_a_recompute_gives(traced, runner, client):
     assert status.find("p99-latency").counted_runs == 41
 
 
+def test_the_status_table_shows_the_bound_a_maintain_trace_kr_holds(traced, runner):
+    result = invoke(runner, "status", *AS_OF)
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines()[4:] if line.strip()}
+    assert rows["csat"].split() == [
+        "csat", "✔", "achieved", "—", "4.2", "stay", "≥", "4", "██████████", "100%", "5"
+    ]
+    assert rows["p99-latency"].split()[3:6] == ["1000", "705", "200"]
+
+
 def test_report_board_and_mlflow_ui_show_the_same_numbers(traced, tracking_uri, client):
     status = api.status(now=NOW)
     p99 = hand_p99(LATENCIES_MS)

@@ -11,7 +11,7 @@ import html
 from mlflow_okr import registry
 from mlflow_okr.confidence import confidence_label
 from mlflow_okr.engine import SUCCESS_GRADE
-from mlflow_okr.render import number
+from mlflow_okr.render import number, target_text
 from mlflow_okr.report import text
 from mlflow_okr.report.charts import trend_data_uri
 from mlflow_okr.report.effort_section import effort_html
@@ -90,7 +90,7 @@ def _kr_row(report: Report, kr: KeyResultStatus) -> str:
         f'<tr><td><a href="#kr-{e(kr.id)}"><code>{e(kr.id)}</code></a></td><td>{_status_pill(kr.status)}'
         f"{e(confidence_label(kr))}</td>"
         f"<td class=num>{e(number(kr.baseline, kr.unit))}</td>"
-        f"<td class=num>{e(text.target_text(kr, report))}</td>"
+        f"<td class=num>{e(target_text(kr))}</td>"
         f"<td class=num>{e(number(kr.current, kr.unit))}</td><td>{_progress(kr.progress)}</td>"
         f"<td class=num>{text.grade(kr.progress)}</td><td class=num>{kr.counted_runs}</td></tr>"
     )

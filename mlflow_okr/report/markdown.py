@@ -7,7 +7,7 @@ import html
 from mlflow_okr import registry
 from mlflow_okr.confidence import confidence_label
 from mlflow_okr.engine import SUCCESS_GRADE
-from mlflow_okr.render import bar, number
+from mlflow_okr.render import bar, number, target_text
 from mlflow_okr.report import text
 from mlflow_okr.report.charts import sparkline
 from mlflow_okr.report.effort_section import effort_markdown
@@ -45,7 +45,7 @@ def _kr_rows(report: Report, krs: list[KeyResultStatus]) -> list[list[str]]:
                 f"**{md(kr.id)}**" + (f"<br>{md(kr.title)}" if kr.title else ""),
                 text.status_label(kr.status) + confidence_label(kr),
                 number(kr.baseline, kr.unit),
-                md(text.target_text(kr, report)),
+                md(target_text(kr)),
                 number(kr.current, kr.unit),
                 f"`{bar(kr.progress)}` {text.percent(kr.progress)}",
                 text.grade(kr.progress),

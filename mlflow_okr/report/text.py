@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from mlflow_okr.engine import SUCCESS_GRADE
 from mlflow_okr.ledger.record import WinRate
-from mlflow_okr.render import STATUS_MARKS, number
+from mlflow_okr.render import STATUS_MARKS
 from mlflow_okr.report.model import Report
-from mlflow_okr.results import KeyResultStatus
 from mlflow_okr.vocabulary import KrStatus
 
 GRADE_NOTE = (
@@ -37,19 +36,6 @@ def grade(value: float) -> str:
 def percent(value: float) -> str:
     """A share as a whole percentage."""
     return f"{value:.0%}"
-
-
-def target_text(kr: KeyResultStatus, report: Report) -> str:
-    """The target as people read it: a number, or the bound a maintain KR must hold."""
-    if kr.kind == "maintain" or (kr.kind == "traces" and kr.target is None):  # a maintain trace KR
-        detail = report.details[kr.id]
-        bounds = []
-        if detail.maintain_min is not None:
-            bounds.append(f"≥ {number(detail.maintain_min, kr.unit)}")
-        if detail.maintain_max is not None:
-            bounds.append(f"≤ {number(detail.maintain_max, kr.unit)}")
-        return "stay " + " and ".join(bounds) if bounds else "maintain"
-    return number(kr.target, kr.unit)
 
 
 def headline(report: Report) -> str:
