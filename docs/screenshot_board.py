@@ -1,4 +1,4 @@
-"""Screenshots of the live board for the README: wide (1280 px), narrow (420 px) and print.
+"""Screenshots of the live board for the README and the docs: wide (1280 px), narrow (420 px) and print.
 
     python docs/screenshot_board.py                      # runs `mlflow-okr demo` in a temporary directory
     python docs/screenshot_board.py --tracking-uri sqlite:///mlflow.db

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 STARTER = """\
-# OKRs for one cycle. Reference: the "okrs.yaml" section of mlflow-okr's README.md;
+# OKRs for one cycle. Reference: docs/okrs-yaml.md in mlflow-okr's repository;
 # `mlflow-okr schema` prints the JSON Schema for editors, `mlflow-okr validate` checks this file.
 version: 1
 cycle: {cycle}

@@ -37,7 +37,7 @@ class MlflowServer:
 
 
 # The two server deployments of mlflow-okr, which must give the same results:
-# "okr-app": `mlflow server --backend-store-uri <plain uri> --app-name okr` (the README's);
+# "okr-app": `mlflow server --backend-store-uri <plain uri> --app-name okr` (docs/team.md's);
 # "okr-uri": `mlflow server --backend-store-uri okr+<plain uri>` (the first one, kept working).
 DEPLOYMENTS = ("okr-app", "okr-uri")
 
