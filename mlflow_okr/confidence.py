@@ -1,6 +1,6 @@
 """Confidence: the chance a metric KR reaches its target by the cycle's end at its current pace.
 
-The model, stated once (the README repeats it):
+The model, stated once (docs/practices.md repeats it):
 
 - the points are the KR's recorded `okr.value` history this cycle, up to now: (t_i, v_i) with t in
   days since the cycle's start;

@@ -30,7 +30,7 @@ CTR_POINTS = [(5.0, 0.0510), (15.0, 0.0570), (25.0, 0.0590), (35.0, 0.0650), (45
 
 
 def hand_model(points, end_day, target, direction):
-    """The README's model written out: OLS line, prediction standard error, Student's t."""
+    """The model of docs/practices.md written out: OLS line, prediction standard error, Student's t."""
     n = len(points)
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     mx, my = sum(xs) / n, sum(ys) / n

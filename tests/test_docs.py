@@ -10,6 +10,7 @@ import re
 import runpy
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +142,44 @@ def test_the_field_reference_is_generated_from_the_spec():
     reference = text.split(generator["START"], 1)[1]
     for key in ("`aggregate`", "`guardrails`", "`aligns_to`", "`trace_metric`", "`webhooks`", "`digest`"):
         assert key in reference
+
+
+# ---------------------------------------------------------------------------------------------
+# okrs.yaml examples are valid
+
+# A spec around a page's KR snippet (`- id: ...`) or top-level section (`notify:`).
+KR_SNIPPET = """version: 1
+cycle: 2026-Q4
+objectives:
+  - id: docs
+    title: The documentation's example
+    category: product
+    key_results:
+"""
+SECTION_SNIPPET = KR_SNIPPET + "      - {id: docs-kr, source: manual, target: 1}\n"
+
+
+def test_the_okrs_yaml_examples_are_valid():
+    """Every YAML example that is a whole okrs.yaml, a KR or a top-level section passes validation."""
+    from mlflow_okr.spec import parse_spec
+
+    checked = 0
+    for page in PAGES:
+        for example in examples(page):
+            text = textwrap.dedent(example.code)
+            if example.language != "yaml":
+                continue
+            if text.startswith("version: 1"):
+                spec_text = text
+            elif text.startswith("- id:"):
+                spec_text = KR_SNIPPET + textwrap.indent(text, " " * 6)
+            elif text.startswith("notify:"):
+                spec_text = SECTION_SNIPPET + text
+            else:
+                continue
+            parse_spec(spec_text, f"{page_name(page)}:{example.line}")
+            checked += 1
+    assert checked >= 5
 
 
 # ---------------------------------------------------------------------------------------------
