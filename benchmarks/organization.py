@@ -412,7 +412,7 @@ def measure_size(
     # The check follows the live writes, so its drift also tells whether they left a recompute's state.
     check, checked = best_of(args.scan_repeat, lambda: sync(uri, check=True))
     print(f"  {'sync --check':34} {check:8.2f} s  {check / plain:5.2f}x  (drift after the live writes: "
-          f"{len(checked.kr_drift)} KRs {[drift.kr_id for drift in checked.kr_drift][:5]}, "
+          f"{len(checked.kr_drift)} KRs {[drift.kr for drift in checked.kr_drift][:5]}, "
           f"{checked.run_drift_count} run tags)", flush=True)
     steady, synced = best_of(args.scan_repeat, lambda: sync(uri))
     print(f"  {'steady-state sync':34} {steady:8.2f} s  {steady / plain:5.2f}x  ({len(synced.sets)} sets, "

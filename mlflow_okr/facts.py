@@ -138,12 +138,14 @@ class SqlFacts:
                     .order_by(SqlRun.run_uuid)
                     .limit(CHUNK)
                 )
-                rows = session.execute(query).all()
+                # Core rows on the session's connection: no ORM result layer per row.
+                connection = session.connection()
+                rows = connection.execute(query).all()
                 if not rows:
                     return
                 views = {row[0]: RunView(row) for row in rows}
                 chunk = (*in_scope, SqlRun.run_uuid > after, SqlRun.run_uuid <= rows[-1][0])
-                _fill(session, views, keys, chunk, joined=True)
+                _fill(connection, views, keys, chunk, joined=True)
             yield from views.values()
             if len(rows) < CHUNK:
                 return
@@ -159,10 +161,11 @@ class SqlFacts:
             part = wanted[start:start + CHUNK]
             with compat.sql_session(self.store) as session:
                 query = select(*_run_columns()).where(SqlRun.run_uuid.in_(part), *self._in_workspace())
-                rows = session.execute(query).all()
+                connection = session.connection()
+                rows = connection.execute(query).all()
                 views = {row[0]: RunView(row) for row in rows}
                 if views:
-                    _fill(session, views, keys, (SqlRun.run_uuid.in_(list(views)),), joined=False)
+                    _fill(connection, views, keys, (SqlRun.run_uuid.in_(list(views)),), joined=False)
             found.update(views)
         return found
 
@@ -244,7 +247,7 @@ def _run_columns() -> tuple[Any, ...]:
 
 
 def _fill(
-    session: Any, views: dict[str, RunView], keys: FactKeys, runs: tuple[Any, ...], joined: bool
+    connection: Any, views: dict[str, RunView], keys: FactKeys, runs: tuple[Any, ...], joined: bool
 ) -> None:
     """Add the wanted metrics, tags and params of the runs selected by the `runs` conditions."""
     from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
@@ -252,14 +255,14 @@ def _fill(
     def child_rows(model: Any, *columns: Any, wanted: frozenset[str]) -> Iterable[Any]:
         if not wanted:
             return ()
-        # Core selects, not ORM queries: plain rows, without the ORM's per-row loading.
+        # Core selects on the connection: plain rows, without the ORM's per-row loading.
         query = select(model.run_uuid, model.key, *columns)
         if joined:
             # Conditions on the runs table select the chunk: bounded parameters, any chunk size.
             query = query.join(SqlRun, SqlRun.run_uuid == model.run_uuid).where(*runs)
         else:
             query = query.where(model.run_uuid.in_(list(views)))
-        return session.execute(query.where(model.key.in_(sorted(wanted)))).all()
+        return connection.execute(query.where(model.key.in_(sorted(wanted)))).all()
 
     for run_id, key, value, is_nan in child_rows(
         SqlLatestMetric, SqlLatestMetric.value, SqlLatestMetric.is_nan, wanted=keys.metrics

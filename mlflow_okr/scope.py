@@ -39,9 +39,24 @@ class RunFilter:
 
         self.filter_string = filter_string or ""
         self._clauses = SearchUtils.parse_search_filter(self.filter_string)
+        # A filter on okr.* tags may change its answer while a pass plans a run's tags set by set.
+        self.reads_okr_tags = any(
+            clause["type"] == "tag" and vocabulary.is_okr_key(clause["key"]) for clause in self._clauses
+        )
 
     def matches(self, run: Any) -> bool:
         return all(compat.run_matches_clause(run, clause) for clause in self._clauses)
+
+    def matches_once(self, run: Any, matched: dict[str, bool]) -> bool:
+        """`matches`, answered once per filter text for one run: KRs and sets often share a filter."""
+        if not self._clauses:
+            return True
+        if self.reads_okr_tags:
+            return self.matches(run)
+        found = matched.get(self.filter_string)
+        if found is None:
+            found = matched[self.filter_string] = self.matches(run)
+        return found
 
     def keys(self) -> FactKeys:
         """The metric, tag and param keys the filter reads (not lean when it reads datasets)."""
@@ -76,6 +91,9 @@ class CycleScan:
 
     spec: OkrSpec
     scopes: dict[str, Scope] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.window = (self.spec.cycle.start_ms, self.spec.cycle.end_ms)  # asked for every run
 
     @classmethod
     def build(
@@ -118,14 +136,21 @@ class CycleScan:
             keys = keys.merge(FactKeys(metrics=frozenset(metrics))).merge(scope.run_filter.keys())
         return keys
 
-    def verdicts(self, run: Any) -> dict[str, Verdict]:
-        """The verdict of every KR that concerns `run` (KR id -> verdict)."""
-        facts = run_facts(run)
-        if not self.spec.cycle.contains(facts.start_time):
+    def verdicts(self, run: Any, matched: dict[str, bool] | None = None) -> dict[str, Verdict]:
+        """The verdict of every KR that concerns `run` (KR id -> verdict).
+
+        `matched`: the filters already tested on this run (filter text -> match), shared by the
+        sets a pass hands the run to.
+        """
+        start_time = run.info.start_time
+        if start_time is None or not self.window[0] <= start_time <= self.window[1]:
             return {}
+        facts = run_facts(run)
+        matched = {} if matched is None else matched
+        experiment_id = run.info.experiment_id
         verdicts = {}
         for kr_id, scope in self.scopes.items():
-            if not scope.covers(run):
+            if experiment_id not in scope.experiment_ids or not scope.run_filter.matches_once(run, matched):
                 continue
             if scope.datasets is not None:
                 verdict = scope.datasets.verdict(scope.rule, facts)
@@ -136,28 +161,60 @@ class CycleScan:
         return verdicts
 
 
+@dataclass(frozen=True)
+class RunTagNames:
+    """How a spec names its KRs on source runs, worked out once per spec: a pass asks for every run."""
+
+    tag_ids: dict[str, str]  # KR id -> `<id>`, or `<id>/<cycle>` once the id is shared
+    own: frozenset[str]  # both spellings of each KR id: the okr.krs entries that are the spec's
+    managed: frozenset[str]  # okr.krs and every verdict and value tag of the spec's KRs
+    summing: frozenset[str]
+
+    @classmethod
+    def of(cls, spec: OkrSpec) -> RunTagNames:
+        cached = _NAMES.get(id(spec))
+        if cached is not None and cached[0] is spec:  # the very object: an id is reused only once freed
+            return cached[1]
+        kr_ids = [kr.id for _, kr in spec.key_results()]
+        tag_ids = {kr_id: spec.run_tag_id(kr_id) for kr_id in kr_ids}
+        managed = {vocabulary.TAG_KRS}
+        for kr_id in kr_ids:
+            managed |= _kr_tags(spec, kr_id)
+        names = cls(tag_ids, frozenset(kr_ids) | frozenset(tag_ids.values()), frozenset(managed),
+                    spec.summing_kr_ids)
+        if len(_NAMES) >= MAX_CACHED_NAMES:
+            _NAMES.clear()
+        _NAMES[id(spec)] = (spec, names)
+        return names
+
+
+MAX_CACHED_NAMES = 256
+_NAMES: dict[int, tuple[OkrSpec, RunTagNames]] = {}  # id(spec) -> (spec, names); specs are not mutated
+
+
 def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Any | None = None) -> dict[str, str]:
     """The okr.* tags a source run should carry for these verdicts.
 
     Cycles may overlap (2026-Q4 inside 2026-H2): given the `run`, okr.krs keeps the ids it lists
     for other cycles' KRs, so that each cycle's sync leaves the other's ids alone.
     """
+    names = RunTagNames.of(spec)
+    tag_ids = names.tag_ids
     counted = {kr_id for kr_id, verdict in verdicts.items() if verdict.state == "counted"}
-    listed = {spec.run_tag_id(kr_id) for kr_id in counted}
+    listed = {tag_ids[kr_id] for kr_id in counted}
     if run is not None:
         # Both spellings of an own KR are ours: a tag written before its id became shared is replaced.
-        own = {name for _, kr in spec.key_results() for name in (kr.id, spec.run_tag_id(kr.id))}
-        others = run.data.tags.get(vocabulary.TAG_KRS, "").split(",")
-        listed |= {name for name in others if name and name not in own}
+        others = run.data.tags.get(vocabulary.TAG_KRS)
+        if others:
+            listed |= {name for name in others.split(",") if name and name not in names.own}
     tags = {
-        vocabulary.source_tag(spec.run_tag_id(kr_id)): verdict.tag_value
-        for kr_id, verdict in verdicts.items()
+        vocabulary.source_tag(tag_ids[kr_id]): verdict.tag_value for kr_id, verdict in verdicts.items()
     }
     # A sum or mean KR is revised by taking the run's old value out: the run keeps it in a tag.
-    for kr_id in counted & spec.summing_kr_ids:
+    for kr_id in counted & names.summing:
         value = verdicts[kr_id].value
         assert value is not None
-        tags[vocabulary.value_tag(spec.run_tag_id(kr_id))] = value_text(value)
+        tags[vocabulary.value_tag(tag_ids[kr_id])] = value_text(value)
     if listed:
         tags[vocabulary.TAG_KRS] = ",".join(sorted(listed))
     if verdicts:
@@ -167,9 +224,7 @@ def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Any | Non
 
 def managed_run_tags(spec: OkrSpec, run: Any) -> dict[str, str]:
     """The okr.* tags of this cycle's KRs that `run` carries now."""
-    keys = {vocabulary.TAG_KRS}
-    for _, kr in spec.key_results():
-        keys |= _kr_tags(spec, kr.id)
+    keys = RunTagNames.of(spec).managed
     return {key: value for key, value in run.data.tags.items() if key in keys}
 
 
@@ -216,6 +271,15 @@ def tag_changes(run: Any, plan: RunTagPlan) -> TagChanges | None:
     return TagChanges(put, list(plan.stale))
 
 
+def apply_tag_changes(run: Any, changes: TagChanges) -> None:
+    """Give `run` in memory the tags that writing `changes` leaves it, so that the plan of another
+    set for the same run (okr.krs lists the KRs of every set) starts from them."""
+    tags = run.data.tags
+    for key in changes.remove:
+        tags.pop(key, None)
+    tags.update(changes.put)
+
+
 class RunTagWrites:
     """Run tag writes gathered over many runs and written CHUNK runs at a time.
 
@@ -232,9 +296,11 @@ class RunTagWrites:
         changes = tag_changes(run, plan)
         if changes is None:
             return False
+        apply_tag_changes(run, changes)  # another set's plan for this run starts from these
         earlier = self._pending.get(run.info.run_id)
         if earlier is not None:  # the run is in two overlapping cycles: write both plans
-            changes.put = {**earlier.put, **changes.put}
+            merged = {**earlier.put, **changes.put}
+            changes.put = {key: value for key, value in merged.items() if key not in changes.remove}
             changes.remove = [key for key in {*earlier.remove, *changes.remove} if key not in changes.put]
         self._pending[run.info.run_id] = changes
         if len(self._pending) >= CHUNK:

@@ -10,18 +10,26 @@ import datetime as dt
 import json
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from mlflow_okr import state, vocabulary
-from mlflow_okr.compute import ProgressCallback, compute_key_results, computed_statuses, tally_texts
+from mlflow_okr.compute import (
+    KrComputation,
+    ProgressCallback,
+    computed_statuses,
+    new_computations,
+    tally_texts,
+)
 from mlflow_okr.engine import BOARDS, Verdict
+from mlflow_okr.facts import CHUNK, FactKeys, TagChanges, reader_for
 from mlflow_okr.kr_state import KrDrift, read_kr_runs, settle_key_results
 from mlflow_okr.organization import organization_status
 from mlflow_okr.results import CycleStatus, cycle_status
-from mlflow_okr.scope import CycleScan, RunTagWrites, plan_run_tags
+from mlflow_okr.scope import CycleScan, apply_tag_changes, plan_run_tags, tag_changes
 from mlflow_okr.spec import OkrSpec, as_utc
 
 MAX_DRIFT_SAMPLES = 200
@@ -62,29 +70,39 @@ class SyncResult(BaseModel):
         return bool(self.kr_drift) or self.run_drift_count > 0
 
 
-def runs_left_behind(client: MlflowClient, spec: OkrSpec) -> Iterable[Any]:
-    """Runs still tagged for a KR in experiments that no KR looks at any more (the spec changed).
+def runs_left_behind(
+    client: MlflowClient, spec: OkrSpec, others: list[str] | None = None
+) -> Iterable[Any]:
+    """Runs of the spec's cycle still tagged for one of its KRs in experiments `others`.
 
-    The main pass only visits experiments some KR covers, so it cannot see these tags. Only this
-    set's own verdict tags are looked for: `okr.krs` is on every run another team's set counts,
-    and searching it made each set's sync read most of the store.
+    `others` (default: the experiments no KR of the spec looks at) are where the pass did not read
+    the cycle's runs, so it cannot see these tags; no KR looks there any more (the spec changed).
+    Only this set's own verdict tags are looked for: `okr.krs` is on every run another team's set
+    counts, and searching it made each set's sync read most of the store.
     """
-    scanned = set(CycleScan.build(client, spec).experiment_ids)
-    others = [e for e in state.source_experiment_ids(client, []) if e not in scanned]
-    if not others:
+    if others is None:
+        scanned = set(CycleScan.build(client, spec).experiment_ids)
+        others = [e for e in state.source_experiment_ids(client, []) if e not in scanned]
+    cycle = spec.cycle
+    window = f"attributes.start_time >= {cycle.start_ms} AND attributes.start_time <= {cycle.end_ms}"
+    if not others or not client.search_runs(others, window, max_results=1):  # mostly none: one query
         return
     seen: set[str] = set()
-    tags = [
-        vocabulary.source_tag(name)
-        for _, kr in spec.key_results()
-        if kr.metric
-        for name in {kr.id, spec.run_tag_id(kr.id)}
-    ]
-    for tag in tags:
+    for tag in sorted(verdict_tags(spec)):
         for run in state.iter_runs(client, others, f"tags.`{tag}` LIKE '%'"):
             if run.info.run_id not in seen and spec.cycle.contains(run.info.start_time):
                 seen.add(run.info.run_id)
                 yield run
+
+
+def verdict_tags(spec: OkrSpec) -> frozenset[str]:
+    """The `okr.kr.<id>` tags a run counted, pending or excluded for a metric KR of `spec` carries."""
+    return frozenset(
+        vocabulary.source_tag(name)
+        for _, kr in spec.key_results()
+        if kr.metric
+        for name in {kr.id, spec.run_tag_id(kr.id)}
+    )
 
 
 def sync(
@@ -96,16 +114,20 @@ def sync(
     team: str | None = None,
 ) -> SyncResult:
     """Recompute every KR of every set of the cycle (default: of every current cycle), or of one
-    team's set; write what drifted, or with `check` only report it."""
+    team's set; write what drifted, or with `check` only report it.
+
+    One pass reads each source run once for all the sets (`sync_sets`).
+    """
     now = as_utc(now or dt.datetime.now(dt.timezone.utc))
     sets = state.current_sets(client, cycle, team, now.timestamp())
-    results = [sync_set(client, published, check, now, progress) for published in sets]
-    computed = {(s.cycle.name, s.team): result.status for s, result in zip(sets, results, strict=True)}
+    merged = sync_sets(client, sets, check, now, progress)
+    computed = {(s.cycle.name, s.team): result.status for s, result in zip(sets, merged.sets, strict=True)}
     status = organization_status(client, cycle, team, now, computed=computed)
+    results = merged.sets
     return SyncResult(
         cycle=sets[0].cycle.name,
         sets=[published.label for published in sets],
-        runs_scanned=sum(result.runs_scanned for result in results),
+        runs_scanned=merged.runs_read,
         kr_drift=[drift for result in results for drift in result.kr_drift],
         run_drift=[drift for result in results for drift in result.run_drift][:MAX_DRIFT_SAMPLES],
         run_drift_count=sum(result.run_drift_count for result in results),
@@ -114,57 +136,239 @@ def sync(
     )
 
 
-def sync_set(
+@dataclass
+class MergedSync:
+    """What one pass over several sets found: each set's result (its own status), runs read once."""
+
+    sets: list[SyncResult]
+    runs_read: int
+
+
+@dataclass
+class SetPass:
+    """One set's share of a merged pass: its scan, its recount, and the run tags it found drifted."""
+
+    published: state.PublishedCycle
+    scan: CycleScan
+    computations: dict[str, KrComputation]
+    verdict_tags: frozenset[str]
+    experiment_ids: frozenset[str]
+    run_drift: list[RunDrift] = field(default_factory=list)
+    drift_count: int = 0
+    runs: int = 0
+
+    @property
+    def spec(self) -> OkrSpec:
+        return self.published.spec
+
+
+class RunPasses:
+    """Which sets a run concerns, decided from its experiment and start time alone.
+
+    Experiments are read over the span of the cycles of the sets that look at them, so each run is
+    read once however many sets count it; a set is handed the runs of its experiments within its
+    cycle (scored), and the runs of other experiments within its cycle that carry one of its verdict
+    tags (left behind: their tags are removed).
+    """
+
+    def __init__(self, passes: list[SetPass], experiments: list[str]):
+        self.passes = passes
+        self.windows = [(p.spec.cycle.start_ms, p.spec.cycle.end_ms) for p in passes]
+        spans: dict[str, tuple[int, int]] = {}
+        for item, (start, end) in zip(passes, self.windows, strict=True):
+            for experiment_id in item.experiment_ids:
+                low, high = spans.get(experiment_id, (start, end))
+                spans[experiment_id] = (min(low, start), max(high, end))
+        self.spans = spans
+        self.all_experiments = experiments
+        # Per experiment: the sets that score its runs, and the sets whose runs left behind it may hold.
+        self.scoring: dict[str, list[int]] = {}
+        self.left: dict[str, list[int]] = {}
+        self.left_tags: dict[str, frozenset[str]] = {}  # the verdict tags of all of those sets
+        for experiment_id in {*spans, *experiments}:
+            for index, item in enumerate(passes):
+                if experiment_id in item.experiment_ids:
+                    self.scoring.setdefault(experiment_id, []).append(index)
+                else:
+                    self.left.setdefault(experiment_id, []).append(index)
+                    tags = self.left_tags.get(experiment_id, frozenset())
+                    self.left_tags[experiment_id] = tags | item.verdict_tags
+
+    def read_groups(self) -> dict[tuple[int, int], list[str]]:
+        """The experiments to read, grouped by the span of time read in them."""
+        groups: dict[tuple[int, int], list[str]] = {}
+        for experiment_id, span in sorted(self.spans.items()):
+            groups.setdefault(span, []).append(experiment_id)
+        return groups
+
+    def was_read(self, run: Any) -> bool:
+        span = self.spans.get(run.info.experiment_id)
+        return span is not None and span[0] <= run.info.start_time <= span[1]
+
+    def unread(self, index: int) -> list[str]:
+        """The experiments where the runs of set `index`'s cycle were not all read."""
+        start, end = self.windows[index]
+        return [
+            experiment_id
+            for experiment_id in self.all_experiments
+            if experiment_id not in self.spans
+            or not (self.spans[experiment_id][0] <= start and end <= self.spans[experiment_id][1])
+        ]
+
+    def of(self, run: Any) -> list[tuple[SetPass, bool]]:
+        """The sets `run` concerns, in the order of the sets, each with True when it scores the run,
+        False when the run was left behind (its tags for the set are removed)."""
+        start_time = run.info.start_time
+        experiment_id = run.info.experiment_id
+        found = []
+        for index in self.scoring.get(experiment_id, ()):
+            start, end = self.windows[index]
+            if start <= start_time <= end:
+                found.append((index, True))
+        tags = run.data.tags
+        if not self.left_tags.get(experiment_id, frozenset()).isdisjoint(tags):
+            for index in self.left[experiment_id]:
+                start, end = self.windows[index]
+                if start <= start_time <= end and not self.passes[index].verdict_tags.isdisjoint(tags):
+                    found.append((index, False))
+            found.sort()
+        return [(self.passes[index], scored) for index, scored in found]
+
+
+def sync_sets(
     client: MlflowClient,
-    published: state.PublishedCycle,
+    sets: list[state.PublishedCycle],
     check: bool,
     now: dt.datetime,
     progress: ProgressCallback | None = None,
-) -> SyncResult:
-    """Recompute every KR of one published set; its `status` is the set's own, not rolled up."""
-    spec = published.spec
-    run_drift: list[RunDrift] = []
-    drift_count = 0
-    writes = RunTagWrites(client)
+) -> MergedSync:
+    """Recompute every KR of these sets in one pass over their source runs; write what drifted.
 
-    def reconcile(run: Any, verdicts: dict[str, Verdict]) -> None:
-        nonlocal drift_count
-        plan = plan_run_tags(spec, run, verdicts)
-        if not plan.drifted:
-            return
-        drift_count += len(plan.changed) + len(plan.stale)
-        for key in list(plan.changed) + plan.stale:
-            if len(run_drift) < MAX_DRIFT_SAMPLES:
-                run_drift.append(
-                    RunDrift(
-                        run_id=run.info.run_id,
-                        tag=key,
-                        stored=plan.current.get(key),
-                        computed=plan.desired.get(key),
-                    )
-                )
-        if not check:
-            writes.add(run, plan)
-
-    computations, scanned = compute_key_results(client, spec, on_run=reconcile, progress=progress)
-    for run in runs_left_behind(client, spec):
-        reconcile(run, {})
+    Each run is read once and handed to every set it concerns, in the order of `sets`. A run two
+    sets count carries tags of both (okr.krs lists the KR ids of both): the second set plans its
+    tags against what the first one planned, and the run's tags are written once.
+    """
+    experiments = state.source_experiments(client)  # listed once for every set
+    passes = []
+    for published in sets:
+        scan = CycleScan.build(client, published.spec, experiments=experiments)
+        computations = new_computations(client, published.spec, scan)
+        tags, experiment_ids = verdict_tags(published.spec), frozenset(scan.experiment_ids)
+        passes.append(SetPass(published, scan, computations, tags, experiment_ids))
+    keys = FactKeys()
+    for item in passes:
+        keys = keys.merge(item.scan.fact_keys())
+    reader = reader_for(client, keys)
+    routes = RunPasses(passes, [experiment.experiment_id for experiment in experiments])
+    writes = _TagWrites(client, check)
+    runs_read = 0
+    for (start, end), experiment_ids in routes.read_groups().items():
+        for run in reader.scan(experiment_ids, start, end, keys):
+            runs_read += 1
+            _settle_run_tags(run, routes.of(run), writes)
+            if progress is not None and runs_read % 1000 == 0:
+                progress(runs_read)
+    for run in _left_behind_elsewhere(client, routes):
+        _settle_run_tags(run, routes.of(run), writes)
     writes.flush()
-    statuses = computed_statuses(client, published, computations, now)
+    if progress is not None:
+        progress(runs_read)
+    results = []
+    for item in passes:
+        for kr_id, scope in item.scan.scopes.items():
+            cycle = item.spec.cycle
+            note = scope.datasets.changed_note(cycle.start_ms, cycle.end_ms) if scope.datasets else None
+            if note is not None:
+                item.computations[kr_id].notes += (note,)
+        results.append(_settle_set(client, item, check, now))
+    return MergedSync(results, runs_read)
+
+
+def _left_behind_elsewhere(client: MlflowClient, routes: RunPasses) -> Iterable[Any]:
+    """Runs tagged for a set's KR where the pass did not read them (no KR of the set looks there)."""
+    seen: set[str] = set()
+    for index, item in enumerate(routes.passes):
+        unread = routes.unread(index)
+        if not unread:
+            continue
+        for run in runs_left_behind(client, item.spec, unread):
+            if run.info.run_id not in seen and not routes.was_read(run):
+                seen.add(run.info.run_id)
+                yield run
+
+
+def _settle_run_tags(run: Any, concerned: list[tuple[SetPass, bool]], writes: _TagWrites) -> None:
+    """Count `run` for the sets it concerns and plan its okr.* tags for all of them."""
+    original: dict[str, str] | None = None  # the run's tags as read, once a set changes them
+    matched: dict[str, bool] = {}  # the filters tested on the run, for the next set's KRs
+    for item, scored in concerned:
+        verdicts: dict[str, Verdict] = {}
+        if scored:
+            item.runs += 1
+            verdicts = item.scan.verdicts(run, matched)
+            for kr_id, verdict in verdicts.items():
+                tally = item.computations[kr_id].tally
+                assert tally is not None
+                tally.note(run.info.run_id, verdict, run.info.start_time)
+        plan = plan_run_tags(item.spec, run, verdicts)
+        changes = tag_changes(run, plan)
+        if changes is None:
+            continue
+        if original is None:
+            original = dict(run.data.tags)
+        drifted = [*plan.changed, *plan.stale]
+        item.drift_count += len(drifted)
+        for key in drifted[:max(0, MAX_DRIFT_SAMPLES - len(item.run_drift))]:
+            stored, computed = original.get(key), plan.desired.get(key)
+            item.run_drift.append(RunDrift(run_id=run.info.run_id, tag=key, stored=stored, computed=computed))
+        apply_tag_changes(run, changes)  # the next set plans against these
+    if original is not None:
+        writes.add(run, original)
+
+
+class _TagWrites:
+    """The okr.* tag changes of many runs, written CHUNK runs at a time (nothing with `check`)."""
+
+    def __init__(self, client: MlflowClient, check: bool):
+        self._writer = None if check else reader_for(client)
+        self._pending: dict[str, TagChanges] = {}
+
+    def add(self, run: Any, original: dict[str, str]) -> None:
+        """Write what the run's tags in memory now differ from its tags as read (`original`)."""
+        if self._writer is None:
+            return
+        tags = run.data.tags
+        put = {key: value for key, value in tags.items() if original.get(key) != value}
+        remove = [key for key in original if key not in tags]
+        if put or remove:
+            self._pending[run.info.run_id] = TagChanges(put, remove)
+        if len(self._pending) >= CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        if pending and self._writer is not None:
+            self._writer.write_tags(pending)
+
+
+def _settle_set(client: MlflowClient, item: SetPass, check: bool, now: dt.datetime) -> SyncResult:
+    """Score one set's recount and settle its KR state; its `status` is the set's own."""
+    published = item.published
+    statuses = computed_statuses(client, published, item.computations, now)
     kr_runs = read_kr_runs(client, published)
     settled = settle_key_results(
-        client, published, statuses, tally_texts(computations), now, check=check, kr_runs=kr_runs
+        client, published, statuses, tally_texts(item.computations), now, check=check, kr_runs=kr_runs
     )
     assert settled.status is not None
     return SyncResult(
-        cycle=spec.cycle.name,
+        cycle=published.spec.cycle.name,
         sets=[published.label],
-        runs_scanned=scanned,
+        runs_scanned=item.runs,
         kr_drift=hide_unreadable_runs(client, settled.drift),
-        run_drift=run_drift,
-        run_drift_count=drift_count,
+        run_drift=item.run_drift,
+        run_drift_count=item.drift_count,
         written=not check,
-        status=cycle_status(spec, statuses, now),
+        status=cycle_status(published.spec, statuses, now),
     )
 
 

@@ -370,3 +370,54 @@ def test_a_sets_sync_reads_no_run_another_teams_set_counted(client, runner, writ
     assert client.get_run(other_run).data.tags["okr.krs"] == "recall"
     team_a = state.load_published(client, "2026-Q4", team="team-a")
     assert list(runs_left_behind(client, team_a.spec)) == []
+
+
+def test_one_sync_reads_each_run_once_and_tags_a_run_every_set_counts(client, runner, write_spec, monkeypatch):
+    from mlflow_okr import facts
+
+    train, other = client.create_experiment("train"), client.create_experiment("other")
+    march, june = 1772323200000 + 9 * 86_400_000, 1780272000000  # 2026-03-10, 2026-06-01
+    shared = make_run(client, train, {"ctr": 0.7, "recall": 0.8})  # in 2026-Q4: every set counts it
+    make_run(client, train, {"ctr": 0.6}, start_time=march)  # the company's year only
+    make_run(client, other, {"ctr": 0.9}, start_time=june)
+    company = (
+        'version: 1\nteam: company\ncycle: "2026"\nobjectives:\n  - id: grow\n    title: Grow\n'
+        "    category: product\n    key_results:\n"
+        "      - {id: company-ctr, metric: ctr, experiments: [train, other], baseline: 0.5, target: 1.0}\n"
+    )
+    for text, name in ((company, "company.yaml"), (team_spec("team-a", "reco", "ctr", "ctr"), "a.yaml"),
+                       (team_spec("team-b", "fraud", "recall", "recall"), "b.yaml")):
+        assert apply(runner, write_spec, text, name).exit_code == 0
+    expected = client.get_run(shared).data.tags
+    assert expected["okr.krs"] == "company-ctr,ctr,recall"
+    for key in ("okr.krs", "okr.kr.ctr", "okr.kr.recall", "okr.kr.company-ctr"):
+        client.delete_tag(shared, key)
+
+    read: list[str] = []
+    scan = facts.SqlFacts.scan
+
+    def counting_scan(self, *args, **kwargs):
+        for run in scan(self, *args, **kwargs):
+            read.append(run.info.run_id)
+            yield run
+
+    monkeypatch.setattr(facts.SqlFacts, "scan", counting_scan)
+    now = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
+    checked = sync(client, check=True, now=now)
+    # Each set (innermost cycle first) finds the run's okr.krs and its own verdict tag missing; the
+    # later sets see the okr.krs the earlier ones planned.
+    assert [(d.tag, d.stored, d.computed) for d in checked.run_drift] == [
+        ("okr.kr.ctr", None, "counted"), ("okr.krs", None, "ctr"),
+        ("okr.kr.recall", None, "counted"), ("okr.krs", None, "ctr,recall"),
+        ("okr.kr.company-ctr", None, "counted"), ("okr.krs", None, "company-ctr,ctr,recall"),
+    ]
+    assert "okr.krs" not in client.get_run(shared).data.tags
+    read.clear()
+    result = sync(client, now=now)
+    assert result.sets == ["2026-Q4/team-a", "2026-Q4/team-b", "2026/company"]
+    assert len(read) == len(set(read)) == result.runs_scanned == 3
+    assert result.run_drift_count == 6
+    tags = client.get_run(shared).data.tags
+    # okr.cycle names one of the cycles; the last set whose tags changed on the run writes it.
+    assert {**tags, "okr.cycle": ""} == {**expected, "okr.cycle": ""}
+    assert not sync(client, check=True, now=now).drifted
