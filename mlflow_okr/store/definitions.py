@@ -32,6 +32,7 @@ class WatchedKrs:
     # the ones that read assessments, which a write names by trace id only.
     trace_krs: dict[str, frozenset[KrRef]] = field(default_factory=dict)
     assessment_krs: frozenset[KrRef] = frozenset()
+    windowed_krs: frozenset[KrRef] = frozenset()  # trace KRs with a `window`: they move with time
     # `model:` KRs by registered model name: an alias move re-reads them.
     model_krs: dict[str, frozenset[KrRef]] = field(default_factory=dict)
 
@@ -82,6 +83,7 @@ def load_watched_krs(client: MlflowClient) -> WatchedKrs:
     cycles = {}
     trace_krs: dict[str, set[KrRef]] = {}
     assessment_krs: set[KrRef] = set()
+    windowed_krs: set[KrRef] = set()
     model_krs: dict[str, set[KrRef]] = {}
     experiments: list[Any] | None = None
     for spec, experiment in state.published_specs(client):
@@ -94,6 +96,8 @@ def load_watched_krs(client: MlflowClient) -> WatchedKrs:
                 ref = (published.experiment_id, kr.id)
                 if kr.assessment is not None:
                     assessment_krs.add(ref)
+                if kr.window is not None:
+                    windowed_krs.add(ref)
                 if not kr.experiments:
                     trace_krs.setdefault(ALL_EXPERIMENTS, set()).add(ref)
                     continue
@@ -124,5 +128,6 @@ def load_watched_krs(client: MlflowClient) -> WatchedKrs:
         signature=signature,
         trace_krs={key: frozenset(refs) for key, refs in trace_krs.items()},
         assessment_krs=frozenset(assessment_krs),
+        windowed_krs=frozenset(windowed_krs),
         model_krs={name: frozenset(refs) for name, refs in model_krs.items()},
     )

@@ -59,6 +59,15 @@ DESCRIBE_INTERVAL = 15.0  # seconds between two refreshes of the UI descriptions
 REFRESH_INTERVAL = 2.0  # seconds between two checks for a newly applied spec
 SETTLE_ATTEMPTS = 3  # tries to settle the same marks before they are left to `mlflow-okr sync`
 IDLE_EXIT = 60.0  # seconds without work after which the writer thread ends (a new mark restarts it)
+# Trace and `model:` KRs are re-measured (two SQL aggregates each) once their writes pause for
+# MEASURE_PAUSE, and at least every MEASURE_INTERVAL while traces stream in: a new trace shows within
+# the 5 s freshness bound, and a busy serving process pays one measurement per interval, not one per
+# settling.
+MEASURE_PAUSE = 1.0
+MEASURE_INTERVAL = 3.0
+# Windowed trace KRs (`window: 24h`) move with time as well: a process that writes traces, and every
+# server worker, re-measures them this often, writes or not.
+WINDOW_REFRESH = 60.0
 
 _warned = False
 _warned_lock = threading.Lock()  # guards _warned
@@ -126,8 +135,13 @@ class LiveKrs:
         self._refresh_lock = threading.Lock()  # one reload of the definitions at a time
         self._marks = Marks()
         self._recounts = Recounts()
-        # Trace and `model:` KRs (measured outside the run scan) whose traces or alias moved; _lock
+        # Trace and `model:` KRs (measured outside the run scan) whose traces or alias moved, and
+        # when the first and the last of those marks came; _lock
         self._measured_marks: set[KrRef] = set()
+        self._measured_first = 0.0
+        self._measured_last = 0.0
+        self._keeps_windows = threading.Event()  # set once this process writes traces
+        self._next_window_refresh = 0.0  # read and written by the writer thread only
         self._deleting: set[str] = set()  # runs being deleted: never tag them
         self._restored: set[str] = set()  # runs restored since their deletion was settled
         self._wake = threading.Event()
@@ -159,6 +173,7 @@ class LiveKrs:
         self._marks = Marks()
         self._recounts = Recounts()
         self._measured_marks = set()
+        self._keeps_windows = threading.Event()
         self._wake = threading.Event()
         self._check_owed = threading.Event()
         self._thread = None
@@ -288,6 +303,8 @@ class LiveKrs:
             touched = watched.trace_krs_of(experiment_id)
             if assessments:
                 touched = touched | watched.assessment_krs
+            if not self._keeps_windows.is_set():
+                self._keeps_windows.set()
             self._mark_measured(touched)
         except Exception as error:  # noqa: BLE001 - fail-open: never fail the user's write
             fail_open(error)
@@ -303,10 +320,34 @@ class LiveKrs:
     def _mark_measured(self, touched: frozenset[KrRef]) -> None:
         if not touched:
             return
+        if not self.durable:
+            first = self._add_measured(touched)
+        else:
+            markers = self._durable_markers()
+            with markers.lock:
+                # The marker stands before the mark it covers, and cannot be removed in between.
+                markers.ensure({experiment_id for experiment_id, _ in touched})
+                first = self._add_measured(touched)
+        if first:  # later marks find the writer waiting for these to be due
+            self._ensure_thread()
+            self._wake.set()
+
+    def _add_measured(self, touched: frozenset[KrRef]) -> bool:
+        """Add these measured marks; True when none were waiting."""
+        now = time.monotonic()
         with self._lock:
+            first = not self._measured_marks
+            if first:
+                self._measured_first = now
             self._measured_marks |= touched
-        self._ensure_thread()
-        self._wake.set()
+            self._measured_last = now
+        return first
+
+    def _measured_due(self) -> float | None:
+        """When the waiting measured marks are due (None: none wait). Called with _lock held."""
+        if not self._measured_marks:
+            return None
+        return min(self._measured_first + MEASURE_INTERVAL, self._measured_last + MEASURE_PAUSE)
 
     def run_changed(self, run_id: str) -> None:
         """Note a change to the run itself (end, deletion, restore): the writer settles it soon.
@@ -362,7 +403,7 @@ class LiveKrs:
             return
         with self._flush_lock, markers.lock:
             with self._lock:
-                settled = not self._marks.runs and not self._recounts.last_revised
+                settled = not (self._marks.runs or self._recounts.last_revised or self._measured_marks)
             if settled:
                 markers.remove()
 
@@ -412,10 +453,7 @@ class LiveKrs:
     def _write_until_idle(self) -> None:
         while not self._stop.is_set():
             timeout = IDLE_EXIT
-            with self._lock:
-                next_due = self._recounts.next_due()
-            if self._check_owed.is_set():
-                next_due = self._next_refresh if next_due is None else min(next_due, self._next_refresh)
+            next_due = self._next_due()
             if next_due is not None:
                 timeout = max(0.0, next_due - time.monotonic())
             woken = self._wake.wait(timeout)
@@ -430,6 +468,7 @@ class LiveKrs:
                 and not self._refresh_due.is_set()
                 and not self._check_owed.is_set()
                 and not self._catch_up_due.is_set()
+                and not self._windowed_krs()
             ):
                 return  # idle: the next mark starts a new writer
             delay = self._next_flush - time.monotonic()
@@ -444,7 +483,8 @@ class LiveKrs:
                     self._check_owed.clear()
                     self.refresh()
                 self._settle_marks()
-                self._settle_measured()
+                self._refresh_windows()
+                self._settle_measured(time.monotonic())
                 self._recount(time.monotonic())
                 self._keep_markers()
             except Exception as error:  # noqa: BLE001 - fail-open
@@ -458,6 +498,36 @@ class LiveKrs:
             with self._lock:
                 if self._marks.runs:
                     self._wake.set()
+
+    def _next_due(self) -> float | None:
+        """The next moment the writer has something to do without being woken (None: nothing)."""
+        with self._lock:
+            moments = [self._recounts.next_due(), self._measured_due()]
+        if self._check_owed.is_set():
+            moments.append(self._next_refresh)
+        if self._windowed_krs():
+            moments.append(self._next_window_refresh)
+        due = [moment for moment in moments if moment is not None]
+        return min(due) if due else None
+
+    def _windowed_krs(self) -> frozenset[KrRef]:
+        """The windowed trace KRs this keeper re-measures on a schedule: in a server worker, or in
+        a process that writes traces; none elsewhere (a training script never measures them)."""
+        if not self.durable and not self._keeps_windows.is_set():
+            return frozenset()
+        return self.watched.windowed_krs
+
+    def _refresh_windows(self) -> None:
+        """Mark the windowed trace KRs every WINDOW_REFRESH: their traces leave the window with time.
+
+        No marker covers these marks: a killed worker's successor refreshes them on its own schedule.
+        """
+        if time.monotonic() < self._next_window_refresh:
+            return
+        windowed = self._windowed_krs()
+        if windowed:
+            self._next_window_refresh = time.monotonic() + WINDOW_REFRESH
+            self._add_measured(windowed)
 
     def _keep_markers(self) -> None:
         """A durable keeper's upkeep: refresh or remove its markers, catch up on gone owners'."""
@@ -518,15 +588,19 @@ class LiveKrs:
         state equals a recompute of what this process wrote."""
         with compat.workspace_scope(self.workspace), self._flush_lock:
             self._settle_marks()
-            self._settle_measured()
+            self._settle_measured(None)
             self._recount(None)
         self._remove_markers_if_settled()
 
-    def _settle_measured(self) -> None:
+    def _settle_measured(self, now: float | None) -> None:
         """Re-measure the marked trace KRs (two SQL aggregates each) and `model:` KRs (the run
-        behind the alias), as `sync` does, and write what moved."""
+        behind the alias), as `sync` does, and write what moved; only once they are due at `now`
+        (None: now, whatever the schedule)."""
         with self._flush_lock:
             with self._lock:
+                due = self._measured_due()
+                if due is None or (now is not None and now < due):
+                    return
                 marks, self._measured_marks = self._measured_marks, set()
             watched = self.watched
             for experiment_id in sorted({experiment_id for experiment_id, _ in marks}):
@@ -542,6 +616,8 @@ class LiveKrs:
                     self._write(published, computations, revision=True)
                 except Exception:
                     with self._lock:  # tried again at the next settling; `sync` repairs the rest
+                        if not self._measured_marks:
+                            self._measured_first = self._measured_last = time.monotonic()
                         self._measured_marks |= {(experiment_id, kr_id) for kr_id in computations}
                     raise
 
