@@ -372,7 +372,7 @@ def test_a_sets_sync_reads_no_run_another_teams_set_counted(client, runner, writ
     assert list(runs_left_behind(client, team_a.spec)) == []
 
 
-def test_one_sync_reads_each_run_once_and_tags_a_run_every_set_counts(client, runner, write_spec, monkeypatch):
+def test_one_sync_reads_each_run_once_and_tags_a_run_all_sets_count(client, runner, write_spec, monkeypatch):
     from mlflow_okr import facts
 
     train, other = client.create_experiment("train"), client.create_experiment("other")
@@ -421,3 +421,6 @@ def test_one_sync_reads_each_run_once_and_tags_a_run_every_set_counts(client, ru
     # okr.cycle names one of the cycles; the last set whose tags changed on the run writes it.
     assert {**tags, "okr.cycle": ""} == {**expected, "okr.cycle": ""}
     assert not sync(client, check=True, now=now).drifted
+    read.clear()
+    narrowed = sync(client, team="team-a", now=now)  # one set: the runs of its experiments and cycle
+    assert (narrowed.sets, read, narrowed.drifted) == (["2026-Q4/team-a"], [shared], False)
