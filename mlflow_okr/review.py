@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, Field
 
 from mlflow_okr import state, vocabulary
-from mlflow_okr.effort import MetricKr, improving_runs, read_effort_facts
+from mlflow_okr.effort import improving_by_kr, metric_krs_of, read_effort_facts
 from mlflow_okr.engine import GUARDRAIL_TAG_PREFIX, status_of, verdict_from_tag
 from mlflow_okr.errors import InputError
 from mlflow_okr.practice_results import Confidence, optional_field
@@ -205,21 +205,17 @@ def _moved(
     since: dt.datetime, until: dt.datetime,
 ) -> dict[str, list[str]]:
     """Per metric KR, the improving runs that started in the window, in start order."""
-    metric_krs = []
-    for kr in status.key_results():
-        owner = next((s for s in published if s.spec.find_key_result(kr.id)), None)
-        if owner is not None and kr.kind == "metric":
-            spec_kr = owner.spec.find_key_result(kr.id)
-            metric_krs.append(MetricKr(owner.spec.run_tag_id(kr.id), spec_kr, kr.direction))
+    metric_krs = metric_krs_of(status, published)
     if not metric_krs:
         return {}
-    facts = read_effort_facts(client, published[0].cycle, until, metric_krs)
-    moved = {}
-    for item in metric_krs:
-        starts = {run.run_id: run.start_time for run in facts.candidates[item.tag_id]}
-        improving = improving_runs(item.kr, status.find(item.kr.id), facts.candidates[item.tag_id])
-        moved[item.kr.id] = [r for r in improving if _ms(since) < starts[r] <= _ms(until)]
-    return moved
+    cycle = published[0].cycle
+    facts = read_effort_facts(client, cycle, until, metric_krs)
+    improving = improving_by_kr(client, cycle, facts, metric_krs)
+    window = range(_ms(since) + 1, _ms(until) + 1)
+    return {
+        item.kr.id: [run.run_id for run in improving[item.tag_id] if run.start_time in window]
+        for item in metric_krs
+    }
 
 
 def _moved_runs(client: MlflowClient, run_ids: list[str], ui_url: str | None) -> list[MovedRun]:

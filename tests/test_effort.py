@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from mlflow.tracking import MlflowClient
 
-from mlflow_okr import effort, effort_reads, practice
+from mlflow_okr import compat, effort, effort_reads, practice, state
 from mlflow_okr.api import apply_spec, sync
 from mlflow_okr.spec import parse_cycle, parse_spec
 from tests.conftest import NOW, invoke
-from tests.specs import ON_CALL, okrs_yaml, ops, reco
+from tests.specs import ON_CALL, objective, okrs_yaml, ops, reco
 
 HOUR_MS = 3_600_000
 NOV_1 = parse_cycle("2026-Q4").start_ms + 31 * 24 * HOUR_MS
@@ -99,18 +100,10 @@ def test_effort_equals_a_hand_count(client, store) -> None:
 
 
 def test_search_runs_reads_the_same_facts_as_sql(client, store) -> None:
-    published = practice.effort_status(tracking_uri=client.tracking_uri, now=NOW)
-    spec = parse_spec(SPEC)
-    directions = {"ctr": "maximize", "latency": "minimize"}
-    metric_krs = [
-        effort_reads.MetricKr(kr.id, kr, directions[kr.id])
-        for _, kr in spec.key_results()
-        if kr.kind == "metric"
-    ]
+    status = practice.effort_status(tracking_uri=client.tracking_uri, now=NOW)
+    metric_krs = effort.metric_krs_of(status, state.current_sets(client, "2026-Q4"))
     cycle = parse_cycle("2026-Q4")
     now_ms = int(NOW.timestamp() * 1000)
-    from mlflow_okr import compat
-
     by_sql = effort_reads.sql_facts(compat.store_of(client), cycle, now_ms, metric_krs)
     by_search = effort_reads.search_facts(client, cycle, now_ms, metric_krs)
     key = lambda g: (sorted(g.krs), g.user, g.experiment_id)  # noqa: E731
@@ -118,16 +111,93 @@ def test_search_runs_reads_the_same_facts_as_sql(client, store) -> None:
     # search_runs reads every counted run; SQL only those that beat every earlier one (r2 did not).
     assert {run.run_id for run in by_search.candidates["ctr"]} == {store["r1"], store["r2"], store["r3"]}
     assert {run.run_id for run in by_sql.candidates["ctr"]} == {store["r1"], store["r3"]}
-    for kr_id in ("ctr", "latency"):
-        improving = [
-            effort.improving_runs(spec.find_key_result(kr_id), published.find(kr_id), facts.candidates[kr_id])
-            for facts in (by_sql, by_search)
-        ]
-        assert improving[0] == improving[1]
-    assert improving[0] == [store["s1"]]
-    assert effort.improving_runs(
-        spec.find_key_result("ctr"), published.find("ctr"), by_search.candidates["ctr"]
-    ) == [store["r1"], store["r3"]]
+    improving = [
+        {tag_id: [run.run_id for run in runs] for tag_id, runs in effort.improving_by_kr(
+            client, cycle, facts, metric_krs).items()}
+        for facts in (by_sql, by_search)
+    ]
+    assert improving[0] == improving[1] == {"ctr": [store["r1"], store["r3"]], "latency": [store["s1"]]}
+
+
+AGGREGATES = okrs_yaml(objective(
+    "lab",
+    "{id: mean-loss, metric: loss, aggregate: mean, experiments: [lab], baseline: 1.0, target: 0.5}",
+    "{id: total-gain, metric: gain, aggregate: sum, experiments: [lab], baseline: 0, target: 10}",
+    "{id: latest-acc, metric: acc, aggregate: latest, experiments: [lab], baseline: 0.5, target: 0.9}",
+    "{id: acc-runs, metric: acc, aggregate: count, experiments: [lab], baseline: 1, target: 3}",
+    "{id: tie, metric: tie, aggregate: mean, experiments: [lab], baseline: 0.5, target: 1.0}",
+    title="Every aggregate", category="operational", owner="lab-team",
+))
+
+
+def check_every_aggregate(tracking_uri: str) -> None:
+    """Runs a, b, c, d in that order; the improving runs of each aggregate, by hand:
+
+    mean-loss (1.0 -> 0.5): running means 0.9, 0.8, 0.85, 0.7375: a, b and d lower it further.
+    total-gain (0 -> 10): running sums 2, 1, 6, 12: a, c and d raise it.
+    latest-acc (0.5 -> 0.9): 0.6, 0.55, 0.8, 0.95: a, c and d each beat the best so far.
+    acc-runs (count, 1 -> 3): progress rises at the 2nd and 3rd run, b and c.
+    tie (mean, 0.5 -> 1.0): 0.9 four times: the mean never moves after a.
+    """
+    client = MlflowClient(tracking_uri)
+    apply_spec(parse_spec(AGGREGATES), tracking_uri=tracking_uri)
+    lab = client.create_experiment("lab")
+    runs = {
+        name: run(client, lab, "ann", hour, 1, {"loss": loss, "gain": gain, "acc": acc, "tie": 0.9})
+        for name, hour, loss, gain, acc in (
+            ("a", 0, 0.9, 2, 0.6), ("b", 1, 0.7, -1, 0.55), ("c", 2, 0.95, 5, 0.8), ("d", 3, 0.4, 6, 0.95),
+        )
+    }
+    sync(tracking_uri=tracking_uri, now=NOW)
+    status = practice.effort_status(tracking_uri=tracking_uri, now=NOW)
+    expected = {"mean-loss": "abd", "total-gain": "acd", "latest-acc": "acd", "acc-runs": "bc", "tie": "a"}
+    assert {kr.id: kr.effort.improving_runs for kr in status.key_results()} == {
+        kr_id: len(names) for kr_id, names in expected.items()
+    }
+    metric_krs = effort.metric_krs_of(status, state.current_sets(client, "2026-Q4"))
+    cycle, now_ms = parse_cycle("2026-Q4"), int(NOW.timestamp() * 1000)
+    by_sql = effort_reads.sql_facts(compat.store_of(client), cycle, now_ms, metric_krs)
+    by_search = effort_reads.search_facts(client, cycle, now_ms, metric_krs)
+    for facts in (by_sql, by_search):
+        found = effort.improving_by_kr(client, cycle, facts, metric_krs)
+        assert {kr_id: [r.run_id for r in found[kr_id]] for kr_id in expected} == {
+            kr_id: [runs[name] for name in names] for kr_id, names in expected.items()
+        }
+    # SQL returns only the runs that can have moved each KR; four equal means are too close to
+    # call in floats and go to the exact tally.
+    assert {r.run_id for r in by_sql.candidates["latest-acc"]} == {runs["a"], runs["c"], runs["d"]}
+    assert [r.run_id for r in by_sql.ranked["acc-runs"]] == [runs["b"], runs["c"]]
+    items = {item.tag_id: item for item in metric_krs}
+    assert effort.improving_running(items["mean-loss"], by_sql.running["mean-loss"]) is not None
+    assert effort.improving_running(items["tie"], by_sql.running["tie"]) is None
+
+
+def test_every_aggregate_s_improving_runs(tracking_uri) -> None:
+    check_every_aggregate(tracking_uri)
+
+
+def test_every_aggregate_s_improving_runs_on_a_sql_server(sql_server_uri) -> None:
+    check_every_aggregate(sql_server_uri)
+
+
+def test_count_steps_are_where_the_engine_s_tally_rises() -> None:
+    assert effort.count_steps(1, 3) == (2, 3)
+    assert effort.count_steps(0, 100_000) == (1, 100_000)
+    assert effort.count_steps(2.5, 4.2) == (3, 5)
+    assert effort.count_steps(5, 2) == (1, 1)  # falling: only the first run can raise it
+    assert effort.count_steps(0.5, 0) == (1, 0)
+    assert effort.count_steps(3, 3) == effort.count_steps(None, 3) == (1, 0)
+    assert effort.count_steps(0, 2.0**53) is None  # consecutive counts may round to one progress
+    for baseline, target in ((1, 3), (2.5, 4.2), (5, 2), (-3, 2), (0.5, 0), (0, 0.5)):
+        kr = parse_spec(okrs_yaml(objective(
+            "o", f"{{id: k, metric: m, aggregate: count, baseline: {baseline}, target: {target}}}", title="O",
+        ))).find_key_result("k")
+        direction = "maximize" if target > baseline else "minimize"
+        item = effort_reads.MetricKr("k", kr, direction, baseline, target)
+        runs = [effort_reads.CountedRun(f"run-{place}", place, 0.0) for place in range(1, 9)]
+        first, last = effort.count_steps(baseline, target)
+        places = range(first, min(last, 8) + 1)
+        assert effort.improving_runs(kr, item, runs) == [f"run-{place}" for place in places]
 
 
 def test_status_effort_json_csv_and_table(client, store, runner) -> None:
