@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ END = "<!-- /spec-reference -->"
 # Sections in reading order: the file, then what it contains.
 SECTIONS = (
     ("the file (top level)", None),
+    ("a cycle given as a mapping (`cycle: {name, start, end}`)", "Cycle"),
     ("`status_thresholds`", "StatusThresholds"),
     ("an objective (`objectives[]`)", "Objective"),
     ("a key result (`key_results[]`)", "KeyResult"),
@@ -36,12 +38,23 @@ SECTIONS = (
 )
 
 
+def anchor(title: str) -> str:
+    """The anchor of a `###` heading, as the site (MkDocs' toc) and GitHub both make it."""
+    text = re.sub(r"[^\w\- ]", "", title.lower())
+    return re.sub(r"\s", "-", text.strip())
+
+
+# A model's name -> the link to its section.
+LINKS = {name: f"[{name}](#{anchor(title[0].upper() + title[1:])})" for title, name in SECTIONS if name}
+
+
 def type_text(schema: dict[str, Any]) -> str:
     """A JSON Schema type in a few words: `number`, `list of string`, `one of: a, b`."""
     if "$ref" in schema:
-        return f"mapping ({schema['$ref'].rsplit('/', 1)[1]})"
+        return f"mapping ({LINKS[schema['$ref'].rsplit('/', 1)[1]]})"
     if "anyOf" in schema:
-        kinds = [type_text(option) for option in schema["anyOf"] if option.get("type") != "null"]
+        kinds = [LINKS["Cycle"] if option.get("title") == "Cycle" else type_text(option)
+                 for option in schema["anyOf"] if option.get("type") != "null"]
         return " or ".join(dict.fromkeys(kinds))
     if "const" in schema:
         return f"`{json.dumps(schema['const'])}`"
@@ -101,6 +114,10 @@ def reference() -> str:
     schema = json_schema()
     definitions = schema["$defs"]
     parts = [START]
+    # The cycle mapping is inlined in `cycle`'s schema (it is also given as a name such as 2026-Q4).
+    definitions = {**definitions, "Cycle": next(
+        option for option in schema["properties"]["cycle"]["anyOf"] if option.get("type") == "object"
+    )}
     for title, name in SECTIONS:
         model = schema if name is None else definitions[name]
         parts.append(f"### {title[0].upper()}{title[1:]}\n\n{model.get('description', '')}\n\n{table(model)}")
