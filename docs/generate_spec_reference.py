@@ -89,7 +89,9 @@ def constraints(schema: dict[str, Any]) -> list[str]:
 
 
 def cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Text for a table cell: pipes escaped, and `<` outside code spans, which HTML would swallow."""
+    parts = text.replace("|", "\\|").replace("\n", " ").split("`")
+    return "`".join(part if index % 2 else part.replace("<", "&lt;") for index, part in enumerate(parts))
 
 
 def table(model: dict[str, Any]) -> str:
