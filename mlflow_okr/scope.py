@@ -81,9 +81,6 @@ class Scope:
     rule: RunRule
     datasets: DatasetValues | None = None  # a dataset-pinned KR: its runs' values for that dataset
 
-    def covers(self, run: Any) -> bool:
-        return run.info.experiment_id in self.experiment_ids and self.run_filter.matches(run)
-
 
 @dataclass
 class CycleScan:
