@@ -1,4 +1,4 @@
-"""The MLflow releases mlflow-okr is tested on: setup.cfg, compat.TESTED_MLFLOW and the README agree,
+"""The MLflow releases mlflow-okr is tested on: setup.cfg, TESTED_MLFLOW, the README and the docs agree,
 and the installed MLflow is not newer than the newest release tested (a new release pip resolves
 fails here until scripts/test-mlflow-versions.sh has run on it)."""
 
@@ -21,9 +21,10 @@ def test_setup_cfg_allows_from_the_oldest_release_tested() -> None:
     assert [Version(bound) for bound in bounds] == [Version(TESTED_MLFLOW[0])]
 
 
-def test_readme_names_the_tested_range() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert f"MLflow {TESTED_MLFLOW[0]} to {TESTED_MLFLOW[1]}" in readme
+def test_readme_and_docs_name_the_tested_range() -> None:
+    for page in ("README.md", "docs/contributing.md"):
+        text = (ROOT / page).read_text(encoding="utf-8")
+        assert f"MLflow {TESTED_MLFLOW[0]} to {TESTED_MLFLOW[1]}" in text, page
 
 
 def test_installed_mlflow_is_within_the_tested_range() -> None:
@@ -34,5 +35,5 @@ def test_installed_mlflow_is_within_the_tested_range() -> None:
     assert installed[:2] <= newest[:2], (
         f"MLflow {mlflow.__version__} is newer than the newest release tested ({TESTED_MLFLOW[1]}): "
         "run `bash scripts/test-mlflow-versions.sh newest`, then raise TESTED_MLFLOW in "
-        "mlflow_okr/compat.py and the range in the README"
+        "mlflow_okr/compat.py and the range in the README and docs/contributing.md"
     )
