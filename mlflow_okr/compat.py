@@ -134,6 +134,36 @@ def built_server_tracking_store() -> Any:
     return handlers._tracking_store
 
 
+def server_registry_store_registry() -> Any:
+    """The store registry `mlflow server` builds its model registry store from (one per process).
+
+    `mlflow.server.handlers._model_registry_store_registry`: module-private; as for the tracking
+    registry, its SQL builder picks the workspace-aware store and the read replica; checked on
+    3.16.0 and 3.17.2.
+    """
+    from mlflow.server import handlers
+
+    return handlers._model_registry_store_registry
+
+
+def built_server_registry_store() -> Any:
+    """The server's model registry store if this process built it already, else None.
+
+    `mlflow.server.handlers._model_registry_store`: module-private, set by
+    `_get_model_registry_store`; checked on 3.16.0 and 3.17.2.
+    """
+    from mlflow.server import handlers
+
+    return handlers._model_registry_store
+
+
+def is_sql_registry_store(store: Any) -> bool:
+    """Whether `store` is MLflow's SQL model registry store (SQLite, PostgreSQL, MySQL, MSSQL)."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    return isinstance(store, SqlAlchemyStore)
+
+
 def server_tracking_store() -> Any:
     """The server's tracking store, built now if no request built it yet (`_get_tracking_store`)."""
     from mlflow.server import handlers

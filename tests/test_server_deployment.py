@@ -33,15 +33,19 @@ JOB_SECONDS = 120  # MLflow's job runner starts its consumers and a subprocess p
 
 @pytest.fixture
 def server_registry(sqlite_template: Path) -> Iterator[object]:
-    """The server's store registry of this process, restored after the test hooks it."""
+    """The server's store registry of this process, restored (with the model registry's) after the
+    test hooks it."""
     from mlflow.server import handlers
 
     registry = compat.server_tracking_store_registry()
-    saved, saved_store = dict(registry._registry), handlers._tracking_store
+    model_registry = compat.server_registry_store_registry()
+    saved, saved_models = dict(registry._registry), dict(model_registry._registry)
+    saved_stores = handlers._tracking_store, handlers._model_registry_store
     yield registry
-    registry._registry.clear()
-    registry._registry.update(saved)
-    handlers._tracking_store = saved_store
+    for restored, entries in ((registry, saved), (model_registry, saved_models)):
+        restored._registry.clear()
+        restored._registry.update(entries)
+    handlers._tracking_store, handlers._model_registry_store = saved_stores
 
 
 def _sqlite_copy(template: Path, directory: Path) -> str:

@@ -237,11 +237,18 @@ def build_registry_store(store_uri: str, tracking_uri: str | None = None) -> Any
         store = builder(store_uri=inner_uri, tracking_uri=state.strip_plugin_scheme(tracking_uri))
     else:
         store = builder(store_uri=inner_uri)
-    compat.swap_class(store, hooked_class(type(store), OkrRegistryHooks))
     # The KRs live in the tracking store (usually the same database or server): settled there.
     tracking_inner = state.strip_plugin_scheme(tracking_uri) or inner_uri
-    store._okr_keepers = Keepers(tracking_inner, durable=compat.in_server_worker())
-    atexit.register(_flush_keepers_at_exit, store._okr_keepers)
+    keepers = Keepers(tracking_inner, durable=compat.in_server_worker())
+    atexit.register(_flush_keepers_at_exit, keepers)
+    return wrap_registry_store(store, keepers)
+
+
+def wrap_registry_store(store: Any, keepers: Keepers) -> Any:
+    """Turn a freshly built model registry store into its hooked subclass, in place; its alias
+    moves are noted by `keepers` (in a server, the tracking store's, so one writer settles both)."""
+    compat.swap_class(store, hooked_class(type(store), OkrRegistryHooks))
+    store._okr_keepers = keepers
     return store
 
 
