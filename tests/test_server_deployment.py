@@ -75,6 +75,28 @@ def test_the_app_makes_the_servers_own_store_hooked(
         store._okr_live.close()
 
 
+def test_the_app_hooks_the_servers_model_registry_store_with_the_tracking_stores_keepers(
+    server_registry, sqlite_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.server.constants import BACKEND_STORE_URI_ENV_VAR
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+
+    from mlflow_okr.store.hooks import OkrRegistryHooks
+
+    uri = _sqlite_copy(sqlite_template, tmp_path)
+    monkeypatch.setenv(BACKEND_STORE_URI_ENV_VAR, uri)
+    install_server_hooks()
+    install_server_hooks()
+    registry_store = compat.server_registry_store_registry().get_store_builder(uri)(store_uri=uri)
+    tracking_store = compat.server_tracking_store()
+    try:
+        assert type(registry_store).__mro__[1:3] == (OkrRegistryHooks, RegistryStore)
+        # One writer per worker settles the alias moves and the tracking writes.
+        assert registry_store._okr_keepers is tracking_store._okr_keepers
+    finally:
+        tracking_store._okr_live.close()
+
+
 def _server_checked_properties() -> set[str]:
     """The `supports_*` names MLflow's server and CLI read, that a tracking store defines."""
     root = Path(mlflow.__file__).parent
