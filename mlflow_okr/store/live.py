@@ -10,6 +10,11 @@ as `sync`. Every revised KR is also recounted once its writes pause (and at leas
 `RECOUNT_INTERVAL` while they go on), which repairs what two processes revising the same tally at
 the same moment may have missed. Run ends settle in the background too; `flush()` settles
 everything now, and process exit waits for it.
+
+Trace and `model:` KRs are not counted from runs: a trace write or an alias move marks them, and
+the writer re-measures them as `sync` does once those writes pause (at least every
+MEASURE_INTERVAL while they go on); windowed trace KRs are re-measured on a schedule as well. A
+write also owes the definitions one more check for a spec applied elsewhere since they were read.
 """
 
 from __future__ import annotations
