@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 import mlflow_okr.store.live as live
+import mlflow_okr.store.schedule as schedule
 from mlflow_okr import vocabulary
 from mlflow_okr.store import flush
 from mlflow_okr.store.hooks import build_tracking_store
@@ -86,8 +87,8 @@ def test_trace_writes_streaming_in_are_measured_once_per_interval_and_once_they_
     MEASURE_INTERVAL, and once more when they pause, so the last trace always counts."""
     from mlflow.entities import TraceInfo, TraceLocation, TraceState
 
-    monkeypatch.setattr(live, "MEASURE_PAUSE", 0.5)
-    monkeypatch.setattr(live, "MEASURE_INTERVAL", 2.0)
+    monkeypatch.setattr(schedule, "MEASURE_PAUSE", 0.5)
+    monkeypatch.setattr(schedule, "MEASURE_INTERVAL", 2.0)
     experiment_id = client.create_experiment("svc")
     publish(tracking_uri, windowed_spec_text())
     store = build_tracking_store(vocabulary.OKR_SCHEME_PREFIX + tracking_uri)
@@ -97,7 +98,7 @@ def test_trace_writes_streaming_in_are_measured_once_per_interval_and_once_they_
 
     def counting(now: float | None) -> None:
         with keeper._lock:
-            due = keeper._measured_due()
+            due = keeper._measured_marks.due()
         if due is not None and (now is None or now >= due):
             measured.append(time.monotonic())
         settle_measured(now)

@@ -12,9 +12,9 @@ the same moment may have missed. Run ends settle in the background too; `flush()
 everything now, and process exit waits for it.
 
 Trace and `model:` KRs are not counted from runs: a trace write or an alias move marks them, and
-the writer re-measures them as `sync` does once those writes pause (at least every
-MEASURE_INTERVAL while they go on); windowed trace KRs are re-measured on a schedule as well. A
-write also owes the definitions one more check for a spec applied elsewhere since they were read.
+the writer re-measures them as `sync` does once those writes pause (`schedule.MeasuredMarks`);
+windowed trace KRs are re-measured on a schedule as well. A write also owes the definitions one more
+check for a spec applied elsewhere since they were read.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from mlflow_okr.kr_state import read_kr_runs, settle_key_results, stored_tally
 from mlflow_okr.scope import CycleScan, RunTagWrites, plan_run_tags
 from mlflow_okr.spec import OkrSpec
 from mlflow_okr.store.definitions import KrRef, WatchedKrs, load_watched_krs, published_signature
-from mlflow_okr.store.schedule import ALL_KRS, Marks, Recounts
+from mlflow_okr.store.schedule import ALL_KRS, Marks, MeasuredMarks, Recounts
 from mlflow_okr.store.unsettled import HEARTBEAT, Markers, Owner, orphaned_markers, remove_marker
 
 logger = logging.getLogger("mlflow_okr")
@@ -64,12 +64,6 @@ DESCRIBE_INTERVAL = 15.0  # seconds between two refreshes of the UI descriptions
 REFRESH_INTERVAL = 2.0  # seconds between two checks for a newly applied spec
 SETTLE_ATTEMPTS = 3  # tries to settle the same marks before they are left to `mlflow-okr sync`
 IDLE_EXIT = 60.0  # seconds without work after which the writer thread ends (a new mark restarts it)
-# Trace and `model:` KRs are re-measured (two SQL aggregates each) once their writes pause for
-# MEASURE_PAUSE, and at least every MEASURE_INTERVAL while traces stream in: a new trace shows within
-# the 5 s freshness bound, and a busy serving process pays one measurement per interval, not one per
-# settling.
-MEASURE_PAUSE = 1.0
-MEASURE_INTERVAL = 3.0
 # Windowed trace KRs (`window: 24h`) move with time as well: a process that writes traces, and every
 # server worker, re-measures them this often, writes or not.
 WINDOW_REFRESH = 60.0
@@ -140,11 +134,8 @@ class LiveKrs:
         self._refresh_lock = threading.Lock()  # one reload of the definitions at a time
         self._marks = Marks()
         self._recounts = Recounts()
-        # Trace and `model:` KRs (measured outside the run scan) whose traces or alias moved, and
-        # when the first and the last of those marks came; _lock
-        self._measured_marks: set[KrRef] = set()
-        self._measured_first = 0.0
-        self._measured_last = 0.0
+        # Trace and `model:` KRs (measured outside the run scan) whose traces or alias moved; _lock
+        self._measured_marks = MeasuredMarks()
         self._keeps_windows = threading.Event()  # set once this process writes traces
         self._next_window_refresh = 0.0  # read and written by the writer thread only
         self._deleting: set[str] = set()  # runs being deleted: never tag them
@@ -177,7 +168,7 @@ class LiveKrs:
         self._refresh_lock = threading.Lock()
         self._marks = Marks()
         self._recounts = Recounts()
-        self._measured_marks = set()
+        self._measured_marks = MeasuredMarks()
         self._keeps_windows = threading.Event()
         self._wake = threading.Event()
         self._check_owed = threading.Event()
@@ -339,20 +330,8 @@ class LiveKrs:
 
     def _add_measured(self, touched: frozenset[KrRef]) -> bool:
         """Add these measured marks; True when none were waiting."""
-        now = time.monotonic()
         with self._lock:
-            first = not self._measured_marks
-            if first:
-                self._measured_first = now
-            self._measured_marks |= touched
-            self._measured_last = now
-        return first
-
-    def _measured_due(self) -> float | None:
-        """When the waiting measured marks are due (None: none wait). Called with _lock held."""
-        if not self._measured_marks:
-            return None
-        return min(self._measured_first + MEASURE_INTERVAL, self._measured_last + MEASURE_PAUSE)
+            return self._measured_marks.add(touched, time.monotonic())
 
     def run_changed(self, run_id: str) -> None:
         """Note a change to the run itself (end, deletion, restore): the writer settles it soon.
@@ -408,7 +387,7 @@ class LiveKrs:
             return
         with self._flush_lock, markers.lock:
             with self._lock:
-                settled = not (self._marks.runs or self._recounts.last_revised or self._measured_marks)
+                settled = not (self._marks.runs or self._recounts.last_revised or self._measured_marks.krs)
             if settled:
                 markers.remove()
 
@@ -449,7 +428,7 @@ class LiveKrs:
 
     def _has_work(self) -> bool:
         with self._lock:
-            return bool(self._marks.runs or self._recounts.last_revised or self._measured_marks)
+            return bool(self._marks.runs or self._recounts.last_revised or self._measured_marks.krs)
 
     def _run(self) -> None:
         with compat.workspace_scope(self.workspace):
@@ -507,7 +486,7 @@ class LiveKrs:
     def _next_due(self) -> float | None:
         """The next moment the writer has something to do without being woken (None: nothing)."""
         with self._lock:
-            moments = [self._recounts.next_due(), self._measured_due()]
+            moments = [self._recounts.next_due(), self._measured_marks.due()]
         if self._check_owed.is_set():
             moments.append(self._next_refresh)
         if self._windowed_krs():
@@ -603,28 +582,26 @@ class LiveKrs:
         (None: now, whatever the schedule)."""
         with self._flush_lock:
             with self._lock:
-                due = self._measured_due()
-                if due is None or (now is not None and now < due):
-                    return
-                marks, self._measured_marks = self._measured_marks, set()
+                marks = self._measured_marks.take(now)
+            if not marks:
+                return
             watched = self.watched
-            for experiment_id in sorted({experiment_id for experiment_id, _ in marks}):
-                published = watched.cycles.get(experiment_id)
-                if published is None:
-                    continue
-                kr_ids = [kr_id for e, kr_id in marks if e == experiment_id and kr_id in published.kr_runs]
-                # Neither kind is counted from runs: an empty scan; `new_computations` reads each
-                # one's own source.
-                scan = CycleScan(published.spec)
-                computations = new_computations(self.client, published.spec, scan, kr_ids)
-                try:
-                    self._write(published, computations, revision=True)
-                except Exception:
-                    with self._lock:  # tried again at the next settling; `sync` repairs the rest
-                        if not self._measured_marks:
-                            self._measured_first = self._measured_last = time.monotonic()
-                        self._measured_marks |= {(experiment_id, kr_id) for kr_id in computations}
-                    raise
+            unsettled = set(marks)
+            try:
+                for experiment_id in sorted({experiment_id for experiment_id, _ in marks}):
+                    published = watched.cycles.get(experiment_id)
+                    if published is not None:
+                        kr_ids = [k for e, k in marks if e == experiment_id and k in published.kr_runs]
+                        # Neither kind is counted from runs: an empty scan; `new_computations` reads
+                        # each one's own source.
+                        scan = CycleScan(published.spec)
+                        computations = new_computations(self.client, published.spec, scan, kr_ids)
+                        self._write(published, computations, revision=True)
+                    unsettled -= {ref for ref in marks if ref[0] == experiment_id}
+            except Exception:
+                with self._lock:  # tried again at the next settling; `sync` repairs the rest
+                    self._measured_marks.add(unsettled, time.monotonic())
+                raise
 
     def _settle_marks(self) -> None:
         with self._flush_lock:

@@ -17,6 +17,12 @@ ALL_KRS = None  # a mark that concerns every KR of the run's cycle (run ended, d
 RECOUNT_PAUSE = 2.0
 RECOUNT_INTERVAL = 30.0
 BACKGROUND_SHARE_FACTOR = 20.0
+# Trace and `model:` KRs are re-measured (two SQL aggregates each) once their writes pause for
+# MEASURE_PAUSE, and at least every MEASURE_INTERVAL while traces stream in: a new trace shows within
+# the 5 s freshness bound, and a busy serving process pays one measurement per interval, not one per
+# settling.
+MEASURE_PAUSE = 1.0
+MEASURE_INTERVAL = 3.0
 
 
 @dataclass
@@ -87,3 +93,35 @@ class Recounts:
     def next_due(self) -> float | None:
         due = self.due
         return min(due.values()) if due else None
+
+
+@dataclass
+class MeasuredMarks:
+    """Trace and `model:` KRs to re-measure, and when the first and the last of those marks came."""
+
+    krs: set[KrRef] = field(default_factory=set)
+    first: float = 0.0
+    last: float = 0.0
+
+    def add(self, krs: Iterable[KrRef], now: float) -> bool:
+        """Mark these KRs at `now`; True when none were waiting."""
+        waiting = bool(self.krs)
+        if not waiting:
+            self.first = now
+        self.krs.update(krs)
+        self.last = now
+        return not waiting
+
+    def due(self) -> float | None:
+        """When the waiting marks are due (None: none wait)."""
+        if not self.krs:
+            return None
+        return min(self.first + MEASURE_INTERVAL, self.last + MEASURE_PAUSE)
+
+    def take(self, now: float | None) -> set[KrRef]:
+        """The marked KRs if they are due at `now` (None: whatever the schedule), removed."""
+        due = self.due()
+        if due is None or (now is not None and now < due):
+            return set()
+        krs, self.krs = self.krs, set()
+        return krs
