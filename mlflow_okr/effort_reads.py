@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from mlflow.tracking import MlflowClient
 
@@ -32,8 +32,9 @@ class RunGroup:
     duration_ms: float
 
 
-@dataclass(frozen=True)
-class CountedRun:
+class CountedRun(NamedTuple):
+    """A counted run of a KR: a tuple, since a `count` KR may have tens of thousands of them."""
+
     run_id: str
     start_time: int
     value: float
@@ -156,8 +157,9 @@ class SqlReads:
             .group_by(SqlTag.value, SqlRun.user_id, SqlRun.experiment_id, SqlExperiment.name)
         )
 
-    def counted(self, metric_kr: MetricKr, *columns: Any) -> Any:
-        """`columns` of the KR's counted runs in the cycle, joined with their value of its metric."""
+    def counted(self, metric_kr: MetricKr, *columns: Any, valued: bool = True) -> Any:
+        """`columns` of the KR's counted runs in the cycle, joined with their value of its metric
+        unless not `valued` (a counted run has the metric, and MLflow never removes one)."""
         from mlflow.store.tracking.dbmodels.models import SqlExperiment, SqlLatestMetric, SqlRun, SqlTag
         from sqlalchemy import and_, select
 
@@ -167,14 +169,13 @@ class SqlReads:
             SqlTag.value == vocabulary.COUNTED,
         )
         value = and_(SqlLatestMetric.run_uuid == SqlRun.run_uuid, SqlLatestMetric.key == metric_kr.kr.metric)
-        return (
+        query = (
             select(*columns)
             .select_from(SqlRun)
             .join(SqlExperiment, SqlExperiment.experiment_id == SqlRun.experiment_id)
             .join(SqlTag, verdict)
-            .join(SqlLatestMetric, value)
-            .where(*self.in_cycle)
         )
+        return (query.join(SqlLatestMetric, value) if valued else query).where(*self.in_cycle)
 
     def every_run(self, metric_kr: MetricKr) -> Any:
         from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlRun
@@ -212,7 +213,7 @@ class SqlReads:
         from mlflow.store.tracking.dbmodels.models import SqlRun
 
         return (
-            self.counted(metric_kr, SqlRun.run_uuid, SqlRun.start_time)
+            self.counted(metric_kr, SqlRun.run_uuid, SqlRun.start_time, valued=False)
             .order_by(SqlRun.start_time, SqlRun.run_uuid)
             .offset(first - 1)
             .limit(last - first + 1)
@@ -261,39 +262,44 @@ def _counted_runs(rows: Any) -> list[CountedRun]:
 
 def sql_facts(store: Any, cycle: Cycle, now_ms: int, metric_krs: list[MetricKr]) -> EffortFacts:
     reads = SqlReads(cycle, now_ms)
-    facts = EffortFacts()
+    # No run moves a KR without a baseline and a target apart: nothing to read for it.
+    plans = [_plan(reads, metric_kr) for metric_kr in metric_krs if metric_kr.moves]
     with compat.sql_session(store) as session:
         connection = session.connection()
-        for krs, user, experiment_id, name, runs, duration_ms in connection.execute(reads.groups()).all():
-            group = RunGroup(krs_of(krs), user, str(experiment_id), runs, float(duration_ms or 0))
-            facts.groups.append(group)
-            facts.experiment_names[str(experiment_id)] = name
-        for metric_kr in metric_krs:
-            if metric_kr.moves:  # no run moves a KR without a baseline and a target apart
-                _read_kr(connection, reads, metric_kr, facts)
+        group_rows = connection.execute(reads.groups()).all()
+        kr_rows = [[] if plan[2] is None else connection.execute(plan[2]).all() for plan in plans]
+    facts = EffortFacts()
+    for krs, user, experiment_id, name, runs, duration_ms in group_rows:
+        facts.groups.append(RunGroup(krs_of(krs), user, str(experiment_id), runs, float(duration_ms or 0)))
+        facts.experiment_names[str(experiment_id)] = name
+    for (metric_kr, kind, _), rows in zip(plans, kr_rows, strict=True):
+        tag_id = metric_kr.tag_id
+        if kind == "running":
+            facts.running[tag_id] = [
+                RunningRow(run_id, start or 0, running, earlier, margin, bool(nans))
+                for run_id, start, running, earlier, margin, nans in rows
+            ]
+        elif kind == "ranked":
+            # Each run's value: the count once it came in, its place.
+            places = enumerate(rows, metric_kr.steps[0] if metric_kr.steps else 1)
+            facts.ranked[tag_id] = [CountedRun(run, start or 0, float(at)) for at, (run, start) in places]
+        else:
+            facts.candidates[tag_id] = _counted_runs(rows)
     return facts
 
 
-def _read_kr(connection: Any, reads: SqlReads, metric_kr: MetricKr, facts: EffortFacts) -> None:
-    """What the KR's improving runs are decided from: the least that decides them."""
-    tag_id, aggregate = metric_kr.tag_id, metric_kr.kr.aggregate
+def _plan(reads: SqlReads, metric_kr: MetricKr) -> tuple[MetricKr, str, Any]:
+    """What the KR's improving runs are decided from, the least that decides them: the kind of
+    facts and the statement that reads them (None when there is nothing to read)."""
+    aggregate = metric_kr.kr.aggregate
     if metric_kr.extreme is not None:
-        facts.candidates[tag_id] = _counted_runs(connection.execute(reads.record_runs(metric_kr)).all())
-    elif aggregate == "count" and metric_kr.steps is not None:
+        return metric_kr, "candidates", reads.record_runs(metric_kr)
+    if aggregate == "count" and metric_kr.steps is not None:
         first, last = metric_kr.steps
-        rows = connection.execute(reads.runs_at(metric_kr, first, last)).all() if first <= last else []
-        # Each run's value: the count once it came in, its place.
-        facts.ranked[tag_id] = [
-            CountedRun(run_id, start or 0, float(first + index)) for index, (run_id, start) in enumerate(rows)
-        ]
-    elif aggregate in ("mean", "sum"):
-        facts.running[tag_id] = [
-            RunningRow(run_id, start or 0, running, earlier, margin, bool(nans))
-            for run_id, start, running, earlier, margin, nans
-            in connection.execute(reads.running_rows(metric_kr)).all()
-        ]
-    else:
-        facts.candidates[tag_id] = _counted_runs(connection.execute(reads.every_run(metric_kr)).all())
+        return metric_kr, "ranked", reads.runs_at(metric_kr, first, last) if first <= last else None
+    if aggregate in ("mean", "sum"):
+        return metric_kr, "running", reads.running_rows(metric_kr)
+    return metric_kr, "candidates", reads.every_run(metric_kr)
 
 
 def sql_counted_runs(store: Any, cycle: Cycle, metric_kr: MetricKr) -> list[CountedRun]:
