@@ -3,7 +3,9 @@
 MLflow knows each run's user (`mlflow.user`, the runs table's user_id), its start and end times
 and, from mlflow-okr's `okr.krs` tag, the KRs it counts for. A cycle's runs are those that
 started within it, in active experiments outside `okr/`, not deleted. A run's hours are its end
-minus its start; a run still going counts up to now.
+minus its start; a run still going counts up to now. With nested current cycles (2026 enclosing
+2026-Q4) each cycle of the status gets its own figures over its own runs; a run counts as
+unaligned in a cycle only when it counts for no KR at all.
 
 Inside a SQL store the counts come from one aggregate (SQLAlchemy Core over MLflow's own models,
 bound parameters only) grouped by `okr.krs` value, user and experiment; the groups are few, and
@@ -241,9 +243,11 @@ class EffortCounter:
 def with_effort(
     client: MlflowClient, status: CycleStatus, now: dt.datetime | None = None
 ) -> CycleStatus:
-    """`status` with effort per KR and objective, by owner and team, and the unaligned runs of its
-    (innermost) cycle."""
-    return cycle_effort(client, status, as_utc(now or dt.datetime.now(dt.timezone.utc)))
+    """`status` with effort per KR and objective, by owner and team, and the unaligned runs: of its
+    cycle and of each enclosing cycle in `enclosing_cycles`, each over the runs started in it."""
+    now = as_utc(now or dt.datetime.now(dt.timezone.utc))
+    first, *enclosing = [cycle_effort(client, shown, now) for shown in [status, *status.enclosing_cycles]]
+    return first.model_copy(update={"enclosing_cycles": enclosing})
 
 
 def cycle_effort(client: MlflowClient, status: CycleStatus, now: dt.datetime) -> CycleStatus:

@@ -10,7 +10,9 @@ from mlflow_okr.practice_results import Effort
 from mlflow_okr.render import table
 from mlflow_okr.results import CycleStatus
 
-EFFORT_COLUMNS = ["level", "id", "runs", "people", "run_hours", "improving_runs", "runs_share", "hours_share"]
+EFFORT_COLUMNS = [
+    "level", "id", "runs", "people", "run_hours", "improving_runs", "runs_share", "hours_share", "cycle",
+]
 
 
 def hours_text(hours: float) -> str:
@@ -30,7 +32,12 @@ def _cells(label: str, effort: Effort | None) -> list[str]:
 
 
 def effort_table(status: CycleStatus) -> str:
-    """Objectives and their KRs, then owners and teams, then the cycle's unaligned runs."""
+    """Each cycle shown (innermost first): objectives and their KRs, then owners and teams, then
+    the cycle's unaligned runs."""
+    return "\n\n".join(_cycle_table(cycle) for cycle in [status, *status.enclosing_cycles])
+
+
+def _cycle_table(status: CycleStatus) -> str:
     rows = []
     for objective in status.objectives:
         rows.append(_cells(objective.id, objective.effort))
@@ -65,7 +72,16 @@ def _row(level: str, name: str, effort: Effort, **shares: Any) -> dict[str, Any]
 
 
 def effort_frame(status: CycleStatus) -> pd.DataFrame:
-    """One row per KR, objective, owner and team, one for all runs and one for the unaligned ones."""
+    """Per cycle shown (innermost first), one row per KR, objective, owner and team, one for all
+    runs and one for the unaligned ones; `cycle` names the cycle."""
+    rows = [
+        {**row, "cycle": cycle.cycle.name} for cycle in [status, *status.enclosing_cycles]
+        for row in _cycle_rows(cycle)
+    ]
+    return pd.DataFrame(rows, columns=EFFORT_COLUMNS)
+
+
+def _cycle_rows(status: CycleStatus) -> list[dict[str, Any]]:
     rows = []
     for objective in status.objectives:
         if objective.effort is not None:
@@ -86,4 +102,4 @@ def effort_frame(status: CycleStatus) -> pd.DataFrame:
                  Effort(runs=experiment.runs, run_hours=experiment.run_hours))
             for experiment in loose.top_experiments
         ]
-    return pd.DataFrame(rows, columns=EFFORT_COLUMNS)
+    return rows

@@ -211,13 +211,72 @@ def test_status_effort_json_csv_and_table(client, store, runner) -> None:
     csv = invoke(runner, *args, "--format", "csv")
     assert csv.exit_code == 0
     lines = csv.output.splitlines()
-    assert lines[0] == "level,id,runs,people,run_hours,improving_runs,runs_share,hours_share"
-    assert "kr,ctr,3,2,15.0,2,," in lines
-    assert "unaligned-experiment,scratch,2,0,16.0,0,," in lines
+    assert lines[0] == "level,id,runs,people,run_hours,improving_runs,runs_share,hours_share,cycle"
+    assert "kr,ctr,3,2,15.0,2,,,2026-Q4" in lines
+    assert "unaligned-experiment,scratch,2,0,16.0,0,,,2026-Q4" in lines
     table = invoke(runner, *args)
     assert table.exit_code == 0
     assert "Unaligned (count for no KR): 3 runs (38%), 19.0 run-hours (49%)." in table.output
     assert "  scratch: 2 runs, 16.0 run-hours" in table.output
+
+
+ANNUAL = okrs_yaml(objective(
+    "growth", "{id: ctr-year, metric: online_ctr, experiments: [reco], baseline: 0.05, target: 0.1}",
+    title="Grow engagement this year", owner="exec",
+), cycle="2026")
+
+
+def test_status_effort_covers_every_current_cycle(client, store, runner) -> None:
+    """2026 encloses 2026-Q4: each gets its own effort, over the runs that started in it.
+
+    2026 adds q3 (reco, dave, 2 h, online_ctr 0.08, started 2026-09-02) and x3 (scratch, 2026-09-22)
+    to the quarter's runs: 10 runs, 5 people, 39 + 2 + 6 = 47 run-hours. ctr-year counts r1, r2,
+    r3 and q3 (17 h; ann, bob, dave); q3 came first with the best value, the only improving run.
+    Unaligned in 2026: r5, x1, x2 and x3 (s1 and s2 count for a quarter KR).
+    """
+    apply_spec(parse_spec(ANNUAL), tracking_uri=client.tracking_uri)
+    q3 = run(client, client.get_experiment_by_name("reco").experiment_id, "dave", -24 * 60, 2,
+             {"online_ctr": 0.08})
+    sync(tracking_uri=client.tracking_uri, now=NOW)
+    args = ["status", "--effort", "--as-of", "2026-11-15", "--tracking-uri", client.tracking_uri]
+    payload = json.loads(invoke(runner, *args, "--format", "json").output)
+    assert payload["cycle"]["name"] == "2026-Q4"
+    assert payload["objectives"][0]["key_results"][0]["effort"] == {
+        "runs": 3, "people": 2, "run_hours": 15.0, "improving_runs": 2,
+    }
+    assert (payload["effort"]["runs"], payload["unaligned"]["runs"]) == (8, 3)  # the quarter as before
+    [year] = payload["enclosing_cycles"]
+    assert year["cycle"]["name"] == "2026"
+    ctr_year = {"runs": 4, "people": 3, "run_hours": 17.0, "improving_runs": 1}
+    assert year["objectives"][0]["key_results"][0]["effort"] == ctr_year
+    assert year["objectives"][0]["effort"] == ctr_year
+    assert year["effort"] == {
+        "runs": 10, "people": 5, "run_hours": 47.0, "owners": [{"id": "exec", **ctr_year}], "teams": [],
+    }
+    scratch = client.get_experiment_by_name("scratch").experiment_id
+    reco_id = client.get_experiment_by_name("reco").experiment_id
+    assert year["unaligned"] == {
+        "runs": 4, "run_hours": 25.0, "runs_share": 4 / 10, "hours_share": 25 / 47,
+        "top_experiments": [
+            {"experiment_id": scratch, "name": "scratch", "runs": 3, "run_hours": 22.0},
+            {"experiment_id": reco_id, "name": "reco", "runs": 1, "run_hours": 3.0},
+        ],
+    }
+    year_cycle = parse_cycle("2026")
+    year_status = practice.effort_status(tracking_uri=client.tracking_uri, now=NOW).enclosing_cycles[0]
+    metric_krs = effort.metric_krs_of(year_status, state.current_sets(client, "2026"))
+    facts = effort.read_effort_facts(client, year_cycle, NOW, metric_krs)
+    improving = effort.improving_by_kr(client, year_cycle, facts, metric_krs)
+    assert [r.run_id for r in improving["ctr-year"]] == [q3]
+    table = invoke(runner, *args).output
+    assert table.index("Effort in 2026-Q4:") < table.index("Effort in 2026:")
+    assert "Unaligned (count for no KR): 4 runs (40%), 25.0 run-hours (53%)." in table
+    csv = invoke(runner, *args, "--format", "csv").output.splitlines()
+    assert "kr,ctr-year,4,3,17.0,1,,,2026" in csv and "kr,ctr,3,2,15.0,2,,,2026-Q4" in csv
+    # One cycle asked for: that cycle alone.
+    alone = json.loads(invoke(runner, *args, "--cycle", "2026", "--format", "json").output)
+    assert alone["cycle"]["name"] == "2026" and alone["enclosing_cycles"] == []
+    assert alone["effort"] == year["effort"]
 
 
 def test_status_json_without_effort_has_no_effort_fields(client, store, runner) -> None:
