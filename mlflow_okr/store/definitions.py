@@ -35,6 +35,9 @@ class WatchedKrs:
     windowed_krs: frozenset[KrRef] = frozenset()  # trace KRs with a `window`: they move with time
     # `model:` KRs by registered model name: an alias move re-reads them.
     model_krs: dict[str, frozenset[KrRef]] = field(default_factory=dict)
+    # The `model:` metric and maintain KRs: a write to the run behind the alias re-reads them too,
+    # since no run scan counts them.
+    run_model_krs: frozenset[KrRef] = frozenset()
 
     def trace_krs_of(self, experiment_id: str | None) -> frozenset[KrRef]:
         """The trace KRs a trace or span written to `experiment_id` concerns."""
@@ -85,6 +88,7 @@ def load_watched_krs(client: MlflowClient) -> WatchedKrs:
     assessment_krs: set[KrRef] = set()
     windowed_krs: set[KrRef] = set()
     model_krs: dict[str, set[KrRef]] = {}
+    run_model_krs: set[KrRef] = set()
     experiments: list[Any] | None = None
     for spec, experiment in state.published_specs(client):
         published = state.published_set(client, spec, experiment)
@@ -92,6 +96,8 @@ def load_watched_krs(client: MlflowClient) -> WatchedKrs:
         for _, kr in published.spec.key_results():
             if kr.model is not None:
                 model_krs.setdefault(kr.model.name, set()).add((published.experiment_id, kr.id))
+                if kr.metric is not None:
+                    run_model_krs.add((published.experiment_id, kr.id))
             if kr.source == "traces":
                 ref = (published.experiment_id, kr.id)
                 if kr.assessment is not None:
@@ -130,4 +136,5 @@ def load_watched_krs(client: MlflowClient) -> WatchedKrs:
         assessment_krs=frozenset(assessment_krs),
         windowed_krs=frozenset(windowed_krs),
         model_krs={name: frozenset(refs) for name, refs in model_krs.items()},
+        run_model_krs=frozenset(run_model_krs),
     )

@@ -288,6 +288,8 @@ class LiveKrs:
                         touched.update(krs)
             if touched:
                 self._mark(run_id, touched)
+                # A `model:` KR counts the run behind its alias, which no run scan covers.
+                self._mark_measured(frozenset(touched & watched.run_model_krs))
         except Exception as error:  # noqa: BLE001 - fail-open: never fail the user's write
             fail_open(error)
 
@@ -309,29 +311,29 @@ class LiveKrs:
         """Note a registry write to model `name` (an alias set or removed, a version deleted): the
         writer re-reads the `model:` KRs that follow its aliases."""
         try:
-            self._mark_measured(self._watched_for_write().model_krs.get(name, frozenset()))
+            self._mark_measured(self._watched_for_write().model_krs.get(name, frozenset()), at_once=True)
         except Exception as error:  # noqa: BLE001 - fail-open: never fail the user's write
             fail_open(error)
 
-    def _mark_measured(self, touched: frozenset[KrRef]) -> None:
+    def _mark_measured(self, touched: frozenset[KrRef], at_once: bool = False) -> None:
         if not touched:
             return
         if not self.durable:
-            first = self._add_measured(touched)
+            first = self._add_measured(touched, at_once)
         else:
             markers = self._durable_markers()
             with markers.lock:
                 # The marker stands before the mark it covers, and cannot be removed in between.
                 markers.ensure({experiment_id for experiment_id, _ in touched})
-                first = self._add_measured(touched)
-        if first:  # later marks find the writer waiting for these to be due
+                first = self._add_measured(touched, at_once)
+        if first or at_once:  # later marks find the writer waiting for these to be due
             self._ensure_thread()
             self._wake.set()
 
-    def _add_measured(self, touched: frozenset[KrRef]) -> bool:
-        """Add these measured marks; True when none were waiting."""
+    def _add_measured(self, touched: frozenset[KrRef], at_once: bool = False) -> bool:
+        """Add these measured marks (`at_once`: due now); True when none were waiting."""
         with self._lock:
-            return self._measured_marks.add(touched, time.monotonic())
+            return self._measured_marks.add(touched, time.monotonic(), at_once)
 
     def run_changed(self, run_id: str) -> None:
         """Note a change to the run itself (end, deletion, restore): the writer settles it soon.
@@ -339,9 +341,11 @@ class LiveKrs:
         With MLFLOW_OKR_RUN_END_BUDGET set, it settles now while settling is that cheap.
         """
         try:
-            if not self._watched_for_write().cycles:
+            watched = self._watched_for_write()
+            if not watched.cycles:
                 return
             self._mark(run_id, ALL_KRS)
+            self._mark_measured(watched.run_model_krs)  # the run may be the one behind an alias
             budget = run_end_budget()
             if budget > 0 and self._settle_seconds <= budget:
                 self.flush()
