@@ -20,7 +20,7 @@ BACKGROUND_SHARE_FACTOR = 20.0
 # Trace and `model:` KRs are re-measured (two SQL aggregates each) once their writes pause for
 # MEASURE_PAUSE, and at least every MEASURE_INTERVAL while traces stream in: a new trace shows within
 # the 5 s freshness bound, and a busy serving process pays one measurement per interval, not one per
-# settling.
+# settling. An alias move (rare, and expected within a second) is measured at once.
 MEASURE_PAUSE = 1.0
 MEASURE_INTERVAL = 3.0
 
@@ -102,26 +102,28 @@ class MeasuredMarks:
     krs: set[KrRef] = field(default_factory=set)
     first: float = 0.0
     last: float = 0.0
+    at_once: bool = False  # an alias moved: due now, with no pause
 
-    def add(self, krs: Iterable[KrRef], now: float) -> bool:
-        """Mark these KRs at `now`; True when none were waiting."""
+    def add(self, krs: Iterable[KrRef], now: float, at_once: bool = False) -> bool:
+        """Mark these KRs at `now` (`at_once`: due now); True when none were waiting."""
         waiting = bool(self.krs)
         if not waiting:
             self.first = now
         self.krs.update(krs)
         self.last = now
+        self.at_once = self.at_once or at_once
         return not waiting
 
     def due(self) -> float | None:
         """When the waiting marks are due (None: none wait)."""
         if not self.krs:
             return None
-        return min(self.first + MEASURE_INTERVAL, self.last + MEASURE_PAUSE)
+        return min(self.first + MEASURE_INTERVAL, self.last + (0.0 if self.at_once else MEASURE_PAUSE))
 
     def take(self, now: float | None) -> set[KrRef]:
         """The marked KRs if they are due at `now` (None: whatever the schedule), removed."""
         due = self.due()
         if due is None or (now is not None and now < due):
             return set()
-        krs, self.krs = self.krs, set()
+        krs, self.krs, self.at_once = self.krs, set(), False
         return krs
