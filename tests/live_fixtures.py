@@ -111,27 +111,32 @@ def run_operations(okr_client: MlflowClient, client: MlflowClient, operations, s
         if op[0] == "flush":
             settle()
             continue
-        run_id = runs[op[1]]
-        if op[0] == "restore":
-            if run_id in deleted:
-                okr_client.restore_run(run_id)
-                deleted.discard(run_id)
-            continue
+        run_operation(okr_client, runs, deleted, op)
+
+
+def run_operation(okr_client: MlflowClient, runs: list[str], deleted: set[str], op) -> None:
+    """One write of `operation` (not "flush") to one of `runs`; `deleted` follows deletions."""
+    run_id = runs[op[1]]
+    if op[0] == "restore":
         if run_id in deleted:
-            continue
-        if op[0] == "metric":
-            okr_client.log_metric(run_id, op[2], op[3])
-        elif op[0] == "tag":
-            if op[2] is None:
-                okr_client.set_tag(run_id, "stage", "none")
-                okr_client.delete_tag(run_id, "stage")
-            else:
-                okr_client.set_tag(run_id, "stage", op[2])
-        elif op[0] == "end":
-            okr_client.set_terminated(run_id, op[2])
-        elif op[0] == "delete":
-            okr_client.delete_run(run_id)
-            deleted.add(run_id)
+            okr_client.restore_run(run_id)
+            deleted.discard(run_id)
+        return
+    if run_id in deleted:
+        return
+    if op[0] == "metric":
+        okr_client.log_metric(run_id, op[2], op[3])
+    elif op[0] == "tag":
+        if op[2] is None:
+            okr_client.set_tag(run_id, "stage", "none")
+            okr_client.delete_tag(run_id, "stage")
+        else:
+            okr_client.set_tag(run_id, "stage", op[2])
+    elif op[0] == "end":
+        okr_client.set_terminated(run_id, op[2])
+    elif op[0] == "delete":
+        okr_client.delete_run(run_id)
+        deleted.add(run_id)
 
 
 def wait_for(condition, seconds: float = 30.0) -> bool:
