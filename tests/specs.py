@@ -50,3 +50,10 @@ def ops(*key_results: str) -> str:
 def okrs_yaml(*objectives: str, cycle: str = "2026-Q4") -> str:
     """A whole okrs.yaml: version 1, `cycle`, and the objectives (from `objective`, `reco`, `ops`)."""
     return f"version: 1\ncycle: {cycle}\nobjectives:\n" + "".join(objectives)
+
+
+def one_kr(lines: str) -> str:
+    """An okrs.yaml whose one objective `o` holds one KR `k` written in block style, for tests that
+    name the line of each key: `- id: k` is line 8 and `lines` (each indented eight spaces, as
+    under `- id: k`) start on line 9."""
+    return okrs_yaml(objective("o", "id: k\n" + lines.rstrip("\n"), title="O"))

@@ -12,25 +12,19 @@ from mlflow_okr.errors import SpecError
 from mlflow_okr.report import build_report, render
 from mlflow_okr.spec import parse_spec
 from tests.conftest import IN_CYCLE_MS, invoke, make_run
+from tests.specs import objective, okrs_yaml, one_kr
 
 AS_OF = ("--as-of", "2026-11-15")
 NOW = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
-SPEC = """
-version: 1
-cycle: 2026-Q4
-objectives:
-  - id: screen
-    title: Screen better on the held-out clinic data
-    category: product
-    owner: ml
-    key_results:
-      - id: clinic-auc
-        metric: auc
-        dataset: {name: clinic-holdout}
-        experiments: [train]
-        baseline: 0.8
-        target: 0.9
-"""
+SPEC = okrs_yaml(
+    objective(
+        "screen",
+        "{id: clinic-auc, metric: auc, dataset: {name: clinic-holdout}, experiments: [train], "
+        "baseline: 0.8, target: 0.9}",
+        title="Screen better on the held-out clinic data",
+        owner="ml",
+    )
+)
 
 
 def log_model_metric(client, experiment_id: str, run_id: str, value: float, dataset: str, digest: str,
@@ -106,11 +100,7 @@ def test_a_new_digest_says_evaluation_data_changed(client, runner, write_spec, e
 
 
 def test_a_dataset_on_a_manual_kr_is_an_error_with_file_and_line():
-    text = (
-        "version: 1\ncycle: 2026-Q4\nobjectives:\n  - id: o\n    title: O\n    category: product\n"
-        "    key_results:\n      - id: k\n        source: manual\n        dataset: {name: d}\n"
-        "        target: 1\n"
-    )
+    text = one_kr("        source: manual\n        dataset: {name: d}\n        target: 1\n")
     with pytest.raises(SpecError) as error:
         parse_spec(text, "okrs.yaml")
     assert error.value.problems == [

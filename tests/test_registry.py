@@ -15,26 +15,19 @@ from mlflow_okr.report import build_report, render
 from mlflow_okr.spec import parse_spec
 from tests.conftest import IN_CYCLE_MS, invoke, make_run, requires_okr_store
 from tests.live_fixtures import wait_for
+from tests.specs import objective, okrs_yaml, one_kr
 
 AS_OF = ("--as-of", "2026-11-15")
 NOW = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
-SPEC = """
-version: 1
-cycle: 2026-Q4
-objectives:
-  - id: ship
-    title: Ship a better screening model
-    category: product
-    owner: ml
-    key_results:
-      - id: champion-auc
-        metric: auc
-        model: {name: screener, alias: champion}
-        baseline: 0.8
-        target: 0.9
-        guardrails:
-          - {metric: latency_ms, max: 50}
-"""
+SPEC = okrs_yaml(
+    objective(
+        "ship",
+        "{id: champion-auc, metric: auc, model: {name: screener, alias: champion}, baseline: 0.8, "
+        "target: 0.9, guardrails: [{metric: latency_ms, max: 50}]}",
+        title="Ship a better screening model",
+        owner="ml",
+    )
+)
 
 
 @pytest.fixture
@@ -149,13 +142,6 @@ def test_report_board_and_mlflow_ui_show_the_promotions(registered, runner, clie
     assert [entry["version"] for entry in saved] == ["1", "2"]
 
 
-def _kr(lines: str) -> str:
-    return (
-        "version: 1\ncycle: 2026-Q4\nobjectives:\n  - id: o\n    title: O\n    category: product\n"
-        "    key_results:\n      - id: k\n" + lines
-    )
-
-
 @pytest.mark.parametrize(
     ("lines", "line", "message"),
     [
@@ -170,7 +156,7 @@ def _kr(lines: str) -> str:
 )
 def test_invalid_model_krs_name_file_and_line(lines, line, message):
     with pytest.raises(SpecError) as error:
-        parse_spec(_kr(lines), "okrs.yaml")
+        parse_spec(one_kr(lines), "okrs.yaml")
     [problem] = error.value.problems
     assert problem.startswith(f"okrs.yaml:{line}: ")
     assert message in problem

@@ -19,6 +19,7 @@ from mlflow_okr.report import build_report, render
 from mlflow_okr.spec import parse_spec
 from tests.conftest import invoke, requires_okr_store
 from tests.live_fixtures import wait_for
+from tests.specs import one_kr
 
 AS_OF = ("--as-of", "2026-11-15")
 NOW = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
@@ -347,13 +348,6 @@ def test_an_alias_move_through_the_okr_registry_moves_a_model_scoped_trace_kr_li
     assert invoke(runner, "sync", "--check", *AS_OF).exit_code == 0
 
 
-def _kr(lines: str) -> str:
-    return (
-        "version: 1\ncycle: 2026-Q4\nobjectives:\n  - id: o\n    title: O\n    category: product\n"
-        "    key_results:\n      - id: k\n" + lines
-    )
-
-
 @pytest.mark.parametrize(
     ("lines", "line", "message"),
     [
@@ -443,7 +437,7 @@ def _kr(lines: str) -> str:
 )
 def test_invalid_trace_krs_name_file_line_and_what_mlflow_supports(lines, line, message):
     with pytest.raises(SpecError) as error:
-        parse_spec(_kr(lines), "okrs.yaml")
+        parse_spec(one_kr(lines), "okrs.yaml")
     [problem] = error.value.problems
     assert problem.startswith(f"okrs.yaml:{line}: ")
     assert message in problem
@@ -451,7 +445,7 @@ def test_invalid_trace_krs_name_file_line_and_what_mlflow_supports(lines, line, 
 
 def test_validate_exits_2_on_an_unsupported_aggregation(runner, write_spec):
     path = write_spec(
-        _kr("        source: traces\n        trace_metric: latency\n        aggregation: count\n"
+        one_kr("        source: traces\n        trace_metric: latency\n        aggregation: count\n"
             "        baseline: 2\n        target: 1\n")
     )
     result = invoke(runner, "validate", str(path))
