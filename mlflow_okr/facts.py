@@ -17,18 +17,19 @@ per run.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from sqlalchemy import bindparam, delete, exc, insert, select, update
+from sqlalchemy import bindparam, delete, exc, func, insert, select, update
 
 from mlflow_okr import compat
 
 CHUNK = 1000  # runs per query: bounded memory, and under every database's bound-parameter limit
+DENSE_CHUNK = 2  # a chunk's child rows are read by run id alone when at most this many runs share its ids
 TAG_WRITE_ATTEMPTS = 3  # a tag inserted by another writer meanwhile: read again, then update it
 
 
@@ -144,8 +145,8 @@ class SqlFacts:
                 if not rows:
                     return
                 views = {row[0]: RunView(row) for row in rows}
-                chunk = (*in_scope, SqlRun.run_uuid > after, SqlRun.run_uuid <= rows[-1][0])
-                _fill(connection, views, keys, chunk, joined=True)
+                last = rows[-1][0]
+                _fill(connection, views, keys, _chunk_rows(connection, in_scope, after, last, len(rows)))
             yield from views.values()
             if len(rows) < CHUNK:
                 return
@@ -165,7 +166,7 @@ class SqlFacts:
                 rows = connection.execute(query).all()
                 views = {row[0]: RunView(row) for row in rows}
                 if views:
-                    _fill(connection, views, keys, (SqlRun.run_uuid.in_(list(views)),), joined=False)
+                    _fill(connection, views, keys, _rows_of(list(views)))
             found.update(views)
         return found
 
@@ -246,33 +247,60 @@ def _run_columns() -> tuple[Any, ...]:
     )
 
 
+def _chunk_rows(
+    connection: Any, in_scope: tuple[Any, ...], after: str, last: str, count: int
+) -> Callable[[Any, Any], Any]:
+    """How to select the child rows (metrics, tags, params) of a chunk of `count` runs in scope,
+    the runs with ids in (after, last].
+
+    When most runs with those ids are in scope (a pass over every set's experiments), by run id
+    alone: joining the runs table to check each child row's run costs twice the read itself.
+    Otherwise the join keeps out the rows of the many runs of other experiments.
+    """
+    from mlflow.store.tracking.dbmodels.models import SqlRun
+
+    ids = (SqlRun.run_uuid > after, SqlRun.run_uuid <= last)
+    in_range = connection.execute(select(func.count()).select_from(SqlRun).where(*ids)).scalar_one()
+    if in_range <= DENSE_CHUNK * count:
+        return lambda query, model: query.where(model.run_uuid > after, model.run_uuid <= last)
+    # Conditions on the runs table select the chunk: bounded parameters, any chunk size.
+    return lambda query, model: query.join(SqlRun, SqlRun.run_uuid == model.run_uuid).where(*in_scope, *ids)
+
+
+def _rows_of(run_ids: list[str]) -> Callable[[Any, Any], Any]:
+    """Select the child rows of these runs."""
+    return lambda query, model: query.where(model.run_uuid.in_(run_ids))
+
+
 def _fill(
-    connection: Any, views: dict[str, RunView], keys: FactKeys, runs: tuple[Any, ...], joined: bool
+    connection: Any, views: dict[str, RunView], keys: FactKeys, narrow: Callable[[Any, Any], Any]
 ) -> None:
-    """Add the wanted metrics, tags and params of the runs selected by the `runs` conditions."""
-    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlRun, SqlTag
+    """Add the wanted metrics, tags and params of `views`; `narrow(query, model)` selects the rows of
+    a child table to read (rows of runs not in `views` are passed over)."""
+    from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlParam, SqlTag
 
     def child_rows(model: Any, *columns: Any, wanted: frozenset[str]) -> Iterable[Any]:
         if not wanted:
             return ()
         # Core selects on the connection: plain rows, without the ORM's per-row loading.
-        query = select(model.run_uuid, model.key, *columns)
-        if joined:
-            # Conditions on the runs table select the chunk: bounded parameters, any chunk size.
-            query = query.join(SqlRun, SqlRun.run_uuid == model.run_uuid).where(*runs)
-        else:
-            query = query.where(model.run_uuid.in_(list(views)))
+        query = narrow(select(model.run_uuid, model.key, *columns), model)
         return connection.execute(query.where(model.key.in_(sorted(wanted)))).all()
 
     for run_id, key, value, is_nan in child_rows(
         SqlLatestMetric, SqlLatestMetric.value, SqlLatestMetric.is_nan, wanted=keys.metrics
     ):
-        # As SqlLatestMetric.to_mlflow_entity: NaN is stored as a flag beside a 0 value.
-        views[run_id].data.metrics[key] = math.nan if is_nan else value
+        view = views.get(run_id)
+        if view is not None:
+            # As SqlLatestMetric.to_mlflow_entity: NaN is stored as a flag beside a 0 value.
+            view.data.metrics[key] = math.nan if is_nan else value
     for run_id, key, value in child_rows(SqlTag, SqlTag.value, wanted=keys.tags):
-        views[run_id].data.tags[key] = value
+        view = views.get(run_id)
+        if view is not None:
+            view.data.tags[key] = value
     for run_id, key, value in child_rows(SqlParam, SqlParam.value, wanted=keys.params):
-        views[run_id].data.params[key] = value
+        view = views.get(run_id)
+        if view is not None:
+            view.data.params[key] = value
 
 
 class SearchFacts:

@@ -39,6 +39,7 @@ class RunFilter:
 
         self.filter_string = filter_string or ""
         self._clauses = SearchUtils.parse_search_filter(self.filter_string)
+        self.everything = not self._clauses
         # A filter on okr.* tags may change its answer while a pass plans a run's tags set by set.
         self.reads_okr_tags = any(
             clause["type"] == "tag" and vocabulary.is_okr_key(clause["key"]) for clause in self._clauses
@@ -133,21 +134,26 @@ class CycleScan:
             keys = keys.merge(FactKeys(metrics=frozenset(metrics))).merge(scope.run_filter.keys())
         return keys
 
-    def verdicts(self, run: Any, matched: dict[str, bool] | None = None) -> dict[str, Verdict]:
+    def verdicts(
+        self, run: Any, matched: dict[str, bool] | None = None, facts: RunFacts | None = None
+    ) -> dict[str, Verdict]:
         """The verdict of every KR that concerns `run` (KR id -> verdict).
 
-        `matched`: the filters already tested on this run (filter text -> match), shared by the
-        sets a pass hands the run to.
+        A pass that hands the run to several sets shares `matched`, the filters already tested on
+        it (filter text -> match), and `facts`, its `run_facts`.
         """
         start_time = run.info.start_time
         if start_time is None or not self.window[0] <= start_time <= self.window[1]:
             return {}
-        facts = run_facts(run)
+        facts = run_facts(run) if facts is None else facts
         matched = {} if matched is None else matched
         experiment_id = run.info.experiment_id
         verdicts = {}
         for kr_id, scope in self.scopes.items():
-            if experiment_id not in scope.experiment_ids or not scope.run_filter.matches_once(run, matched):
+            if experiment_id not in scope.experiment_ids:
+                continue
+            run_filter = scope.run_filter
+            if not run_filter.everything and not run_filter.matches_once(run, matched):
                 continue
             if scope.datasets is not None:
                 verdict = scope.datasets.verdict(scope.rule, facts)
@@ -163,6 +169,8 @@ class RunTagNames:
     """How a spec names its KRs on source runs, worked out once per spec: a pass asks for every run."""
 
     tag_ids: dict[str, str]  # KR id -> `<id>`, or `<id>/<cycle>` once the id is shared
+    verdict_tags: dict[str, str]  # KR id -> okr.kr.<tag id>
+    value_tags: dict[str, str]  # KR id -> okr.kr.<tag id>.value
     own: frozenset[str]  # both spellings of each KR id: the okr.krs entries that are the spec's
     managed: frozenset[str]  # okr.krs and every verdict and value tag of the spec's KRs
     summing: frozenset[str]
@@ -177,8 +185,14 @@ class RunTagNames:
         managed = {vocabulary.TAG_KRS}
         for kr_id in kr_ids:
             managed |= _kr_tags(spec, kr_id)
-        names = cls(tag_ids, frozenset(kr_ids) | frozenset(tag_ids.values()), frozenset(managed),
-                    spec.summing_kr_ids)
+        names = cls(
+            tag_ids,
+            {kr_id: vocabulary.source_tag(tag_id) for kr_id, tag_id in tag_ids.items()},
+            {kr_id: vocabulary.value_tag(tag_id) for kr_id, tag_id in tag_ids.items()},
+            frozenset(kr_ids) | frozenset(tag_ids.values()),
+            frozenset(managed),
+            spec.summing_kr_ids,
+        )
         if len(_NAMES) >= MAX_CACHED_NAMES:
             _NAMES.clear()
         _NAMES[id(spec)] = (spec, names)
@@ -204,14 +218,13 @@ def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Any | Non
         others = run.data.tags.get(vocabulary.TAG_KRS)
         if others:
             listed |= {name for name in others.split(",") if name and name not in names.own}
-    tags = {
-        vocabulary.source_tag(tag_ids[kr_id]): verdict.tag_value for kr_id, verdict in verdicts.items()
-    }
+    verdict_tags = names.verdict_tags
+    tags = {verdict_tags[kr_id]: verdict.tag_value for kr_id, verdict in verdicts.items()}
     # A sum or mean KR is revised by taking the run's old value out: the run keeps it in a tag.
     for kr_id in counted & names.summing:
         value = verdicts[kr_id].value
         assert value is not None
-        tags[vocabulary.value_tag(tag_ids[kr_id])] = value_text(value)
+        tags[names.value_tags[kr_id]] = value_text(value)
     if listed:
         tags[vocabulary.TAG_KRS] = ",".join(sorted(listed))
     if verdicts:

@@ -29,7 +29,7 @@ from mlflow_okr.facts import CHUNK, FactKeys, TagChanges, reader_for
 from mlflow_okr.kr_state import KrDrift, read_kr_runs, settle_key_results
 from mlflow_okr.organization import organization_status
 from mlflow_okr.results import CycleStatus, cycle_status
-from mlflow_okr.scope import CycleScan, apply_tag_changes, plan_run_tags, tag_changes
+from mlflow_okr.scope import CycleScan, apply_tag_changes, plan_run_tags, run_facts, tag_changes
 from mlflow_okr.spec import OkrSpec, as_utc
 
 MAX_DRIFT_SAMPLES = 200
@@ -301,11 +301,12 @@ def _settle_run_tags(run: Any, concerned: list[tuple[SetPass, bool]], writes: _T
     """Count `run` for the sets it concerns and plan its okr.* tags for all of them."""
     original: dict[str, str] | None = None  # the run's tags as read, once a set changes them
     matched: dict[str, bool] = {}  # the filters tested on the run, for the next set's KRs
+    facts = run_facts(run)
     for item, scored in concerned:
         verdicts: dict[str, Verdict] = {}
         if scored:
             item.runs += 1
-            verdicts = item.scan.verdicts(run, matched)
+            verdicts = item.scan.verdicts(run, matched, facts)
             for kr_id, verdict in verdicts.items():
                 tally = item.computations[kr_id].tally
                 assert tally is not None
