@@ -315,6 +315,12 @@ def test_a_model_scoped_trace_kr_counts_the_traces_of_the_version_behind_the_ali
     assert (csat["current"], csat["counted_runs"], csat["progress"]) == (3.0, 1, 0.0)
     assert [p["version"] for p in latency["model"]["promotions"]] == ["1", "2"]
     assert invoke(runner, "sync", "--check", *AS_OF).exit_code == 0
+    report = build_report(client, now=NOW)
+    assert report.details["champion-latency"].measures == (
+        "max of latency over traces in svc, of the model version behind screener@champion, "
+        "over the whole cycle (MLflow's query_trace_metrics)"
+    )
+    assert "- `champion-latency` follows `screener@champion`, now version 2" in render(report, "md")
 
     client.set_registered_model_alias("screener", "champion", "3")
     assert invoke(runner, "sync", *AS_OF).exit_code == 0
