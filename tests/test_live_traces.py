@@ -122,3 +122,18 @@ def test_trace_writes_streaming_in_are_measured_once_per_interval_and_once_they_
     assert wait_for(lambda: kr_value(client) == (float(10 + count - 1), str(count)))
     flush(store)
     assert_no_drift(client)
+
+
+def test_trace_marks_wait_for_a_pause_or_the_interval_and_an_alias_move_is_due_at_once() -> None:
+    marks = schedule.MeasuredMarks()
+    for moment in (0.0, 0.5, 1.0, 1.5, 2.0, 2.5):  # traces stream in: never a pause
+        marks.add({("1", "p99-latency")}, moment)
+        assert marks.take(moment) == set()
+    assert marks.due() == schedule.MEASURE_INTERVAL  # the interval since the first mark
+    assert marks.take(schedule.MEASURE_INTERVAL) == {("1", "p99-latency")}
+    marks.add({("1", "p99-latency")}, 10.0)
+    assert marks.due() == 10.0 + schedule.MEASURE_PAUSE
+    marks.add({("1", "champion-auc")}, 10.1, at_once=True)
+    assert marks.take(10.1) == {("1", "p99-latency"), ("1", "champion-auc")}
+    marks.add({("1", "p99-latency")}, 11.0)
+    assert marks.due() == 11.0 + schedule.MEASURE_PAUSE  # at once was for that alias move only
