@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_okr import registry, state, traces
 from mlflow_okr.engine import (
+    RunFacts,
     Scored,
     Tally,
     Verdict,
@@ -90,22 +91,41 @@ def compute_key_results(
     scanned = 0
     for run in reader.scan(scan.experiment_ids, cycle.start_ms, cycle.end_ms, keys):
         scanned += 1
-        verdicts = scan.verdicts(run)
-        for kr_id, verdict in verdicts.items():
-            tally = computations[kr_id].tally
-            assert tally is not None
-            tally.note(run.info.run_id, verdict, run.info.start_time)
+        verdicts = count_run(scan, computations, run)
         if on_run is not None:
             on_run(run, verdicts)
         if progress is not None and scanned % 1000 == 0:
             progress(scanned)
     if progress is not None:
         progress(scanned)
+    note_dataset_changes(scan, computations)
+    return computations, scanned
+
+
+def count_run(
+    scan: CycleScan,
+    computations: dict[str, KrComputation],
+    run: Any,
+    matched: dict[str, bool] | None = None,
+    facts: RunFacts | None = None,
+) -> dict[str, Verdict]:
+    """Count `run` in the tallies of the KRs of `scan` that concern it; return their verdicts
+    (`matched`, `facts`: as `CycleScan.verdicts` takes them)."""
+    verdicts = scan.verdicts(run, matched, facts)
+    for kr_id, verdict in verdicts.items():
+        tally = computations[kr_id].tally
+        assert tally is not None
+        tally.note(run.info.run_id, verdict, run.info.start_time)
+    return verdicts
+
+
+def note_dataset_changes(scan: CycleScan, computations: dict[str, KrComputation]) -> None:
+    """After a pass: a dataset-pinned KR whose dataset had several digests in the cycle says so."""
+    cycle = scan.spec.cycle
     for kr_id, scope in scan.scopes.items():
         note = scope.datasets.changed_note(cycle.start_ms, cycle.end_ms) if scope.datasets else None
         if note is not None:
             computations[kr_id].notes += (note,)
-    return computations, scanned
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,9 @@ from mlflow_okr.compute import (
     KrComputation,
     ProgressCallback,
     computed_statuses,
+    count_run,
     new_computations,
+    note_dataset_changes,
     tally_texts,
 )
 from mlflow_okr.engine import BOARDS, Verdict
@@ -275,11 +277,7 @@ def sync_sets(
         progress(runs_read)
     results = []
     for item in passes:
-        for kr_id, scope in item.scan.scopes.items():
-            cycle = item.spec.cycle
-            note = scope.datasets.changed_note(cycle.start_ms, cycle.end_ms) if scope.datasets else None
-            if note is not None:
-                item.computations[kr_id].notes += (note,)
+        note_dataset_changes(item.scan, item.computations)
         results.append(_settle_set(client, item, check, now))
     return MergedSync(results, runs_read)
 
@@ -306,11 +304,7 @@ def _settle_run_tags(run: Any, concerned: list[tuple[SetPass, bool]], writes: _T
         verdicts: dict[str, Verdict] = {}
         if scored:
             item.runs += 1
-            verdicts = item.scan.verdicts(run, matched, facts)
-            for kr_id, verdict in verdicts.items():
-                tally = item.computations[kr_id].tally
-                assert tally is not None
-                tally.note(run.info.run_id, verdict, run.info.start_time)
+            verdicts = count_run(item.scan, item.computations, run, matched, facts)
         plan = plan_run_tags(item.spec, run, verdicts)
         changes = tag_changes(run, plan)
         if changes is None:
