@@ -80,6 +80,29 @@ def test_a_windowed_trace_kr_moves_when_its_trace_leaves_the_window(
     assert_no_drift(client)
 
 
+def test_an_idle_server_worker_moves_a_windowed_trace_kr_with_time(
+    tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server worker's keeper (durable) that gets no write at all still re-measures the window."""
+    monkeypatch.setattr(live, "WINDOW_REFRESH", 1.0)
+    experiment_id = client.create_experiment("svc")
+    now_ms = int(time.time() * 1000)
+    leaves_at = now_ms + 8_000
+    log_trace(client, experiment_id, leaves_at - HOUR_MS, 900)  # written before the server started
+    log_trace(client, experiment_id, now_ms - 2_000, 100)
+    mlflow.flush_trace_async_logging()
+    publish(tracking_uri, windowed_spec_text())  # measures the KR: both traces in the window
+    assert kr_value(client) == (900.0, "2")
+    keeper = live.LiveKrs(tracking_uri, durable=True)
+    keeper.start_catch_up()  # what a starting worker does; then no write reaches it
+    try:
+        assert time.time() * 1000 < leaves_at, "the machine was too slow to see the trace in the window"
+        assert wait_for(lambda: kr_value(client) == (100.0, "1"))
+    finally:
+        keeper.close()
+    assert_no_drift(client)
+
+
 def test_trace_writes_streaming_in_are_measured_once_per_interval_and_once_they_pause(
     tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
