@@ -2,7 +2,8 @@
 
 Prints (a) the median `start_trace` time through okr+sqlite as a ratio to plain sqlite, calls
 interleaved (target <= 1.02x); (b) seconds until a new trace shows in a p99 latency KR (target
-<= 5 s); (c) `status` and one trace KR measurement (`sync --check`'s two SQL aggregates) over
+<= 5 s; the writer measures a trace KR once trace writes pause for 1 s, at most every 3 s while
+they stream in); (c) `status` and one trace KR measurement (`sync --check`'s two SQL aggregates) over
 --traces traces (target: status <= 1 s); (d) seconds until an alias move shows in a `model:` KR
 (target <= 1 s).
 
