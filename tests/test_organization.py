@@ -424,3 +424,29 @@ def test_one_sync_reads_each_run_once_and_tags_a_run_all_sets_count(client, runn
     read.clear()
     narrowed = sync(client, team="team-a", now=now)  # one set: the runs of its experiments and cycle
     assert (narrowed.sets, read, narrowed.drifted) == (["2026-Q4/team-a"], [shared], False)
+
+
+def test_one_sync_clears_a_sets_tags_on_a_run_another_set_reads(client, tracking_uri, runner, write_spec):
+    from mlflow_okr import apply_spec, parse_spec
+
+    train, other = client.create_experiment("train"), client.create_experiment("other")
+    make_run(client, train, {"ctr": 0.6})
+    moved = make_run(client, other, {"ctr": 0.7, "recall": 0.8})
+    team_a = team_spec("team-a", "reco", "ctr", "ctr").replace("[train]", "[train, other]")
+    team_b = team_spec("team-b", "fraud", "recall", "recall").replace("[train]", "[other]")
+    for text, name in ((team_a, "a.yaml"), (team_b, "b.yaml")):
+        assert apply(runner, write_spec, text, name).exit_code == 0
+    assert client.get_run(moved).data.tags["okr.krs"] == "ctr,recall"
+    # Team A stops looking at `other`; published without its sync, so the sync of every set finds
+    # the tags left behind, on a run it reads for team B.
+    narrowed = team_spec("team-a", "reco", "ctr", "ctr")
+    apply_spec(parse_spec(narrowed, "a.yaml"), tracking_uri=tracking_uri, sync_after=False)
+    now = dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc)
+    result = sync(client, now=now)
+    assert result.runs_scanned == 2
+    assert [(d.run_id, d.tag, d.stored, d.computed) for d in result.run_drift] == [
+        (moved, "okr.krs", "ctr,recall", "recall"), (moved, "okr.kr.ctr", "counted", None),
+    ]
+    tags = client.get_run(moved).data.tags
+    assert "okr.kr.ctr" not in tags and tags["okr.krs"] == "recall" and tags["okr.kr.recall"] == "counted"
+    assert not sync(client, check=True, now=now).drifted
