@@ -503,7 +503,11 @@ class LiveKrs:
         a process that writes traces; none elsewhere (a training script never measures them)."""
         if not self.durable and not self._keeps_windows.is_set():
             return frozenset()
-        return self.watched.windowed_krs
+        try:
+            return self.watched.windowed_krs  # loads the definitions in a worker that got no write
+        except Exception as error:  # noqa: BLE001 - fail-open: the writer's loop must go on
+            fail_open(error)
+            return frozenset()
 
     def _refresh_windows(self) -> None:
         """Mark the windowed trace KRs every WINDOW_REFRESH: their traces leave the window with time.
