@@ -1,7 +1,8 @@
-"""`sync`: recompute every KR of a cycle, compare with the stored state, and write what drifted.
+"""`sync`: recompute every KR of the sets it covers, compare with the stored state, write what drifted.
 
-It counts each KR from scratch (`compute.compute_key_results`), reconciles every source run's
-okr.* tags on the way, and settles KR state with the same function the live store uses.
+One pass reads each source run once for all the sets (`sync_sets`): it counts each KR from scratch
+(`compute.count_run`, as `compute.compute_key_results` does for one set), reconciles every source
+run's okr.* tags on the way, and settles each set's KR state with the function the live store uses.
 """
 
 from __future__ import annotations
