@@ -19,44 +19,48 @@ CYCLE = "live"
 EXPERIMENT = "train-live"
 
 
-def live_spec_text() -> str:
-    """A cycle around today (runs created now fall in it) with metric KRs of every shape."""
+def spec_around_today(objectives: str, cycle: str = CYCLE) -> str:
+    """An okrs.yaml whose cycle runs from 45 days ago to 45 days ahead (runs and traces created now
+    fall in it), with `objectives` (YAML list items, any common indentation) under `objectives:`."""
     today = dt.datetime.now(dt.timezone.utc).date()
     start, end = today - dt.timedelta(days=45), today + dt.timedelta(days=45)
-    return textwrap.dedent(
-        f"""
-        version: 1
-        cycle: {{name: {CYCLE}, start: {start}, end: {end}}}
-        objectives:
-          - id: quality
-            title: Ship a model users can trust
-            category: product
-            key_results:
-              - id: acc
-                metric: val_acc
-                experiments: ["train-*"]
-                baseline: 0.5
-                target: 1.0
-                guardrails:
-                  - {{metric: latency, max: 50}}
-              - id: staged
-                metric: val_acc
-                experiments: ["train-*"]
-                filter: "tags.stage = 'prod'"
-                baseline: 0.5
-                target: 1.0
-          - id: cost
-            title: Spend less
-            category: operational
-            key_results:
-              - id: loss
-                metric: val_loss
-                experiments: ["train-*"]
-                baseline: 1.0
-                target: 0.5
-                aggregate: latest
+    items = textwrap.indent(textwrap.dedent(objectives).strip("\n"), "  ")
+    return f"version: 1\ncycle: {{name: {cycle}, start: {start}, end: {end}}}\nobjectives:\n{items}\n"
+
+
+def live_spec_text() -> str:
+    """A cycle around today (runs created now fall in it) with metric KRs of every shape."""
+    return spec_around_today(
         """
-    ).lstrip()
+        - id: quality
+          title: Ship a model users can trust
+          category: product
+          key_results:
+            - id: acc
+              metric: val_acc
+              experiments: ["train-*"]
+              baseline: 0.5
+              target: 1.0
+              guardrails:
+                - {metric: latency, max: 50}
+            - id: staged
+              metric: val_acc
+              experiments: ["train-*"]
+              filter: "tags.stage = 'prod'"
+              baseline: 0.5
+              target: 1.0
+        - id: cost
+          title: Spend less
+          category: operational
+          key_results:
+            - id: loss
+              metric: val_loss
+              experiments: ["train-*"]
+              baseline: 1.0
+              target: 0.5
+              aggregate: latest
+        """
+    )
 
 
 def publish(plain_uri: str, text: str | None = None) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import textwrap
 import time
 
 import mlflow
@@ -16,34 +14,29 @@ from mlflow_okr import vocabulary
 from mlflow_okr.store import flush
 from mlflow_okr.store.hooks import build_tracking_store
 from tests.conftest import requires_okr_store
-from tests.live_fixtures import CYCLE, assert_no_drift, kr_run, publish, wait_for
+from tests.live_fixtures import assert_no_drift, kr_run, publish, spec_around_today, wait_for
 
 HOUR_MS = 3_600_000
 
 
 def windowed_spec_text() -> str:
     """A cycle around today with a max-latency trace KR over the last hour of experiment `svc`."""
-    today = dt.datetime.now(dt.timezone.utc).date()
-    start, end = today - dt.timedelta(days=45), today + dt.timedelta(days=45)
-    return textwrap.dedent(
-        f"""
-        version: 1
-        cycle: {{name: {CYCLE}, start: {start}, end: {end}}}
-        objectives:
-          - id: serve
-            title: Serve fast
-            category: product
-            key_results:
-              - id: slowest
-                source: traces
-                trace_metric: latency
-                aggregation: max
-                experiments: [svc]
-                window: 1h
-                baseline: 1000
-                target: 100
+    return spec_around_today(
         """
-    ).lstrip()
+        - id: serve
+          title: Serve fast
+          category: product
+          key_results:
+            - id: slowest
+              source: traces
+              trace_metric: latency
+              aggregation: max
+              experiments: [svc]
+              window: 1h
+              baseline: 1000
+              target: 100
+        """
+    )
 
 
 def log_trace(client: MlflowClient, experiment_id: str, start_ms: int, latency_ms: int) -> None:

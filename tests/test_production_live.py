@@ -5,8 +5,6 @@ every KR (alias-following, trace, model-scoped trace) equals what `sync` recompu
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import textwrap
 import time
 
 import mlflow
@@ -21,7 +19,6 @@ import mlflow_okr.store.schedule as schedule
 from mlflow_okr import compat, vocabulary
 from mlflow_okr.store import flush
 from tests.live_fixtures import (
-    CYCLE,
     EXPERIMENT,
     RUNS,
     assert_no_drift,
@@ -29,6 +26,7 @@ from tests.live_fixtures import (
     operation,
     publish,
     run_operation,
+    spec_around_today,
     use_okr_uri,
 )
 
@@ -42,65 +40,60 @@ CSAT = [1.0, 3.0, 4.0, 5.0]
 
 def production_spec_text() -> str:
     """A cycle around today with a run KR, an alias-following KR and trace KRs (two model-scoped)."""
-    today = dt.datetime.now(dt.timezone.utc).date()
-    start, end = today - dt.timedelta(days=45), today + dt.timedelta(days=45)
-    return textwrap.dedent(
+    return spec_around_today(
         f"""
-        version: 1
-        cycle: {{name: {CYCLE}, start: {start}, end: {end}}}
-        objectives:
-          - id: quality
-            title: Ship a model users can trust
-            category: product
-            key_results:
-              - id: acc
-                metric: val_acc
-                experiments: ["train-*"]
-                baseline: 0.5
-                target: 1.0
-                guardrails:
-                  - {{metric: latency, max: 50}}
-              - id: champion-acc
-                metric: val_acc
-                model: {{name: {MODEL}, alias: {ALIAS}}}
-                baseline: 0.5
-                target: 1.0
-                guardrails:
-                  - {{metric: latency, max: 50}}
-          - id: serve
-            title: Serve users fast and well
-            category: product
-            key_results:
-              - id: p99-latency
-                source: traces
-                trace_metric: latency
-                aggregation: p99
-                experiments: [{SERVING}]
-                baseline: 1000
-                target: 100
-              - id: csat
-                source: traces
-                assessment: csat
-                aggregation: avg
-                experiments: [{SERVING}]
-                maintain: {{min: 4}}
-              - id: champion-latency
-                source: traces
-                trace_metric: latency
-                aggregation: max
-                experiments: [{SERVING}]
-                model: {{name: {MODEL}, alias: {ALIAS}}}
-                baseline: 1000
-                target: 100
-              - id: champion-csat
-                source: traces
-                assessment: csat
-                aggregation: avg
-                experiments: [{SERVING}]
-                model: {{name: {MODEL}, alias: {ALIAS}}}
-                maintain: {{min: 4}}
+        - id: quality
+          title: Ship a model users can trust
+          category: product
+          key_results:
+            - id: acc
+              metric: val_acc
+              experiments: ["train-*"]
+              baseline: 0.5
+              target: 1.0
+              guardrails:
+                - {{metric: latency, max: 50}}
+            - id: champion-acc
+              metric: val_acc
+              model: {{name: {MODEL}, alias: {ALIAS}}}
+              baseline: 0.5
+              target: 1.0
+              guardrails:
+                - {{metric: latency, max: 50}}
+        - id: serve
+          title: Serve users fast and well
+          category: product
+          key_results:
+            - id: p99-latency
+              source: traces
+              trace_metric: latency
+              aggregation: p99
+              experiments: [{SERVING}]
+              baseline: 1000
+              target: 100
+            - id: csat
+              source: traces
+              assessment: csat
+              aggregation: avg
+              experiments: [{SERVING}]
+              maintain: {{min: 4}}
+            - id: champion-latency
+              source: traces
+              trace_metric: latency
+              aggregation: max
+              experiments: [{SERVING}]
+              model: {{name: {MODEL}, alias: {ALIAS}}}
+              baseline: 1000
+              target: 100
+            - id: champion-csat
+              source: traces
+              assessment: csat
+              aggregation: avg
+              experiments: [{SERVING}]
+              model: {{name: {MODEL}, alias: {ALIAS}}}
+              maintain: {{min: 4}}
         """
-    ).lstrip()
+    )
 
 
 production_operation = st.one_of(

@@ -3,10 +3,8 @@ KR live in both deployments, and a killed server's unsettled trace work is settl
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import signal
-import textwrap
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_okr import compat, vocabulary
 from mlflow_okr.sync import sync
-from tests.live_fixtures import CYCLE, kr_run, publish, wait_for
+from tests.live_fixtures import CYCLE, kr_run, publish, spec_around_today, wait_for
 from tests.servers import DEPLOYMENTS, deployment_args, mlflow_server
 
 pytestmark = pytest.mark.server
@@ -28,31 +26,26 @@ AUCS = {"1": 0.85, "2": 0.88}  # model version -> the auc of the run behind it
 
 def spec_text() -> str:
     """A cycle around today: a KR following screener@champion and a max-latency trace KR."""
-    today = dt.datetime.now(dt.timezone.utc).date()
-    start, end = today - dt.timedelta(days=45), today + dt.timedelta(days=45)
-    return textwrap.dedent(
-        f"""
-        version: 1
-        cycle: {{name: {CYCLE}, start: {start}, end: {end}}}
-        objectives:
-          - id: ship
-            title: Ship a better screening model
-            category: product
-            key_results:
-              - id: champion-auc
-                metric: auc
-                model: {{name: screener, alias: champion}}
-                baseline: 0.8
-                target: 0.9
-              - id: slowest
-                source: traces
-                trace_metric: latency
-                aggregation: max
-                experiments: [svc]
-                baseline: 1000
-                target: 100
+    return spec_around_today(
         """
-    ).lstrip()
+        - id: ship
+          title: Ship a better screening model
+          category: product
+          key_results:
+            - id: champion-auc
+              metric: auc
+              model: {name: screener, alias: champion}
+              baseline: 0.8
+              target: 0.9
+            - id: slowest
+              source: traces
+              trace_metric: latency
+              aggregation: max
+              experiments: [svc]
+              baseline: 1000
+              target: 100
+        """
+    )
 
 
 @pytest.fixture
