@@ -47,6 +47,8 @@ class KrComputation:
     notes: tuple[str, ...] = ()
     # A `model:` trace KR: the version its alias names, read once so value and model agree.
     alias: registry.AliasTarget | None = None
+    # A trace KR: the experiments it aggregates, matched already (None: `traces.measure` lists them).
+    experiment_ids: list[str] | None = None
 
 
 def new_computations(
@@ -194,12 +196,13 @@ def counter_inputs(
     kr: KeyResult,
     now: dt.datetime,
     alias: registry.AliasTarget | None = None,
+    experiment_ids: list[str] | None = None,
 ) -> tuple[float | None, int]:
     """The current value and event count of a ledger or manual KR; of a trace KR, MLflow's
     aggregate and how many traces, spans or assessments it covers at `now` (`alias`: where a
-    `model:` trace KR's alias points)."""
+    `model:` trace KR's alias points; `experiment_ids`: the experiments it aggregates, if known)."""
     if kr.source == "traces":
-        measured = traces.measure(client, published.spec, kr, now, model=alias)
+        measured = traces.measure(client, published.spec, kr, now, experiment_ids, model=alias)
         return measured.value, measured.count
     if kr.source == "ledger":
         count = state.ledger_validated_count(client, published.cycle, kr.linked_to, count_only=kr.count_only)
@@ -221,7 +224,9 @@ def computed_statuses(
     for kr_id, computation in computations.items():
         counters = (None, 0)
         if computation.tally is None:
-            counters = counter_inputs(client, published, computation.kr, now, computation.alias)
+            counters = counter_inputs(
+                client, published, computation.kr, now, computation.alias, computation.experiment_ids
+            )
         scored = score(computation, published.spec, now, counters)
         tally = computation.tally
         statuses[kr_id] = kr_status(

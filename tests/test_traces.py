@@ -484,3 +484,22 @@ def test_trace_writes_through_the_okr_store_move_the_kr_live(traced, tracking_ur
     )
     mlflow.set_tracking_uri(tracking_uri)
     assert wait_for(lambda: invoke(runner, "sync", "--check", *AS_OF).exit_code == 0)
+
+
+def test_the_live_store_measures_a_trace_kr_over_the_experiments_it_matched_at_load(traced, client):
+    from mlflow_okr.compute import KrComputation, computed_statuses
+    from mlflow_okr.store.definitions import load_watched_krs
+    from mlflow_okr.store.live import _trace_experiments
+
+    watched = load_watched_krs(client)
+    (published,) = watched.cycles.values()
+    assert _trace_experiments(watched, (published.experiment_id, "p99-latency")) == [traced]
+    assert _trace_experiments(watched, (published.experiment_id, "no-such-kr")) is None
+
+    # The ids a computation carries are the experiments measured: no listing of every experiment
+    kr = published.spec.find_key_result("p99-latency")
+    empty = client.create_experiment("empty")
+    for experiment_ids, current, counted in (([empty], None, 0), ([traced], hand_p99(LATENCIES_MS), 40)):
+        computation = KrComputation(kr, experiment_ids=experiment_ids)
+        status = computed_statuses(client, published, {kr.id: computation}, NOW)[kr.id]
+        assert (status.current, status.counted_runs) == (current, counted)

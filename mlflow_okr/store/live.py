@@ -46,7 +46,13 @@ from mlflow_okr.facts import reader_for
 from mlflow_okr.kr_state import read_kr_runs, settle_key_results, stored_tally
 from mlflow_okr.scope import CycleScan, RunTagWrites, plan_run_tags
 from mlflow_okr.spec import OkrSpec
-from mlflow_okr.store.definitions import KrRef, WatchedKrs, load_watched_krs, published_signature
+from mlflow_okr.store.definitions import (
+    ALL_EXPERIMENTS,
+    KrRef,
+    WatchedKrs,
+    load_watched_krs,
+    published_signature,
+)
 from mlflow_okr.store.schedule import ALL_KRS, Marks, MeasuredMarks, Recounts
 from mlflow_okr.store.unsettled import HEARTBEAT, Markers, Owner, orphaned_markers, remove_marker
 
@@ -102,6 +108,15 @@ def _database_gone(inner_uri: str) -> bool:
         return False
     path = inner_uri[len("sqlite:///"):].split("?", 1)[0]
     return bool(path) and path != ":memory:" and not os.path.exists(path)
+
+
+def _trace_experiments(watched: WatchedKrs, ref: KrRef) -> list[str] | None:
+    """The experiments a trace KR aggregates, as matched when the definitions were loaded (None:
+    not a trace KR, or one of every experiment, which `traces.measure` lists)."""
+    if ref in watched.trace_krs.get(ALL_EXPERIMENTS, frozenset()):
+        return None
+    found = [e for e, refs in watched.trace_krs.items() if e != ALL_EXPERIMENTS and ref in refs]
+    return found or None
 
 
 @dataclass(frozen=True)
@@ -604,6 +619,8 @@ class LiveKrs:
                         # each one's own source.
                         scan = CycleScan(published.spec)
                         computations = new_computations(self.client, published.spec, scan, kr_ids)
+                        for kr_id, computation in computations.items():
+                            computation.experiment_ids = _trace_experiments(watched, (experiment_id, kr_id))
                         self._write(published, computations, revision=True)
                     unsettled -= {ref for ref in marks if ref[0] == experiment_id}
             except Exception:
