@@ -172,15 +172,18 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--traces", type=int, default=20_000)
     parser.add_argument("--postgres", action="store_true", help="PostgreSQL instead of SQLite.")
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--workdir", type=Path, default=None, help="Where the SQLite stores go.")
     args = parser.parse_args()
     if args.calls < 1 or args.traces < 1:
         parser.error("--calls and --traces must be at least 1")
     # A plain `kill` must still stop the PostgreSQL server.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="okr-traces-"))
     with freshness.databases(args.postgres) as database:
-        uris = {name: database() or f"sqlite:///{workdir / name}.db" for name in ("plain", "okr")}
+        if args.postgres:
+            uris = {name: database() for name in ("plain", "okr")}
+        else:
+            workdir = args.workdir or Path(tempfile.mkdtemp(prefix="okr-traces-"))
+            uris = {name: f"sqlite:///{workdir / name}.db" for name in ("plain", "okr")}
         run(args, uris)
 
 
