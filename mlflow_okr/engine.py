@@ -217,6 +217,14 @@ def _rank(board: str, entry: tuple) -> tuple:
     return (entry[0], entry[1])  # lowest: (value, run id); worst_margin: (margin, run id, value)
 
 
+def _ranks_after(board: str, value: float, last: tuple) -> bool:
+    """True when a run of `value` surely ranks after `last` on a lowest or highest board (a tie
+    is left to `_rank`, which breaks it on run id)."""
+    if board == "highest":
+        return value < last[0]
+    return board == "lowest" and value > last[0]
+
+
 def summaries_agree(saved: Mapping[str, Any], recounted: Mapping[str, Any]) -> bool:
     """True when a saved tally says what a recount says: the same counts, sum and latest run, and
     boards of which the shorter is the start of the longer (a board revised run by run may list
@@ -344,8 +352,11 @@ class Tally:
             self.exact_sum += Fraction(value)
         for board, entries in self.boards.items():
             # Every counted run so far listed: the board is complete, so the new one joins it.
+            complete = len(entries) == self.count
+            if not complete and (not entries or _ranks_after(board, value, entries[-1])):  # most: unlisted
+                continue
             entry = self._entry(board, run_id, value)
-            self._offer(board, entries, entry, complete=len(entries) == self.count)
+            self._offer(board, entries, entry, complete=complete)
         self.count += 1
         if self._latest:
             started = start_time or 0

@@ -174,6 +174,8 @@ class RunTagNames:
     own: frozenset[str]  # both spellings of each KR id: the okr.krs entries that are the spec's
     managed: frozenset[str]  # okr.krs and every verdict and value tag of the spec's KRs
     summing: frozenset[str]
+    # (okr.krs as stored, counted KR ids) -> okr.krs as desired: runs share a few of each.
+    listed: dict[tuple[str | None, tuple[str, ...]], str] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, spec: OkrSpec) -> RunTagNames:
@@ -230,6 +232,51 @@ def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Any | Non
     if verdicts:
         tags[vocabulary.TAG_CYCLE] = spec.cycle.name
     return tags
+
+
+def _listed_text(names: RunTagNames, stored: str | None, counted: tuple[str, ...]) -> str:
+    """okr.krs as `desired_run_tags` writes it ("" for none), given the run's and the counted KRs."""
+    key = (stored, counted)
+    text = names.listed.get(key)
+    if text is None:
+        listed = {names.tag_ids[kr_id] for kr_id in counted}
+        if stored:
+            listed |= {name for name in stored.split(",") if name and name not in names.own}
+        text = ",".join(sorted(listed))
+        if len(names.listed) >= MAX_CACHED_NAMES:
+            names.listed.clear()
+        names.listed[key] = text
+    return text
+
+
+def run_tags_settled(spec: OkrSpec, run: Any, verdicts: dict[str, Verdict]) -> bool:
+    """True when `plan_run_tags` would find nothing drifted: the steady state, where a pass asks
+    for every run, answered without building the plan (the same tags, compared one by one)."""
+    names = RunTagNames.of(spec)
+    tags = run.data.tags
+    verdict_tags, summing = names.verdict_tags, names.summing
+    wanted = 0  # the managed tags the run should carry; it carries no others when the counts agree
+    counted = []
+    for kr_id, verdict in verdicts.items():
+        state = verdict.state
+        if state == "counted":
+            counted.append(kr_id)
+            if kr_id in summing:
+                value = verdict.value
+                assert value is not None
+                if tags.get(names.value_tags[kr_id]) != value_text(value):
+                    return False
+                wanted += 1
+        if tags.get(verdict_tags[kr_id]) != (verdict.tag_value if state == "excluded" else state):
+            return False
+        wanted += 1
+    stored = tags.get(vocabulary.TAG_KRS)
+    listed = _listed_text(names, stored, tuple(counted))
+    if listed:
+        if stored != listed:
+            return False
+        wanted += 1
+    return len(names.managed.intersection(tags)) == wanted
 
 
 def managed_run_tags(spec: OkrSpec, run: Any) -> dict[str, str]:

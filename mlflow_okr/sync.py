@@ -32,7 +32,14 @@ from mlflow_okr.facts import CHUNK, FactKeys, TagChanges, reader_for
 from mlflow_okr.kr_state import KrDrift, read_kr_runs, settle_key_results
 from mlflow_okr.organization import organization_status
 from mlflow_okr.results import CycleStatus, cycle_status
-from mlflow_okr.scope import CycleScan, apply_tag_changes, plan_run_tags, run_facts, tag_changes
+from mlflow_okr.scope import (
+    CycleScan,
+    apply_tag_changes,
+    plan_run_tags,
+    run_facts,
+    run_tags_settled,
+    tag_changes,
+)
 from mlflow_okr.spec import OkrSpec, as_utc
 
 MAX_DRIFT_SAMPLES = 200
@@ -306,6 +313,8 @@ def _settle_run_tags(run: Any, concerned: list[tuple[SetPass, bool]], writes: _T
         if scored:
             item.runs += 1
             verdicts = count_run(item.scan, item.computations, run, matched, facts)
+        if run_tags_settled(item.spec, run, verdicts):
+            continue
         plan = plan_run_tags(item.spec, run, verdicts)
         changes = tag_changes(run, plan)
         if changes is None:

@@ -10,9 +10,15 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mlflow.entities import Run, RunData, RunInfo, RunTag
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr import state, vocabulary
+from mlflow_okr.engine import ReasonKind, Verdict
+from mlflow_okr.scope import apply_tag_changes, plan_run_tags, run_tags_settled, tag_changes
+from mlflow_okr.spec import parse_spec
 from mlflow_okr.sync import sync
 from tests.conftest import IN_CYCLE_MS, NOW, invoke, make_run
 
@@ -505,3 +511,54 @@ def test_overlapping_cycles_keep_each_others_kr_ids(client, write_spec, runner):
     for cycle in ("2026-Q4", "2026-H2"):
         result = invoke(runner, "sync", "--check", "--cycle", cycle, "--as-of", "2026-11-15")
         assert result.exit_code == 0, result.output
+
+
+SETTLED_SPEC = """\
+version: 1
+cycle: 2026-Q4
+objectives:
+  - id: reco
+    title: Reco
+    category: product
+    key_results:
+      - {id: ctr, metric: online_ctr, baseline: 0.05, target: 0.08, guardrails: [{metric: p99, max: 50}]}
+      - {id: loss, metric: loss, baseline: 0.5, target: 0.2, aggregate: mean}
+      - {id: shared, metric: score, baseline: 0, target: 20, aggregate: sum}
+"""
+SETTLED_VERDICTS = (
+    Verdict("counted", "", 0.07),
+    Verdict("counted", "", 0.25),
+    Verdict("pending", "waiting for p99", 0.07, ReasonKind.WAITING),
+    Verdict("excluded", "run FAILED", 0.07, ReasonKind.RUN_NOT_COUNTED),
+    Verdict("excluded", "guardrail p99 = 60 breaks <= 50", 0.07, ReasonKind.GUARDRAIL_BREACH),
+)
+TAG_TEXTS = ("counted", "pending", "excluded: run FAILED", "0.25", "0.07", "")
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    verdicts=st.dictionaries(st.sampled_from(["ctr", "loss", "shared"]), st.sampled_from(SETTLED_VERDICTS)),
+    tags=st.dictionaries(
+        st.sampled_from([
+            "okr.kr.ctr", "okr.kr.loss", "okr.kr.loss.value", "okr.kr.shared", "okr.kr.shared.value",
+            "okr.kr.shared/2026-Q4", "okr.kr.shared/2026-Q4.value", "okr.cycle", "stage",
+        ]),
+        st.sampled_from(TAG_TEXTS),
+    ),
+    listed=st.none() | st.lists(st.sampled_from(["ctr", "loss", "shared", "shared/2026-Q4", "ctr-h2", ""])),
+    steady=st.booleans(),
+)
+def test_run_tags_settled_agrees_with_the_plan(verdicts, tags, listed, steady):
+    """The steady-state shortcut says "nothing drifted" exactly when the full tag plan does."""
+    spec = parse_spec(SETTLED_SPEC)
+    if listed is not None:
+        tags["okr.krs"] = ",".join(listed)
+    for named in (spec, spec.sharing(frozenset({"shared"}))):
+        run = Run(RunInfo("r" * 32, "0", "u", "FINISHED", 0, None, "active"), RunData(
+            tags=[RunTag(key, value) for key, value in tags.items()]))
+        if steady:  # the tags a write of the plan leaves: the steady state
+            changes = tag_changes(run, plan_run_tags(named, run, verdicts))
+            if changes is not None:
+                apply_tag_changes(run, changes)
+            assert run_tags_settled(named, run, verdicts)
+        assert run_tags_settled(named, run, verdicts) == (not plan_run_tags(named, run, verdicts).drifted)
