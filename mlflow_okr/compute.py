@@ -114,10 +114,11 @@ def count_run(
     """Count `run` in the tallies of the KRs of `scan` that concern it; return their verdicts
     (`matched`, `facts`: as `CycleScan.verdicts` takes them)."""
     verdicts = scan.verdicts(run, matched, facts)
+    run_id, start_time = run.info.run_id, run.info.start_time
     for kr_id, verdict in verdicts.items():
         tally = computations[kr_id].tally
         assert tally is not None
-        tally.note(run.info.run_id, verdict, run.info.start_time)
+        tally.note(run_id, verdict, start_time)
     return verdicts
 
 

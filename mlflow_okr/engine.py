@@ -217,14 +217,6 @@ def _rank(board: str, entry: tuple) -> tuple:
     return (entry[0], entry[1])  # lowest: (value, run id); worst_margin: (margin, run id, value)
 
 
-def _ranks_after(board: str, value: float, last: tuple) -> bool:
-    """True when a run of `value` surely ranks after `last` on a lowest or highest board (a tie
-    is left to `_rank`, which breaks it on run id)."""
-    if board == "highest":
-        return value < last[0]
-    return board == "lowest" and value > last[0]
-
-
 def summaries_agree(saved: Mapping[str, Any], recounted: Mapping[str, Any]) -> bool:
     """True when a saved tally says what a recount says: the same counts, sum and latest run, and
     boards of which the shorter is the start of the longer (a board revised run by run may list
@@ -353,7 +345,7 @@ class Tally:
         for board, entries in self.boards.items():
             # Every counted run so far listed: the board is complete, so the new one joins it.
             complete = len(entries) == self.count
-            if not complete and (not entries or _ranks_after(board, value, entries[-1])):  # most: unlisted
+            if not complete and (not entries or self._ranks_after(board, value, entries[-1])):  # most runs
                 continue
             entry = self._entry(board, run_id, value)
             self._offer(board, entries, entry, complete=complete)
@@ -393,6 +385,16 @@ class Tally:
             if self.latest is None or (started, run_id) > (self.latest[0], self.latest[1]):
                 self.latest = (started, run_id, value)
         return True
+
+    def _ranks_after(self, board: str, value: float, last: tuple) -> bool:
+        """True when a run of `value` surely ranks after `last`, the last entry of `board`, without
+        building its entry (a tie is left to `_rank`, which breaks it on run id)."""
+        if board == "highest":
+            return value < last[0]
+        if board == "worst_margin":
+            assert self.rule.maintain is not None
+            value = self.rule.maintain.margin(value)
+        return value > last[0]
 
     def _entry(self, board: str, run_id: str, value: float) -> tuple:
         if board == "worst_margin":

@@ -92,6 +92,17 @@ class CycleScan:
 
     def __post_init__(self) -> None:
         self.window = (self.spec.cycle.start_ms, self.spec.cycle.end_ms)  # asked for every run
+        self._by_experiment: dict[tuple[str, int], list[tuple[str, Scope]]] = {}  # scopes looking there
+
+    def _scopes_in(self, experiment_id: str) -> list[tuple[str, Scope]]:
+        """The (KR id, scope) pairs whose experiments include `experiment_id`, in KR order."""
+        key = (experiment_id, len(self.scopes))  # `build` adds the scopes after init
+        found = self._by_experiment.get(key)
+        if found is None:
+            scopes = self.scopes.items()
+            found = [(kr_id, scope) for kr_id, scope in scopes if experiment_id in scope.experiment_ids]
+            self._by_experiment[key] = found
+        return found
 
     @classmethod
     def build(
@@ -147,11 +158,8 @@ class CycleScan:
             return {}
         facts = run_facts(run) if facts is None else facts
         matched = {} if matched is None else matched
-        experiment_id = run.info.experiment_id
         verdicts = {}
-        for kr_id, scope in self.scopes.items():
-            if experiment_id not in scope.experiment_ids:
-                continue
+        for kr_id, scope in self._scopes_in(run.info.experiment_id):
             run_filter = scope.run_filter
             if not run_filter.everything and not run_filter.matches_once(run, matched):
                 continue
