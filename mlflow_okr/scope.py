@@ -220,30 +220,26 @@ def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Any | Non
     for other cycles' KRs, so that each cycle's sync leaves the other's ids alone.
     """
     names = RunTagNames.of(spec)
-    tag_ids = names.tag_ids
-    counted = {kr_id for kr_id, verdict in verdicts.items() if verdict.state == "counted"}
-    listed = {tag_ids[kr_id] for kr_id in counted}
-    if run is not None:
-        # Both spellings of an own KR are ours: a tag written before its id became shared is replaced.
-        others = run.data.tags.get(vocabulary.TAG_KRS)
-        if others:
-            listed |= {name for name in others.split(",") if name and name not in names.own}
+    counted = tuple(kr_id for kr_id, verdict in verdicts.items() if verdict.state == "counted")
+    listed = _listed_text(names, None if run is None else run.data.tags.get(vocabulary.TAG_KRS), counted)
     verdict_tags = names.verdict_tags
     tags = {verdict_tags[kr_id]: verdict.tag_value for kr_id, verdict in verdicts.items()}
     # A sum or mean KR is revised by taking the run's old value out: the run keeps it in a tag.
-    for kr_id in counted & names.summing:
+    for kr_id in names.summing.intersection(counted):
         value = verdicts[kr_id].value
         assert value is not None
         tags[names.value_tags[kr_id]] = value_text(value)
     if listed:
-        tags[vocabulary.TAG_KRS] = ",".join(sorted(listed))
+        tags[vocabulary.TAG_KRS] = listed
     if verdicts:
         tags[vocabulary.TAG_CYCLE] = spec.cycle.name
     return tags
 
 
 def _listed_text(names: RunTagNames, stored: str | None, counted: tuple[str, ...]) -> str:
-    """okr.krs as `desired_run_tags` writes it ("" for none), given the run's and the counted KRs."""
+    """okr.krs as a run should carry it ("" for none): the counted KRs' tag ids, and the ids the
+    run lists now (`stored`) for other cycles' KRs. Both spellings of an own KR are ours, so a tag
+    written before its id became shared is replaced."""
     key = (stored, counted)
     text = names.listed.get(key)
     if text is None:
