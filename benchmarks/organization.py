@@ -414,6 +414,12 @@ def measure_size(
     print(f"  {'sync --check':34} {check:8.2f} s  {check / plain:5.2f}x  (drift after the live writes: "
           f"{len(checked.kr_drift)} KRs {[drift.kr for drift in checked.kr_drift][:5]}, "
           f"{checked.run_drift_count} run tags)", flush=True)
+    for drift in checked.kr_drift:
+        print(f"    {drift.kr} {drift.field}: stored {str(drift.stored)[:160]!r}, "
+              f"computed {str(drift.computed)[:160]!r}", flush=True)
+    for drift in checked.run_drift[:5]:
+        print(f"    run {drift.run_id} {drift.tag}: stored {drift.stored!r}, computed {drift.computed!r}",
+              flush=True)
     steady, synced = best_of(args.scan_repeat, lambda: sync(uri))
     print(f"  {'steady-state sync':34} {steady:8.2f} s  {steady / plain:5.2f}x  ({len(synced.sets)} sets, "
           f"{synced.runs_scanned:,} runs scanned over them; target <= {SYNC_TARGET:g}x)", flush=True)

@@ -6,6 +6,7 @@ against; when MLflow changes one of them, this is the only file to read.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 # Checked on MLflow 3.16.0 (the oldest release setup.cfg allows) and 3.17.2.
@@ -23,6 +24,27 @@ def run_matches_clause(run: Any, clause: dict[str, Any]) -> bool:
     from mlflow.utils.search_utils import SearchUtils
 
     return SearchUtils._does_run_match_clause(run, clause)
+
+
+def clause_operand(clause: dict[str, Any]) -> Callable[[Any], Any] | None:
+    """How `run_matches_clause` reads a run's side of one parsed clause (a metric, param, tag or
+    attribute value), so that a caller may keep its answer per value; None for a dataset clause.
+
+    The lookups of `SearchUtils._does_run_match_clause`, with its key aliases; checked on 3.17.2.
+    """
+    from mlflow.utils.search_utils import SearchUtils
+
+    key = SearchUtils.translate_key_alias(clause["key"])
+    kind = clause["type"]
+    if kind == SearchUtils._METRIC_IDENTIFIER:
+        return lambda run: run.data.metrics.get(key)
+    if kind == SearchUtils._PARAM_IDENTIFIER:
+        return lambda run: run.data.params.get(key)
+    if kind == SearchUtils._TAG_IDENTIFIER:
+        return lambda run: run.data.tags.get(key)
+    if kind == SearchUtils._ATTRIBUTE_IDENTIFIER:
+        return lambda run: getattr(run.info, key)
+    return None
 
 
 def tracking_store_builder(store_uri: str) -> Any:

@@ -17,7 +17,6 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_okr import registry, state, traces
 from mlflow_okr.engine import (
-    RunFacts,
     Scored,
     Tally,
     Verdict,
@@ -28,7 +27,7 @@ from mlflow_okr.engine import (
 from mlflow_okr.facts import reader_for
 from mlflow_okr.kr_state import tally_text
 from mlflow_okr.results import KeyResultStatus, kr_status
-from mlflow_okr.scope import CycleScan
+from mlflow_okr.scope import CycleScan, RunMemo
 from mlflow_okr.spec import KeyResult, OkrSpec
 
 ProgressCallback = Callable[[int], None]
@@ -108,12 +107,11 @@ def count_run(
     scan: CycleScan,
     computations: dict[str, KrComputation],
     run: Any,
-    matched: dict[str, bool] | None = None,
-    facts: RunFacts | None = None,
+    memo: RunMemo | None = None,
 ) -> dict[str, Verdict]:
     """Count `run` in the tallies of the KRs of `scan` that concern it; return their verdicts
-    (`matched`, `facts`: as `CycleScan.verdicts` takes them)."""
-    verdicts = scan.verdicts(run, matched, facts)
+    (`memo`: as `CycleScan.verdicts` takes it)."""
+    verdicts = scan.verdicts(run, memo)
     run_id, start_time = run.info.run_id, run.info.start_time
     for kr_id, verdict in verdicts.items():
         tally = computations[kr_id].tally

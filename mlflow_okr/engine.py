@@ -205,6 +205,7 @@ def classify_run(rule: RunRule, run: RunFacts) -> Verdict | None:
     return Verdict("counted", "", value)
 
 
+SUM_SCALE = 1074  # every finite float is a whole multiple of 2**-1074, the smallest subnormal
 LEADERS = 8  # runs kept per extreme: the leader can get worse or leave this many times between recounts
 BOARDS = ("lowest", "highest", "worst_margin")
 
@@ -250,8 +251,9 @@ class Tally:
     rule: RunRule
     direction: Direction | None = None
     count: int = 0
-    # Only sums and means need the exact sum; the other aggregates skip the rational arithmetic.
-    exact_sum: Fraction | None = None
+    # Only sums and means need the exact sum; the other aggregates skip it. It is kept as a whole
+    # number of 2**-SUM_SCALE, the unit every finite float is a multiple of (`exact_sum`).
+    scaled_sum: int | None = None
     boards: dict[str, list[tuple]] = field(default_factory=dict)  # lowest: [(value, run id)], ...
     latest: tuple[int, str, float] | None = None
     pending: int = 0
@@ -259,8 +261,8 @@ class Tally:
     guardrail_breaches: int = 0
 
     def __post_init__(self) -> None:
-        if self.exact_sum is None and self.needs_sum:
-            self.exact_sum = Fraction(0)
+        if self.scaled_sum is None and self.needs_sum:
+            self.scaled_sum = 0
         # Only the extremes the aggregate reads are kept: a run holding one that is not read must
         # not force a recount when its value moves.
         best = "lowest" if self.direction == "minimize" else "highest"
@@ -327,9 +329,9 @@ class Tally:
         if self.count <= 0 or (self.latest is not None and self.latest[1] == run_id):
             return False
         if self.needs_sum:
-            if verdict.value is None or self.exact_sum is None:
+            if verdict.value is None or self.scaled_sum is None:
                 return False
-            self.exact_sum -= Fraction(verdict.value)
+            self.scaled_sum -= _scaled(verdict.value)
         for entries in self.boards.values():
             if not self._unlist(entries, run_id):
                 return False
@@ -337,19 +339,20 @@ class Tally:
         return all(entries or self.count == 0 for entries in self.boards.values())
 
     def add(self, run_id: str, value: float, start_time: int | None) -> None:
-        if self.exact_sum is not None:
+        if self.scaled_sum is not None:
             # Floats are exact binary fractions: their exact sum does not depend on the order of
             # additions (the live hook and `sync` see runs in different orders and must agree) and
             # cannot overflow before the final rounding.
-            self.exact_sum += Fraction(value)
+            self.scaled_sum += _scaled(value)
+        count = self.count
         for board, entries in self.boards.items():
             # Every counted run so far listed: the board is complete, so the new one joins it.
-            complete = len(entries) == self.count
+            complete = len(entries) == count
             if not complete and (not entries or self._ranks_after(board, value, entries[-1])):  # most runs
                 continue
             entry = self._entry(board, run_id, value)
             self._offer(board, entries, entry, complete=complete)
-        self.count += 1
+        self.count = count + 1
         if self._latest:
             started = start_time or 0
             if self.latest is None or (started, run_id) > (self.latest[0], self.latest[1]):
@@ -367,9 +370,9 @@ class Tally:
         if self.count <= 0:
             return False
         if self.needs_sum:
-            if old_value is None or self.exact_sum is None:
+            if old_value is None or self.scaled_sum is None:
                 return False
-            self.exact_sum += Fraction(value) - Fraction(old_value)
+            self.scaled_sum += _scaled(value) - _scaled(old_value)
         for board, entries in self.boards.items():
             if not self._unlist(entries, run_id):
                 return False
@@ -422,6 +425,13 @@ class Tally:
         entries.insert(index, entry)
         del entries[LEADERS:]
 
+    @property
+    def exact_sum(self) -> Fraction | None:
+        """The exact sum of the counted values (None when the aggregate needs none)."""
+        if self.scaled_sum is None:
+            return None
+        return Fraction(self.scaled_sum, 1 << SUM_SCALE)
+
     def summary(self) -> dict[str, Any]:
         """The tally as JSON-ready data, for `from_summary`."""
         exact_sum = None
@@ -441,10 +451,10 @@ class Tally:
     def from_summary(cls, rule: RunRule, direction: Direction | None, data: Mapping[str, Any]) -> Tally:
         """The tally that `summary()` saved; raises ValueError (or KeyError, TypeError) on a
         malformed one, or on one saved by a version that kept a single run per extreme."""
-        exact_sum = None
+        scaled_sum = None
         if data["sum"] is not None:
             numerator, denominator = data["sum"]
-            exact_sum = Fraction(int(numerator), int(denominator))
+            scaled_sum = _scaled_fraction(Fraction(int(numerator), int(denominator)))
         boards = {}
         for board in BOARDS:
             entries = data[board]
@@ -457,14 +467,14 @@ class Tally:
             rule,
             direction,
             count=int(data["count"]),
-            exact_sum=exact_sum,
+            scaled_sum=scaled_sum,
             boards=boards,
             latest=None if latest is None else tuple(latest),
             pending=int(data["pending"]),
             excluded=int(data["excluded"]),
             guardrail_breaches=int(data["guardrail_breaches"]),
         )
-        if tally.needs_sum and exact_sum is None:
+        if tally.needs_sum and scaled_sum is None:
             raise ValueError("the summary has no sum")
         if any(not entries and tally.count for entries in tally.boards.values()):
             raise ValueError("a board is empty while runs are counted")
@@ -505,6 +515,20 @@ class Tally:
         if aggregate == "count":
             return float(self.count), best[1]
         raise ValueError(f"unknown aggregate {aggregate!r}")
+
+
+def _scaled(value: float) -> int:
+    """`value` in units of 2**-SUM_SCALE, exactly: a float's denominator is a power of two."""
+    numerator, denominator = value.as_integer_ratio()
+    return numerator << (SUM_SCALE + 1 - denominator.bit_length())
+
+
+def _scaled_fraction(exact: Fraction) -> int:
+    """A saved exact sum in units of 2**-SUM_SCALE; ValueError when it is no sum of floats."""
+    denominator = exact.denominator
+    if denominator & (denominator - 1) or denominator.bit_length() > SUM_SCALE + 1:
+        raise ValueError(f"the saved sum {exact} is not a sum of floats")
+    return exact.numerator << (SUM_SCALE + 1 - denominator.bit_length())
 
 
 def _to_float(exact: Fraction) -> float:

@@ -19,6 +19,8 @@ from mlflow_okr.engine import RunFacts, RunRule, Verdict, classify_run, value_te
 from mlflow_okr.facts import CHUNK, FactKeys, TagChanges, reader_for
 from mlflow_okr.spec import OkrSpec
 
+MAX_FILTER_ANSWERS = 1024  # answers a filter clause keeps, one per value of what it reads
+
 
 def run_facts(run: Any) -> RunFacts:
     """The facts the engine scores, from a `Run` or a lean run view."""
@@ -44,9 +46,27 @@ class RunFilter:
         self.reads_okr_tags = any(
             clause["type"] == "tag" and vocabulary.is_okr_key(clause["key"]) for clause in self._clauses
         )
+        # Per clause: how it reads a run, and MLflow's answer for each value seen (a pass asks for
+        # every run, and a clause such as `tags.stage = 'candidate'` sees a few values).
+        self._operands = [compat.clause_operand(clause) for clause in self._clauses]
+        self._answers: list[dict[Any, bool]] = [{} for _ in self._clauses]
 
     def matches(self, run: Any) -> bool:
-        return all(compat.run_matches_clause(run, clause) for clause in self._clauses)
+        for clause, operand, answers in zip(self._clauses, self._operands, self._answers, strict=True):
+            if operand is None:
+                if not compat.run_matches_clause(run, clause):
+                    return False
+                continue
+            value = operand(run)
+            answer = answers.get(value)
+            if answer is None:
+                answer = compat.run_matches_clause(run, clause)
+                if len(answers) >= MAX_FILTER_ANSWERS:  # an attribute such as start_time: few repeats
+                    answers.clear()
+                answers[value] = answer
+            if not answer:
+                return False
+        return True
 
     def matches_once(self, run: Any, matched: dict[str, bool]) -> bool:
         """`matches`, answered once per filter text for one run: KRs and sets often share a filter."""
@@ -81,6 +101,24 @@ class Scope:
     run_filter: RunFilter
     rule: RunRule
     datasets: DatasetValues | None = None  # a dataset-pinned KR: its runs' values for that dataset
+
+    def __post_init__(self) -> None:
+        # What decides a run's verdict besides the run: KRs of several sets often share it.
+        self.verdict_key = f"{self.rule.metric}\x00{self.rule.guardrails!r}"
+
+
+@dataclass
+class RunMemo:
+    """What a pass that hands one run to several sets works out once: the run's facts, each
+    filter's answer (by filter text) and each verdict (by `Scope.verdict_key`)."""
+
+    facts: RunFacts
+    filters: dict[str, bool] = field(default_factory=dict)
+    verdicts: dict[str, Verdict | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, run: Any) -> RunMemo:
+        return cls(run_facts(run))
 
 
 @dataclass
@@ -145,28 +183,29 @@ class CycleScan:
             keys = keys.merge(FactKeys(metrics=frozenset(metrics))).merge(scope.run_filter.keys())
         return keys
 
-    def verdicts(
-        self, run: Any, matched: dict[str, bool] | None = None, facts: RunFacts | None = None
-    ) -> dict[str, Verdict]:
+    def verdicts(self, run: Any, memo: RunMemo | None = None) -> dict[str, Verdict]:
         """The verdict of every KR that concerns `run` (KR id -> verdict).
 
-        A pass that hands the run to several sets shares `matched`, the filters already tested on
-        it (filter text -> match), and `facts`, its `run_facts`.
+        A pass that hands the run to several sets shares its `memo` among them.
         """
         start_time = run.info.start_time
         if start_time is None or not self.window[0] <= start_time <= self.window[1]:
             return {}
-        facts = run_facts(run) if facts is None else facts
-        matched = {} if matched is None else matched
+        memo = RunMemo.of(run) if memo is None else memo
+        facts, decided = memo.facts, memo.verdicts
         verdicts = {}
         for kr_id, scope in self._scopes_in(run.info.experiment_id):
             run_filter = scope.run_filter
-            if not run_filter.everything and not run_filter.matches_once(run, matched):
+            if not run_filter.everything and not run_filter.matches_once(run, memo.filters):
                 continue
             if scope.datasets is not None:
                 verdict = scope.datasets.verdict(scope.rule, facts)
             else:
-                verdict = classify_run(scope.rule, facts)
+                key = scope.verdict_key
+                if key in decided:
+                    verdict = decided[key]
+                else:
+                    verdict = decided[key] = classify_run(scope.rule, facts)
             if verdict is not None:
                 verdicts[kr_id] = verdict
         return verdicts

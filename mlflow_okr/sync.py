@@ -34,9 +34,9 @@ from mlflow_okr.organization import organization_status
 from mlflow_okr.results import CycleStatus, cycle_status
 from mlflow_okr.scope import (
     CycleScan,
+    RunMemo,
     apply_tag_changes,
     plan_run_tags,
-    run_facts,
     run_tags_settled,
     tag_changes,
 )
@@ -306,13 +306,12 @@ def _left_behind_elsewhere(client: MlflowClient, routes: RunPasses) -> Iterable[
 def _settle_run_tags(run: Any, concerned: list[tuple[SetPass, bool]], writes: _TagWrites) -> None:
     """Count `run` for the sets it concerns and plan its okr.* tags for all of them."""
     original: dict[str, str] | None = None  # the run's tags as read, once a set changes them
-    matched: dict[str, bool] = {}  # the filters tested on the run, for the next set's KRs
-    facts = run_facts(run)
+    memo = RunMemo.of(run)  # the run's facts, filters and verdicts, worked out once for every set
     for item, scored in concerned:
         verdicts: dict[str, Verdict] = {}
         if scored:
             item.runs += 1
-            verdicts = count_run(item.scan, item.computations, run, matched, facts)
+            verdicts = count_run(item.scan, item.computations, run, memo)
         if run_tags_settled(item.spec, run, verdicts):
             continue
         plan = plan_run_tags(item.spec, run, verdicts)

@@ -573,3 +573,23 @@ def test_the_next_runner_up_takes_over_when_the_best_run_gets_worse() -> None:
     revised = {"highest": [[0.9, "a"]], "count": 2}
     recounted = {"highest": [[0.9, "a"], [0.8, "b"]], "count": 2}
     assert summaries_agree(revised, recounted)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=20))
+def test_a_tallys_sum_is_the_exact_sum_of_its_floats_and_survives_its_summary(values) -> None:
+    import json
+
+    tally = Tally(RunRule("m", aggregate="sum"), "maximize")
+    for index, value in enumerate(values):
+        tally.note(f"run-{index}", Verdict("counted", "", value), index)
+    assert tally.exact_sum == sum((Fraction(value) for value in values), Fraction(0))
+    saved = json.loads(json.dumps(tally.summary()))
+    assert Tally.from_summary(tally.rule, "maximize", saved).exact_sum == tally.exact_sum
+
+
+def test_a_saved_sum_that_no_floats_add_up_to_is_refused() -> None:
+    saved = Tally(RunRule("m", aggregate="mean"), "maximize").summary()
+    saved["sum"] = ["1", "3"]  # 1/3: no float, and no sum of floats, is a third
+    with pytest.raises(ValueError, match="not a sum of floats"):
+        Tally.from_summary(RunRule("m", aggregate="mean"), "maximize", saved)

@@ -562,3 +562,58 @@ def test_run_tags_settled_agrees_with_the_plan(verdicts, tags, listed, steady):
                 apply_tag_changes(run, changes)
             assert run_tags_settled(named, run, verdicts)
         assert run_tags_settled(named, run, verdicts) == (not plan_run_tags(named, run, verdicts).drifted)
+
+
+FILTERS = [
+    "tags.stage = 'candidate'",
+    "tags.stage != 'candidate' AND params.model LIKE 'x%'",
+    "metrics.acc > 0.5 AND attributes.run_name = 'a'",
+    "attributes.status = 'FINISHED' AND tags.stage LIKE '%d%'",
+    "params.model ILIKE 'X%'",
+    "attributes.start_time > 5",
+]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    filter_string=st.sampled_from(FILTERS),
+    kept=st.sampled_from([1, 2, 1024]),
+    runs=st.lists(
+        st.tuples(
+            st.sampled_from([None, "candidate", "prod", "Candidate"]),
+            st.sampled_from([None, "x1", "X2", "y"]),
+            st.one_of(st.none(), st.floats(0, 1)),
+            st.sampled_from(["a", "b"]),
+            st.sampled_from(["FINISHED", "RUNNING", "FAILED"]),
+            st.integers(0, 10),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+)
+def test_a_filter_answers_each_run_as_mlflows_own_matching_does(filter_string, kept, runs) -> None:
+    """The answers a filter keeps per value never differ from MLflow's, however few it keeps."""
+    from mlflow.entities import Metric, Param, RunStatus
+    from mlflow.utils.search_utils import SearchUtils
+
+    from mlflow_okr import scope
+
+    run_filter = scope.RunFilter(filter_string)
+    original = scope.MAX_FILTER_ANSWERS
+    scope.MAX_FILTER_ANSWERS = kept
+    try:
+        for index, (stage, model, acc, name, status, start) in enumerate(runs):
+            info = RunInfo(
+                run_id=f"run{index}", experiment_id="1", user_id="u", status=RunStatus.from_string(status),
+                start_time=start, end_time=None, lifecycle_stage="active", run_name=name,
+            )
+            data = RunData(
+                metrics=[Metric("acc", acc, 0, 0)] if acc is not None else [],
+                params=[Param("model", model)] if model is not None else [],
+                tags=[RunTag("stage", stage)] if stage is not None else [],
+            )
+            run = Run(info, data)
+            expected = SearchUtils.filter([run], filter_string) == [run]
+            assert run_filter.matches(run) is expected, (filter_string, run)
+    finally:
+        scope.MAX_FILTER_ANSWERS = original
