@@ -69,6 +69,7 @@ LOG_INTERVAL = 0.05  # seconds between two logs of continuous logging
 FIRST_RISE = 0.001  # how far each first write beats the best stored accuracy
 STEP = 5e-5  # the rise between two continuous logs: every one is a new best
 TOLERANCE = 1e-9  # a stored value this close to a logged one shows it
+PLAIN_EXPERIMENT = "plain-writes"  # where the plain client's runs go: no benchmark KR reads it
 CHILD_EXIT_WAIT = 60.0  # seconds a measuring process gets to exit (its exit settling is bounded)
 MESSAGE = "freshness-bench "  # the prefix of a measuring process's report lines; others are ignored
 RUN_END_TARGET = 1.1
@@ -122,8 +123,13 @@ def compare_writes(params: dict[str, Any]) -> None:
     clients = {"okr+": MlflowClient("okr+" + params["uri"]), "plain": MlflowClient(params["uri"])}
     rng = random.Random(11)
 
+    # The plain client's runs go to an experiment no KR reads: a write okr+ never sees would be
+    # drift for `sync --check` to find, and the check after these writes must judge okr+'s alone.
+    experiments = {"okr+": params["experiment_id"], "plain": params["plain_experiment_id"]}
+
     def new_run(client: MlflowClient) -> str:
-        run = client.create_run(params["experiment_id"], start_time=params["start_ms"], tags=BENCH_TAGS)
+        label = "okr+" if client is clients["okr+"] else "plain"
+        run = client.create_run(experiments[label], start_time=params["start_ms"], tags=BENCH_TAGS)
         return run.info.run_id
 
     def run_end(label: str, index: int) -> float:
@@ -288,18 +294,31 @@ def watch(child: Child, reader: Any, kr_run_id: str, timeout: float, kr_id: str 
 
 
 def log_and_watch(
-    target: dict[str, Any], values: list[float], interval: float, timeout: float
+    target: dict[str, Any], values: list[float], interval: float, timeout: float,
+    exits: list[float] | None = None,
 ) -> list[float]:
-    """A fresh okr+ process logs `values`; return each one's freshness (of `target`'s KR, default KR_ID)."""
+    """A fresh okr+ process logs `values`; return each one's freshness (of `target`'s KR, default KR_ID).
+
+    `exits` gains how long the process then took to exit once told to (its exit settling included).
+    """
     params = {"mode": "log", "experiment_id": target["experiment_id"], "start_ms": target["start_ms"],
               "values": values, "interval": interval}
     with Child(params, "okr+" + target["uri"], target["workdir"]) as process:
-        return watch(process, target["reader"], target["kr_run_id"], timeout, target.get("kr_id", KR_ID))
+        samples = watch(process, target["reader"], target["kr_run_id"], timeout, target.get("kr_id", KR_ID))
+        told = time.perf_counter()
+        process.close()
+        if exits is not None:
+            exits.append(time.perf_counter() - told)
+        return samples
 
 
 def compare_in_child(target: dict[str, Any], run_ends: int, calls: int, timeout: float) -> dict[str, Any]:
+    reader = target["reader"]
+    plain = reader.get_experiment_by_name(PLAIN_EXPERIMENT)
+    plain_id = plain.experiment_id if plain is not None else reader.create_experiment(PLAIN_EXPERIMENT)
     params = {"mode": "compare", "uri": target["uri"], "experiment_id": target["experiment_id"],
-              "start_ms": target["start_ms"], "run_ends": run_ends, "calls": calls}
+              "plain_experiment_id": plain_id, "start_ms": target["start_ms"], "run_ends": run_ends,
+              "calls": calls}
     with Child(params, "okr+" + target["uri"], target["workdir"]) as process:
         while True:
             results = [message["result"] for message in process.snapshot() if "result" in message]

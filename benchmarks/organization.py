@@ -361,15 +361,19 @@ def measure_size(
 
     def first_writes() -> dict[str, Any]:
         nonlocal best
-        samples = []
+        samples: list[float] = []
+        exits: list[float] = []
         for _ in range(args.repeat):
             best += freshness.FIRST_RISE
-            samples += freshness.log_and_watch(target, [best], freshness.LOG_INTERVAL, args.timeout)
-        return freshness.spread(samples)
+            samples += freshness.log_and_watch(target, [best], freshness.LOG_INTERVAL, args.timeout, exits)
+        return {**freshness.spread(samples), "exits": freshness.spread(exits)}
 
     result["first_write"] = attempt(first_writes)
     show("first-write freshness", result["first_write"],
          lambda f: f"median, worst {f['max']:.3f} s of {len(f['samples'])} fresh okr+ processes")
+    if "exits" in result["first_write"]:
+        show("exit of that okr+ process", result["first_write"]["exits"],
+             lambda f: f"median, worst {f['max']:.3f} s: told to exit once its write showed")
 
     def writes() -> dict[str, Any]:
         measured = freshness.compare_in_child(target, args.run_ends, args.calls, args.timeout)

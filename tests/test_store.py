@@ -266,7 +266,8 @@ def test_a_failing_hook_keeps_the_write_and_warns_once(
         raise RuntimeError("scoring exploded")
 
     monkeypatch.setattr(live, "_warned", False)
-    monkeypatch.setattr(live, "compute_key_results", broken)
+    monkeypatch.setattr(live, "revise_tally", broken)  # a revision
+    monkeypatch.setattr(live, "compute_key_results", broken)  # and the recount standing in for one
     caplog.set_level(logging.WARNING, logger="mlflow_okr")
     with mlflow.start_run() as run:
         mlflow.log_metrics({"val_acc": 0.9, "latency": 5})
@@ -431,6 +432,56 @@ def test_the_runner_up_takes_over_from_a_best_run_that_gets_worse_without_a_reco
     keeper._settle_marks()
     assert kr_state(client, "acc")[0] == 0.75
     assert recounts == []
+    assert_no_drift(client)
+
+
+def test_every_verdict_a_settling_tags_also_revises_its_kr(
+    tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settling tags a run for every KR its facts decide, marked or not. A verdict that reached
+    the run's tags without its KR's tally would make the next write to the run look like a
+    counted run's new value, and the KR would never count the run."""
+    okr_client, experiment_id, keeper, recounts = keeper_counting_recounts(
+        tracking_uri, monkeypatch, live_spec_text()
+    )
+    run_id = okr_client.create_run(experiment_id).info.run_id
+    okr_client.log_metric(run_id, "val_acc", 0.9)  # marks the KRs of val_acc only
+    client.log_metric(run_id, "val_loss", 0.8)  # beside okr+ (or read after the marks were taken)
+    keeper._settle_marks()
+    assert run_tags(client, run_id)["okr.kr.loss"] == "counted"
+    assert kr_state(client, "loss") == (0.8, pytest.approx(0.4), "1")
+    okr_client.log_metric(run_id, "val_loss", 0.6)
+    keeper._settle_marks()
+    assert kr_state(client, "loss") == (0.6, pytest.approx(0.8), "1")
+    assert recounts == []
+    assert_no_drift(client)
+
+
+def test_a_pause_verifies_the_revised_tallies_and_recounts_only_one_another_writer_replaced(
+    tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once writes pause (and at exit) a keeper reads back the tallies it revised. One that still
+    holds what it wrote stands; one that another writer replaced, revised from the same saved
+    tally at the same moment, may have lost this keeper's run: the cycle is counted afresh."""
+    okr_client, experiment_id, keeper, recounts = keeper_counting_recounts(
+        tracking_uri, monkeypatch, live_spec_text()
+    )
+    first = okr_client.create_run(experiment_id).info.run_id
+    okr_client.log_metric(first, "val_loss", 0.8)
+    keeper._settle_marks()
+    keeper._recount(None)
+    assert recounts == []
+    before = kr_run(client, "loss").data.tags[vocabulary.TAG_TALLY]  # counts the first run
+    second = okr_client.create_run(experiment_id).info.run_id
+    okr_client.log_metric(second, "val_loss", 0.6)
+    keeper._settle_marks()
+    assert kr_state(client, "loss")[2] == "2"
+    # The other writer revised `before` with a run of its own, and wrote last: this keeper's
+    # second run is lost from the tally.
+    client.set_tag(kr_run(client, "loss").info.run_id, vocabulary.TAG_TALLY, before)
+    keeper._recount(None)
+    assert recounts == [1]
+    assert kr_state(client, "loss") == (0.6, pytest.approx(0.8), "2")
     assert_no_drift(client)
 
 

@@ -6,10 +6,11 @@ marked runs' facts (one lean query inside a SQL store), gives them verdicts, and
 touched KRs' saved tallies run by run (`compute.revise_tally`): the cost of an update does not
 grow with the store. A KR whose tally cannot be revised that way (its best run got worse, a sum
 or mean changed, no tally saved yet) is recounted from all of its runs with the same compute path
-as `sync`. Every revised KR is also recounted once its writes pause (and at least every
-`RECOUNT_INTERVAL` while they go on), which repairs what two processes revising the same tally at
-the same moment may have missed. Run ends settle in the background too; `flush()` settles
-everything now, and process exit waits for it.
+as `sync`. Every revised KR is checked once its writes pause (and at least every
+`RECOUNT_INTERVAL` while they go on): its KR run must still hold the tally this process wrote,
+else another process revised the same tally at the same moment and the cycle is recounted
+(`_verify_or_recount`). Run ends settle in the background too; `flush()` settles everything now,
+and process exit waits for it.
 
 Trace and `model:` KRs are not counted from runs: a trace write or an alias move marks them, and
 the writer re-measures them as `sync` does once those writes pause (`schedule.MeasuredMarks`);
@@ -43,7 +44,7 @@ from mlflow_okr.compute import (
 )
 from mlflow_okr.engine import Verdict, verdict_from_tag
 from mlflow_okr.facts import reader_for
-from mlflow_okr.kr_state import read_kr_runs, settle_key_results, stored_tally
+from mlflow_okr.kr_state import read_kr_runs, settle_key_results, stored_tally, tallies_agree
 from mlflow_okr.scope import CycleScan, RunTagWrites, plan_run_tags
 from mlflow_okr.spec import OkrSpec
 from mlflow_okr.store.definitions import (
@@ -68,6 +69,7 @@ RUN_END_BUDGET = 0.0
 EXIT_FLUSH_TIMEOUT = 15.0  # seconds a process exit waits for the last settling
 DESCRIBE_INTERVAL = 15.0  # seconds between two refreshes of the UI descriptions by revisions
 REFRESH_INTERVAL = 2.0  # seconds between two checks for a newly applied spec
+RECOUNT_OWED = ""  # in LiveKrs._revised_tallies: the KR is recounted, whatever tally it holds
 SETTLE_ATTEMPTS = 3  # tries to settle the same marks before they are left to `mlflow-okr sync`
 IDLE_EXIT = 60.0  # seconds without work after which the writer thread ends (a new mark restarts it)
 # Windowed trace KRs (`window: 24h`) move with time as well: a process that writes traces, and every
@@ -149,6 +151,9 @@ class LiveKrs:
         self._refresh_lock = threading.Lock()  # one reload of the definitions at a time
         self._marks = Marks()
         self._recounts = Recounts()
+        # The okr.tally text this process last wrote for each KR it revised, until it is verified
+        # (`_verify_or_recount`); guarded by _lock.
+        self._revised_tallies: dict[KrRef, str] = {}
         # Trace and `model:` KRs (measured outside the run scan) whose traces or alias moved; _lock
         self._measured_marks = MeasuredMarks()
         self._keeps_windows = threading.Event()  # set once this process writes traces
@@ -183,6 +188,7 @@ class LiveKrs:
         self._refresh_lock = threading.Lock()
         self._marks = Marks()
         self._recounts = Recounts()
+        self._revised_tallies = {}
         self._measured_marks = MeasuredMarks()
         self._keeps_windows = threading.Event()
         self._wake = threading.Event()
@@ -275,7 +281,7 @@ class LiveKrs:
         with self._lock:
             for experiment_id in experiment_ids:
                 for _, kr in watched.cycles[experiment_id].spec.key_results():
-                    self._recounts.revised((experiment_id, kr.id), now)
+                    self._schedule_check((experiment_id, kr.id), now)
         self._ensure_thread()
         self._wake.set()
 
@@ -555,6 +561,7 @@ class LiveKrs:
         with self._lock:
             self._marks = Marks()
             self._recounts = Recounts()
+            self._revised_tallies = {}
 
     def flush_at_exit(self) -> None:
         """Settle everything still marked and recount what was revised: the process is ending.
@@ -649,7 +656,7 @@ class LiveKrs:
                         self._marks = marks
                     for experiment_id, published in (self._watched.cycles if self._watched else {}).items():
                         for _, kr in published.spec.key_results():
-                            self._recounts.revised((experiment_id, kr.id), now)
+                            self._schedule_check((experiment_id, kr.id), now)
                 raise
             # Smoothed, so one costly settling (a recount standing in for a revision, the UI
             # descriptions) does not hold the next one back while a busy process still backs off.
@@ -657,7 +664,7 @@ class LiveKrs:
             self._settle_seconds += SETTLE_SMOOTHING * (seconds - self._settle_seconds)
 
     def _recount(self, now: float | None) -> None:
-        """Recount the cycles of the KRs due at `now` (None: all scheduled) from all their runs.
+        """Verify or recount the cycles of the KRs due at `now` (None: all scheduled).
 
         Marks waiting to be settled mean writes are still coming: then only the interval counts.
         """
@@ -668,7 +675,60 @@ class LiveKrs:
             for experiment_id in sorted({experiment_id for experiment_id, _ in refs}):
                 published = watched.cycles.get(experiment_id)
                 if published is not None:
-                    self._recount_cycle(published, scheduled=True)
+                    self._verify_or_recount(published, {kr_id for e, kr_id in refs if e == experiment_id})
+
+    def _verify_or_recount(self, published: state.PublishedCycle, kr_ids: set[str]) -> None:
+        """Make sure the revisions of these KRs stand, reading only the cycle's KR runs, or else
+        count the cycle from all its runs.
+
+        A revision stands when the KR run still holds the tally this process wrote: a writer that
+        revised the same KR from the same saved tally at the same moment (another server worker,
+        another client) would have left its own, and one of the two finds a tally it did not
+        write. The KRs are then settled from those tallies, with the UI descriptions a revision
+        may have left for later. A KR scheduled for another reason (a newly applied spec, a failed
+        settling) is recounted.
+        """
+        experiment_id = published.experiment_id
+        with self._lock:
+            wrote = {kr_id: self._revised_tallies.get((experiment_id, kr_id)) for kr_id in kr_ids}
+        if any(not text for text in wrote.values()):
+            self._recount_cycle(published, scheduled=True)
+            return
+        started = time.monotonic()
+        objective_runs: dict[str, Any] = {}
+        kr_runs = read_kr_runs(self.client, published, objective_runs)
+        computations: dict[str, KrComputation] = {}
+        for kr_id, text in wrote.items():
+            kr, run = published.spec.find_key_result(kr_id), kr_runs.get(kr_id)
+            if kr is None or run is None:
+                continue
+            if not tallies_agree(run.data.tags.get(vocabulary.TAG_TALLY, ""), text or ""):
+                self._recount_cycle(published, scheduled=True)
+                return
+            baseline, _ = state.resolve_baseline(self.client, kr)
+            tally = stored_tally(run, kr, baseline)
+            if tally is None:
+                self._recount_cycle(published, scheduled=True)
+                return
+            computations[kr_id] = KrComputation(kr, tally, baseline)
+        written = self._write(published, computations, kr_runs, objective_runs=objective_runs)
+        seconds = time.monotonic() - started
+        texts = tally_texts(computations)
+        with self._lock:
+            for kr_id in kr_ids:
+                ref = (experiment_id, kr_id)
+                self._revised_tallies.pop(ref, None)
+                self._recounts.recounted(ref, started, seconds)
+                if kr_id in written:  # another writer's older state was repaired: look once more
+                    self._schedule_check(ref, time.monotonic(), texts.get(kr_id))
+
+    def _schedule_check(self, ref: KrRef, now: float, tally: str | None = None) -> None:
+        """Schedule a check of `ref` once its writes pause (called with _lock held): a verification
+        of `tally`, the okr.tally text this process wrote for it, or a recount (no `tally`, or a
+        recount owed already)."""
+        self._recounts.revised(ref, now)
+        owed = self._revised_tallies.get(ref) == RECOUNT_OWED
+        self._revised_tallies[ref] = RECOUNT_OWED if owed or not tally else tally
 
     def _recount_cycle(self, published: state.PublishedCycle, scheduled: bool = False) -> None:
         """Count the cycle's KRs from all their runs, as `sync` does, and write what moved.
@@ -686,14 +746,16 @@ class LiveKrs:
         # in for a revision refreshes them as a revision does.
         written = self._write(published, computations, revision=not scheduled)
         seconds = time.monotonic() - started
+        texts = tally_texts(computations)
         with self._lock:
             for kr_id in computations:
                 ref = (published.experiment_id, kr_id)
+                self._revised_tallies.pop(ref, None)
                 self._recounts.recounted(ref, started, seconds)
                 if kr_id in written:
                     # Another process may have written between our read and our write: look
-                    # once more, until a recount finds nothing to write.
-                    self._recounts.revised(ref, time.monotonic())
+                    # once more, until the KR holds what we wrote.
+                    self._schedule_check(ref, time.monotonic(), texts.get(kr_id))
 
     def _reconcile_run_tags(
         self, spec: OkrSpec, writes: RunTagWrites, run: Any, verdicts: dict[str, Verdict]
@@ -782,9 +844,13 @@ class LiveKrs:
         plan = plan_run_tags(spec, run, verdicts)
         if not self._is_deleting(info.run_id):
             writes.add(run, plan)
-        marked = set(scan.scopes) if krs is ALL_KRS else {k for e, k in krs if e == experiment_id}
+        in_scope = set(scan.scopes)
+        marked = in_scope if krs is ALL_KRS else {k for e, k in krs if e == experiment_id}
         found = []
-        for kr_id in marked & set(scan.scopes):
+        # Every KR in scope, not only the marked ones: the run's tags take every verdict its facts
+        # decide now (facts read after the marks were taken, a write beside okr+), and a verdict
+        # tagged without its tally revised would make the next write look like a counted run's.
+        for kr_id in sorted(in_scope):
             old = verdict_from_tag(
                 plan.current.get(vocabulary.source_tag(spec.run_tag_id(kr_id))),
                 plan.current.get(vocabulary.value_tag(spec.run_tag_id(kr_id))),
@@ -794,8 +860,10 @@ class LiveKrs:
                 continue
             unchanged = old is not None and new is not None and old.tag_value == new.tag_value
             same_sum = kr_id in spec.summing_kr_ids and old is not None and old.value == new.value
-            if unchanged and (new.state != "counted" or same_sum):
-                continue  # same verdict (and the same counted value of a sum): the tally is unchanged
+            if unchanged and (new.state != "counted" or same_sum or kr_id not in marked):
+                # The same verdict (and the same counted value of a sum, or of a KR no write
+                # marked): the tally is unchanged.
+                continue
             found.append((kr_id, VerdictChange(info.run_id, info.start_time, old, new)))
         return found
 
@@ -819,10 +887,11 @@ class LiveKrs:
                 return
             computations[kr_id] = KrComputation(kr, tally, baseline)
         self._write(published, computations, kr_runs, revision=True, objective_runs=objective_runs)
+        texts = tally_texts(computations)
         now = time.monotonic()
         with self._lock:
             for kr_id in computations:
-                self._recounts.revised((published.experiment_id, kr_id), now)
+                self._schedule_check((published.experiment_id, kr_id), now, texts.get(kr_id))
 
     def _write(
         self,

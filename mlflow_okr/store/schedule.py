@@ -9,11 +9,12 @@ from dataclasses import dataclass, field
 from mlflow_okr.store.definitions import KrRef
 
 ALL_KRS = None  # a mark that concerns every KR of the run's cycle (run ended, deleted, restored)
-# A KR revised run by run is recounted from all its runs once no write has come for
-# RECOUNT_PAUSE, and at least every RECOUNT_INTERVAL while writes go on; never sooner after the
-# last recount than BACKGROUND_SHARE_FACTOR times that recount's duration. A recount reads every
-# run in scope (about 15 s at 100,000 runs on SQLite), in the user's process: so it takes at most
-# a twentieth of that process however large the store, and revisions keep the state fresh between.
+# A KR revised run by run is checked (its saved tally read back; recounted from all its runs when
+# another writer replaced it) once no write has come for RECOUNT_PAUSE, and at least every
+# RECOUNT_INTERVAL while writes go on; never sooner after the last check than
+# BACKGROUND_SHARE_FACTOR times that check's duration. A recount reads every run in scope (about
+# 6 s at 100,000 runs on SQLite), in the user's process: so it takes at most a twentieth of that
+# process however large the store, and revisions keep the state fresh between.
 RECOUNT_PAUSE = 2.0
 RECOUNT_INTERVAL = 30.0
 BACKGROUND_SHARE_FACTOR = 20.0
