@@ -387,8 +387,8 @@ class RunTagWrites:
     `log_batch` per run. Call `flush` once the runs are planned; nothing is written before.
     """
 
-    def __init__(self, client: MlflowClient):
-        self._writer = reader_for(client)
+    def __init__(self, client: MlflowClient, write: bool = True):
+        self._writer = reader_for(client) if write else None  # not `write`: plan, write nothing
         self._pending: dict[str, TagChanges] = {}
 
     def add(self, run: Any, plan: RunTagPlan) -> bool:
@@ -402,12 +402,26 @@ class RunTagWrites:
             merged = {**earlier.put, **changes.put}
             changes.put = {key: value for key, value in merged.items() if key not in changes.remove}
             changes.remove = [key for key in {*earlier.remove, *changes.remove} if key not in changes.put]
-        self._pending[run.info.run_id] = changes
+        self._queue(run.info.run_id, changes)
+        return True
+
+    def add_since(self, run: Any, original: dict[str, str]) -> None:
+        """Write what `run`'s tags in memory now differ from its tags as read (`original`): the
+        plans of several sets, applied to the run one after the other."""
+        tags = run.data.tags
+        put = {key: value for key, value in tags.items() if original.get(key) != value}
+        remove = [key for key in original if key not in tags]
+        if put or remove:
+            self._queue(run.info.run_id, TagChanges(put, remove))
+
+    def _queue(self, run_id: str, changes: TagChanges) -> None:
+        if self._writer is None:
+            return
+        self._pending[run_id] = changes
         if len(self._pending) >= CHUNK:
             self.flush()
-        return True
 
     def flush(self) -> None:
         pending, self._pending = self._pending, {}
-        if pending:
+        if pending and self._writer is not None:
             self._writer.write_tags(pending)

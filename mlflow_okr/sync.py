@@ -28,13 +28,14 @@ from mlflow_okr.compute import (
     tally_texts,
 )
 from mlflow_okr.engine import BOARDS, Verdict
-from mlflow_okr.facts import CHUNK, FactKeys, TagChanges, reader_for
+from mlflow_okr.facts import FactKeys, reader_for
 from mlflow_okr.kr_state import KrDrift, read_kr_runs, settle_key_results
 from mlflow_okr.organization import organization_status
 from mlflow_okr.results import CycleStatus, cycle_status
 from mlflow_okr.scope import (
     CycleScan,
     RunMemo,
+    RunTagWrites,
     apply_tag_changes,
     plan_run_tags,
     run_tags_settled,
@@ -270,7 +271,7 @@ def sync_sets(
         keys = keys.merge(item.scan.fact_keys())
     reader = reader_for(client, keys)
     routes = RunPasses(passes, [experiment.experiment_id for experiment in experiments])
-    writes = _TagWrites(client, check)
+    writes = RunTagWrites(client, write=not check)
     runs_read = 0
     for (start, end), experiment_ids in routes.read_groups().items():
         for run in reader.scan(experiment_ids, start, end, keys):
@@ -303,7 +304,7 @@ def _left_behind_elsewhere(client: MlflowClient, routes: RunPasses) -> Iterable[
                 yield run
 
 
-def _settle_run_tags(run: Any, concerned: list[tuple[SetPass, bool]], writes: _TagWrites) -> None:
+def _settle_run_tags(run: Any, concerned: list[tuple[SetPass, bool]], writes: RunTagWrites) -> None:
     """Count `run` for the sets it concerns and plan its okr.* tags for all of them."""
     original: dict[str, str] | None = None  # the run's tags as read, once a set changes them
     memo = RunMemo.of(run)  # the run's facts, filters and verdicts, worked out once for every set
@@ -327,32 +328,7 @@ def _settle_run_tags(run: Any, concerned: list[tuple[SetPass, bool]], writes: _T
             item.run_drift.append(RunDrift(run_id=run.info.run_id, tag=key, stored=stored, computed=computed))
         apply_tag_changes(run, changes)  # the next set plans against these
     if original is not None:
-        writes.add(run, original)
-
-
-class _TagWrites:
-    """The okr.* tag changes of many runs, written CHUNK runs at a time (nothing with `check`)."""
-
-    def __init__(self, client: MlflowClient, check: bool):
-        self._writer = None if check else reader_for(client)
-        self._pending: dict[str, TagChanges] = {}
-
-    def add(self, run: Any, original: dict[str, str]) -> None:
-        """Write what the run's tags in memory now differ from its tags as read (`original`)."""
-        if self._writer is None:
-            return
-        tags = run.data.tags
-        put = {key: value for key, value in tags.items() if original.get(key) != value}
-        remove = [key for key in original if key not in tags]
-        if put or remove:
-            self._pending[run.info.run_id] = TagChanges(put, remove)
-        if len(self._pending) >= CHUNK:
-            self.flush()
-
-    def flush(self) -> None:
-        pending, self._pending = self._pending, {}
-        if pending and self._writer is not None:
-            self._writer.write_tags(pending)
+        writes.add_since(run, original)
 
 
 def _settle_set(client: MlflowClient, item: SetPass, check: bool, now: dt.datetime) -> SyncResult:
