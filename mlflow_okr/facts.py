@@ -29,6 +29,9 @@ from sqlalchemy import bindparam, delete, exc, func, insert, select, update
 from mlflow_okr import compat
 
 CHUNK = 1000  # runs per query: bounded memory, and under every database's bound-parameter limit
+# Runs per chunk of a scan, which selects them by a range of run ids (no parameter per run): fewer,
+# larger reads, since each query costs the database a plan and a pass over the tags index.
+SCAN_CHUNK = 5000
 DENSE_CHUNK = 2  # a chunk's child rows are read by run id alone when at most this many runs share its ids
 TAG_WRITE_ATTEMPTS = 3  # a tag inserted by another writer meanwhile: read again, then update it
 
@@ -137,7 +140,7 @@ class SqlFacts:
                     select(*_run_columns())
                     .where(*in_scope, SqlRun.run_uuid > after)
                     .order_by(SqlRun.run_uuid)
-                    .limit(CHUNK)
+                    .limit(SCAN_CHUNK)
                 )
                 connection = session.connection()
                 rows = _plain_rows(connection, query)
@@ -147,7 +150,7 @@ class SqlFacts:
                 last = rows[-1][0]
                 _fill(connection, views, keys, _chunk_rows(connection, in_scope, after, last, len(rows)))
             yield from views.values()
-            if len(rows) < CHUNK:
+            if len(rows) < SCAN_CHUNK:
                 return
             after = rows[-1][0]
 

@@ -297,23 +297,22 @@ def run_tags_settled(spec: OkrSpec, run: Any, verdicts: dict[str, Verdict]) -> b
     for every run, answered without building the plan (the same tags, compared one by one)."""
     names = RunTagNames.of(spec)
     tags = run.data.tags
-    verdict_tags, summing = names.verdict_tags, names.summing
-    wanted = 0  # the managed tags the run should carry; it carries no others when the counts agree
+    get = tags.get
+    verdict_tags, value_tags, summing = names.verdict_tags, names.value_tags, names.summing
+    wanted = len(verdicts)  # the managed tags the run should carry; when the counts agree, no others
     counted = []
     for kr_id, verdict in verdicts.items():
-        state = verdict.state
-        if state == "counted":
+        if get(verdict_tags[kr_id]) != verdict.tag_value:
+            return False
+        if verdict.state == "counted":
             counted.append(kr_id)
             if kr_id in summing:
                 value = verdict.value
                 assert value is not None
-                if tags.get(names.value_tags[kr_id]) != value_text(value):
+                if get(value_tags[kr_id]) != value_text(value):
                     return False
                 wanted += 1
-        if tags.get(verdict_tags[kr_id]) != (verdict.tag_value if state == "excluded" else state):
-            return False
-        wanted += 1
-    stored = tags.get(vocabulary.TAG_KRS)
+    stored = get(vocabulary.TAG_KRS)
     listed = _listed_text(names, stored, tuple(counted))
     if listed:
         if stored != listed:

@@ -74,7 +74,7 @@ def store_runs(client: MlflowClient) -> dict[str, str]:
 # rows of the runs out of the window or deleted, whose ids fall among the chunk's, passed over).
 @pytest.mark.parametrize("dense_chunk", [0, 100])
 def test_sql_scan_reads_what_search_runs_reads(client, store_runs, monkeypatch, dense_chunk) -> None:
-    monkeypatch.setattr(facts, "CHUNK", 3)  # several chunks, and one cut inside them
+    monkeypatch.setattr(facts, "SCAN_CHUNK", 3)  # several chunks, and one cut inside them
     monkeypatch.setattr(facts, "DENSE_CHUNK", dense_chunk)
     experiments = store_runs["experiments"]
     searched = sorted(view(run) for run in SearchFacts(client).scan(experiments, START, END, KEYS))
