@@ -127,14 +127,13 @@ def compare_writes(params: dict[str, Any]) -> None:
     # drift for `sync --check` to find, and the check after these writes must judge okr+'s alone.
     experiments = {"okr+": params["experiment_id"], "plain": params["plain_experiment_id"]}
 
-    def new_run(client: MlflowClient) -> str:
-        label = "okr+" if client is clients["okr+"] else "plain"
-        run = client.create_run(experiments[label], start_time=params["start_ms"], tags=BENCH_TAGS)
+    def new_run(label: str) -> str:
+        run = clients[label].create_run(experiments[label], start_time=params["start_ms"], tags=BENCH_TAGS)
         return run.info.run_id
 
     def run_end(label: str, index: int) -> float:
         client = clients[label]
-        run_id = new_run(client)
+        run_id = new_run(label)
         client.log_metric(run_id, KR_METRIC, rng.uniform(0.5, 0.6))  # counted, never a new best
         client.log_metric(run_id, GUARDRAIL_METRIC, 10.0)
         seconds = timed(lambda: client.set_terminated(run_id))
@@ -145,7 +144,7 @@ def compare_writes(params: dict[str, Any]) -> None:
         run_end(label, -1)
     run_ends = interleaved(list(clients), params["run_ends"], run_end)
 
-    runs = {label: new_run(client) for label, client in clients.items()}
+    runs = {label: new_run(label) for label in clients}
     for label, client in clients.items():
         client.log_metric(runs[label], GUARDRAIL_METRIC, 10.0)
     log_metric = {}

@@ -702,18 +702,15 @@ class LiveKrs:
             kr, run = published.spec.find_key_result(kr_id), kr_runs.get(kr_id)
             if kr is None or run is None:
                 continue
-            if not tallies_agree(run.data.tags.get(vocabulary.TAG_TALLY, ""), text or ""):
+            computation = None
+            if tallies_agree(run.data.tags.get(vocabulary.TAG_TALLY, ""), text or ""):
+                computation = self._saved_computation(kr, run)
+            if computation is None:
                 self._recount_cycle(published, scheduled=True)
                 return
-            baseline, _ = state.resolve_baseline(self.client, kr)
-            tally = stored_tally(run, kr, baseline)
-            if tally is None:
-                self._recount_cycle(published, scheduled=True)
-                return
-            computations[kr_id] = KrComputation(kr, tally, baseline)
-        written = self._write(published, computations, kr_runs, objective_runs=objective_runs)
+            computations[kr_id] = computation
+        written, texts = self._write(published, computations, kr_runs, objective_runs=objective_runs)
         seconds = time.monotonic() - started
-        texts = tally_texts(computations)
         with self._lock:
             for kr_id in kr_ids:
                 ref = (experiment_id, kr_id)
@@ -744,9 +741,8 @@ class LiveKrs:
         writes.flush()
         # A scheduled recount (writes paused) always refreshes the UI descriptions; one that stands
         # in for a revision refreshes them as a revision does.
-        written = self._write(published, computations, revision=not scheduled)
+        written, texts = self._write(published, computations, revision=not scheduled)
         seconds = time.monotonic() - started
-        texts = tally_texts(computations)
         with self._lock:
             for kr_id in computations:
                 ref = (published.experiment_id, kr_id)
@@ -880,14 +876,12 @@ class LiveKrs:
             run = kr_runs.get(kr_id)
             if kr is None or run is None:
                 continue
-            baseline, _ = state.resolve_baseline(self.client, kr)
-            tally = stored_tally(run, kr, baseline)
-            if tally is None or not revise_tally(tally, kr_changes_of_kr):
+            computation = self._saved_computation(kr, run)
+            if computation is None or not revise_tally(computation.tally, kr_changes_of_kr):
                 self._recount_cycle(published)  # counts every KR of the cycle afresh
                 return
-            computations[kr_id] = KrComputation(kr, tally, baseline)
-        self._write(published, computations, kr_runs, revision=True, objective_runs=objective_runs)
-        texts = tally_texts(computations)
+            computations[kr_id] = computation
+        _, texts = self._write(published, computations, kr_runs, revision=True, objective_runs=objective_runs)
         now = time.monotonic()
         with self._lock:
             for kr_id in computations:
@@ -900,22 +894,31 @@ class LiveKrs:
         kr_runs: dict | None = None,
         revision: bool = False,
         objective_runs: dict | None = None,
-    ) -> set[str]:
-        """Settle these computations (`revision`: while writes go on); the ids of the KRs written."""
+    ) -> tuple[set[str], dict[str, str]]:
+        """Settle these computations (`revision`: while writes go on); return the ids of the KRs
+        written, and the okr.tally text of each KR settled."""
         if not computations:
-            return set()
+            return set(), {}
         now = dt.datetime.now(dt.timezone.utc)
         statuses = computed_statuses(self.client, published, computations, now)
         # The UI descriptions take a few reads to render: a revision refreshes them at most every
-        # DESCRIBE_INTERVAL, a recount (which follows every pause in the writes) always.
+        # DESCRIBE_INTERVAL, a recount or the check after a pause in the writes always.
         describe = not revision or time.monotonic() >= self._next_describe
+        texts = tally_texts(computations)
         settled = settle_key_results(
-            self.client, published, statuses, tally_texts(computations), now,
+            self.client, published, statuses, texts, now,
             kr_runs=kr_runs, describe=describe, objective_runs=objective_runs,
         )
         if describe and settled.written:
             self._next_describe = time.monotonic() + DESCRIBE_INTERVAL
-        return settled.written
+        return settled.written, texts
+
+    def _saved_computation(self, kr: Any, run: Any) -> KrComputation | None:
+        """The KR's computation from the tally saved on its KR run `run`; None when none was saved
+        for this definition and baseline."""
+        baseline, _ = state.resolve_baseline(self.client, kr)
+        tally = stored_tally(run, kr, baseline)
+        return None if tally is None else KrComputation(kr, tally, baseline)
 
     def _is_okr_run(self, run: Any, watched: WatchedKrs) -> bool:
         experiment_id = run.info.experiment_id
