@@ -27,22 +27,43 @@ lower_bound() {
 }
 
 # Install mlflow-okr with its test extras and the MLflow requirement $2 into venv $1, unless the
-# venv already holds them for this setup.cfg; "newest" venvs are upgraded on every run.
+# venv already holds them for this setup.cfg; "newest" venvs are upgraded on every run. A kept venv
+# may have been made from another checkout of the project, so its editable install is pointed at
+# this one every run (--no-deps: a few seconds), and checked from outside the checkout, where
+# pytest's rootdir on sys.path cannot hide a stale one (the server subprocesses import from it).
 install() {
   local venv="$1" requirement="$2" upgrade="$3"
   local stamp="$venv/.mlflow-okr-setup-cfg" setup_hash
   setup_hash="$(sha256sum setup.cfg | cut -d' ' -f1)"
   # Called as an if condition, where set -e does not apply: each step says || return 1.
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$setup_hash" ]; then
-    [ "$upgrade" = yes ] || return 0
-    "$venv/bin/pip" install -q --upgrade "$requirement" -e ".[test]" || return 1
-    return 0
+    if [ "$upgrade" = yes ]; then
+      "$venv/bin/pip" install -q --upgrade "$requirement" -e ".[test]" || return 1
+    else
+      "$venv/bin/pip" install -q --no-deps -e . || return 1
+    fi
+  else
+    rm -rf "$venv"
+    python3 -m venv "$venv" || return 1
+    "$venv/bin/pip" install -q --upgrade pip || return 1
+    "$venv/bin/pip" install -q "$requirement" -e ".[test]" || return 1
+    echo "$setup_hash" >"$stamp"
   fi
-  rm -rf "$venv"
-  python3 -m venv "$venv" || return 1
-  "$venv/bin/pip" install -q --upgrade pip || return 1
-  "$venv/bin/pip" install -q "$requirement" -e ".[test]" || return 1
-  echo "$setup_hash" >"$stamp"
+  imports_from_here "$venv"
+}
+
+# Whether venv $1 imports mlflow_okr and its entry-point modules from this checkout.
+imports_from_here() {
+  local here found
+  here="$(pwd -P)"
+  found="$(cd / && "$1/bin/python" -c '
+import os, mlflow_okr, plugin_entrypoints
+print(" ".join(os.path.realpath(os.path.dirname(m.__file__)) for m in (mlflow_okr, plugin_entrypoints)))
+')" || return 1
+  if [ "$found" != "$here/mlflow_okr $here/plugin_entrypoints" ]; then
+    echo "error: $1 imports mlflow-okr from $found, not from $here" >&2
+    return 1
+  fi
 }
 
 [ $# -gt 0 ] || set -- oldest newest
