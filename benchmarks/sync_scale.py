@@ -229,7 +229,7 @@ def tag_in_bulk(tracking_uri: str) -> int:
     measure. The tags come from the same plan as sync's (`scope.plan_run_tags`), one published
     set after the other, so a sync afterwards finds no run tag to repair. A run that several sets
     count (a team's quarter and the company's year) lists all their KRs in okr.krs, as sync
-    leaves it, and keeps the first set's okr.cycle (sync does not rewrite okr.cycle alone).
+    leaves it; its okr.cycle, the innermost cycle containing its start, is the same in every plan.
     """
     import sqlalchemy
     from mlflow.store.tracking.dbmodels.models import SqlTag
@@ -252,8 +252,6 @@ def tag_in_bulk(tracking_uri: str) -> int:
         tags.update(plan.changed)
         if listed:
             tags[vocabulary.TAG_KRS] = ",".join(sorted(listed))
-        if plan.desired.get(vocabulary.TAG_CYCLE):
-            tags.setdefault(vocabulary.TAG_CYCLE, plan.desired[vocabulary.TAG_CYCLE])
 
     for published in state.published_sets(client):
         compute_key_results(client, published.spec, on_run=functools.partial(collect, published.spec))

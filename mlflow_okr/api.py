@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pandas as pd
+from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
 
 from mlflow_okr import state, vocabulary
@@ -33,15 +34,23 @@ def apply_spec(
     """Publish a spec (or okrs.yaml path) to `okr/<cycle>`; then recompute its KRs."""
     client = state.make_client(tracking_uri)
     spec = _spec(spec)
+    syncing = sync_after and not dry_run
+    before = _run_naming(client) if syncing else {}
     plan = _apply_spec(client, spec, dry_run=dry_run)
-    if sync_after and not dry_run:
+    if syncing:
         _sync(client, cycle=spec.cycle.name, team=spec.team or "")
-        # A KR id this set shares with an overlapping cycle renames that cycle's run tags too.
-        for other in state.published_sets(client):
-            if other.cycle.name != spec.cycle.name and other.spec.shared_kr_ids:
-                if {kr.id for _, kr in spec.key_results()} & other.spec.shared_kr_ids:
-                    _sync(client, cycle=other.cycle.name, team=other.team or "")
+        # The set may rename another cycle's run tags: a KR id it now shares with an overlapping
+        # cycle (`okr.kr.<id>/<cycle>`), or a new cycle inner to theirs (okr.cycle). Those sets
+        # are synced too, as `sync` would.
+        for (cycle, team), naming in _run_naming(client).items():
+            if cycle != spec.cycle.name and before.get((cycle, team)) != naming:
+                _sync(client, cycle=cycle, team=team)
     return plan
+
+
+def _run_naming(client: MlflowClient) -> dict[tuple[str, str], tuple]:
+    """Per published set (cycle, team), what its run tags' names depend on beyond its own spec."""
+    return {(spec.cycle.name, spec.team or ""): spec.run_naming for spec, _ in state.published_specs(client)}
 
 
 def sync(

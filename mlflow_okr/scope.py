@@ -252,15 +252,16 @@ MAX_CACHED_NAMES = 256
 _NAMES: dict[int, tuple[OkrSpec, RunTagNames]] = {}  # id(spec) -> (spec, names); specs are not mutated
 
 
-def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Any | None = None) -> dict[str, str]:
+def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Any) -> dict[str, str]:
     """The okr.* tags a source run should carry for these verdicts.
 
-    Cycles may overlap (2026-Q4 inside 2026-H2): given the `run`, okr.krs keeps the ids it lists
-    for other cycles' KRs, so that each cycle's sync leaves the other's ids alone.
+    Cycles may overlap (2026-Q4 inside 2026-H2): okr.krs keeps the ids the run lists for other
+    cycles' KRs, so that each cycle's sync leaves the other's ids alone, and okr.cycle names the
+    innermost published cycle containing the run's start, whichever set plans it.
     """
     names = RunTagNames.of(spec)
     counted = tuple(kr_id for kr_id, verdict in verdicts.items() if verdict.state == "counted")
-    listed = _listed_text(names, None if run is None else run.data.tags.get(vocabulary.TAG_KRS), counted)
+    listed = _listed_text(names, run.data.tags.get(vocabulary.TAG_KRS), counted)
     verdict_tags = names.verdict_tags
     tags = {verdict_tags[kr_id]: verdict.tag_value for kr_id, verdict in verdicts.items()}
     # A sum or mean KR is revised by taking the run's old value out: the run keeps it in a tag.
@@ -271,7 +272,7 @@ def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Any | Non
     if listed:
         tags[vocabulary.TAG_KRS] = listed
     if verdicts:
-        tags[vocabulary.TAG_CYCLE] = spec.cycle.name
+        tags[vocabulary.TAG_CYCLE] = spec.run_cycle(run.info.start_time)
     return tags
 
 
@@ -318,6 +319,8 @@ def run_tags_settled(spec: OkrSpec, run: Any, verdicts: dict[str, Verdict]) -> b
         if stored != listed:
             return False
         wanted += 1
+    if verdicts and get(vocabulary.TAG_CYCLE) != spec.run_cycle(run.info.start_time):
+        return False
     return len(names.managed.intersection(tags)) == wanted
 
 
@@ -347,27 +350,23 @@ class RunTagPlan:
     def drifted(self) -> bool:
         return bool(self.changed or self.stale)
 
+    def changes(self) -> TagChanges | None:
+        """What writing the plan changes on the run; None when nothing drifted."""
+        return TagChanges(dict(self.changed), list(self.stale)) if self.drifted else None
+
 
 def plan_run_tags(spec: OkrSpec, run: Any, verdicts: dict[str, Verdict]) -> RunTagPlan:
-    """Compare the run's managed tags with the desired ones (okr.cycle is not compared)."""
+    """Compare the run's managed tags, and its okr.cycle when it has verdicts, with the desired
+    ones. A run without verdicts keeps its okr.cycle (the run context's, or another set's)."""
     current = managed_run_tags(spec, run)
     desired = desired_run_tags(spec, verdicts, run)
-    changed = {k: v for k, v in desired.items() if k != vocabulary.TAG_CYCLE and current.get(k) != v}
+    stored_cycle = run.data.tags.get(vocabulary.TAG_CYCLE)
+    changed = {
+        k: v for k, v in desired.items()
+        if (stored_cycle if k == vocabulary.TAG_CYCLE else current.get(k)) != v
+    }
     stale = [k for k in current if k not in desired]
     return RunTagPlan(current, desired, changed, stale)
-
-
-def tag_changes(run: Any, plan: RunTagPlan) -> TagChanges | None:
-    """What writing `plan` changes on `run`; None when nothing drifted."""
-    if not plan.drifted:
-        return None
-    put = dict(plan.changed)
-    # okr.cycle is not compared: a run inside two overlapping cycles keeps the one it has
-    # unless its KR tags change, so two syncs do not rewrite it back and forth.
-    cycle_tag, wanted_cycle = run.data.tags.get(vocabulary.TAG_CYCLE), plan.desired.get(vocabulary.TAG_CYCLE)
-    if wanted_cycle and cycle_tag != wanted_cycle and (put or not cycle_tag):
-        put[vocabulary.TAG_CYCLE] = wanted_cycle
-    return TagChanges(put, list(plan.stale))
 
 
 def apply_tag_changes(run: Any, changes: TagChanges) -> None:
@@ -392,7 +391,7 @@ class RunTagWrites:
 
     def add(self, run: Any, plan: RunTagPlan) -> bool:
         """Plan `run`'s drifted tags for writing; True when it has any."""
-        changes = tag_changes(run, plan)
+        changes = plan.changes()
         if changes is None:
             return False
         apply_tag_changes(run, changes)  # another set's plan for this run starts from these

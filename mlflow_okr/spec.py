@@ -567,6 +567,10 @@ class OkrSpec(StrictModel):
     # KR ids that a KR of another published cycle overlapping this one also uses (set when read
     # from MLflow): run tags name those KRs with their cycle, `okr.kr.<id>/<cycle>`.
     _shared_kr_ids: frozenset[str] = PrivateAttr(default=frozenset())
+    # (start ms, end ms, name) of the published cycles that overlap this one and are inner to it
+    # (see `cycles.innermost_first`), innermost first: a run's okr.cycle names the innermost
+    # cycle that contains its start.
+    _inner_cycles: tuple[tuple[int, int, str], ...] = PrivateAttr(default=())
 
     version: Literal[1]
     team: Slug | None = Field(
@@ -650,11 +654,27 @@ class OkrSpec(StrictModel):
         """This spec's KR ids that another overlapping published cycle uses too (see `sharing`)."""
         return self._shared_kr_ids
 
-    def sharing(self, kr_ids: frozenset[str]) -> OkrSpec:
-        """This spec, knowing which of its KR ids other overlapping cycles use too."""
+    @property
+    def run_naming(self) -> tuple[frozenset[str], tuple[tuple[int, int, str], ...]]:
+        """What this set's run tags depend on beyond its own fields: the KR ids it shares with
+        overlapping cycles and the published cycles inner to it (both set by `sharing`)."""
+        return self._shared_kr_ids, self._inner_cycles
+
+    def run_cycle(self, start_ms: int) -> str:
+        """The okr.cycle of a run this set counts (one started at `start_ms`): the innermost
+        published cycle containing its start, the rule the run context tags new runs by."""
+        for start, end, name in self._inner_cycles:
+            if start <= start_ms <= end:
+                return name
+        return self.cycle.name
+
+    def sharing(self, kr_ids: frozenset[str], inner_cycles: tuple[Cycle, ...] = ()) -> OkrSpec:
+        """This spec, knowing which of its KR ids other overlapping cycles use too, and which
+        published cycles are inner to it (innermost first)."""
         copy = self.model_copy()
         copy._source = self._source
         copy._shared_kr_ids = kr_ids & {kr.id for _, kr in self.key_results()}
+        copy._inner_cycles = tuple((cycle.start_ms, cycle.end_ms, cycle.name) for cycle in inner_cycles)
         return copy
 
     def where(self, *path: Any) -> str:

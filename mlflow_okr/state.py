@@ -167,9 +167,10 @@ def published_specs(
         spec = _read_spec_tags(experiment.tags, experiment.name)
         if spec is not None:
             every.append((spec, experiment))
-    shared = shared_kr_ids([spec for spec, _ in every])
+    specs = [spec for spec, _ in every]
+    shared, inner = shared_kr_ids(specs), inner_cycles(specs)
     found = [
-        (spec.sharing(shared[spec.cycle.name]), experiment)
+        (spec.sharing(shared[spec.cycle.name], inner[spec.cycle.name]), experiment)
         for spec, experiment in every
         if (cycle is None or spec.cycle.name == cycle) and (team is None or (spec.team or "") == team)
     ]
@@ -191,6 +192,17 @@ def shared_kr_ids(specs: list[OkrSpec]) -> dict[str, frozenset[str]]:
             for kr_id in own & other_ids
         )
         for name, (cycle, own) in ids.items()
+    }
+
+
+def inner_cycles(specs: list[OkrSpec]) -> dict[str, tuple[Cycle, ...]]:
+    """Per cycle name, the other cycles that overlap it and are inner to it, innermost first."""
+    from mlflow_okr.cycles import innermost_first, overlaps
+
+    cycles = sorted({spec.cycle.name: spec.cycle for spec in specs}.values(), key=innermost_first)
+    return {
+        cycle.name: tuple(other for other in cycles[:index] if overlaps(cycle, other))
+        for index, cycle in enumerate(cycles)
     }
 
 

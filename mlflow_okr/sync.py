@@ -39,7 +39,6 @@ from mlflow_okr.scope import (
     apply_tag_changes,
     plan_run_tags,
     run_tags_settled,
-    tag_changes,
 )
 from mlflow_okr.spec import OkrSpec, as_utc
 
@@ -316,7 +315,7 @@ def _settle_run_tags(run: Any, concerned: list[tuple[SetPass, bool]], writes: Ru
         if run_tags_settled(item.spec, run, verdicts):
             continue
         plan = plan_run_tags(item.spec, run, verdicts)
-        changes = tag_changes(run, plan)
+        changes = plan.changes()
         if changes is None:
             continue
         if original is None:

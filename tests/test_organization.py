@@ -205,6 +205,42 @@ def test_a_kr_id_two_nested_cycles_share_is_tagged_with_its_cycle(client, runner
         assert invoke(runner, "sync", "--check", "--cycle", cycle, *AS_OF).exit_code == 0
 
 
+def test_a_runs_okr_cycle_names_the_innermost_cycle_containing_its_start(client, runner, write_spec):
+    train, other = client.create_experiment("train"), client.create_experiment("other")
+    march = 1772323200000 + 9 * 86_400_000  # 2026-03-10
+    in_both = make_run(client, train, {"ctr": 0.7})  # in 2026-Q4: both sets count it
+    company_only = make_run(client, other, {"ctr": 0.8})  # in 2026-Q4, but only the company reads it
+    in_the_year = make_run(client, other, {"ctr": 0.6}, start_time=march)
+    company = (
+        'version: 1\nteam: company\ncycle: "2026"\nobjectives:\n  - id: grow\n    title: Grow\n'
+        "    category: product\n    key_results:\n"
+        "      - {id: company-ctr, metric: ctr, experiments: [train, other], baseline: 0.5, target: 1.0}\n"
+    )
+    assert apply(runner, write_spec, company, "company.yaml").exit_code == 0
+
+    def cycle_tags() -> list[str]:
+        runs = (in_both, company_only, in_the_year)
+        return [client.get_run(run_id).data.tags["okr.cycle"] for run_id in runs]
+
+    assert cycle_tags() == ["2026", "2026", "2026"]
+    # The first set of 2026-Q4 makes it the innermost cycle of the runs started in it, those only
+    # the company counts included: its apply re-tags the company's runs too.
+    assert apply(runner, write_spec, team_spec("team-a", "reco", "ctr", "ctr"), "a.yaml").exit_code == 0
+    assert cycle_tags() == ["2026-Q4", "2026-Q4", "2026"]
+    quarter = client.search_runs([train, other], "tags.`okr.cycle` = '2026-Q4'")
+    assert {run.info.run_id for run in quarter} == {in_both, company_only}
+    assert invoke(runner, "sync", "--check", *AS_OF).exit_code == 0
+    # What a store of the previous release holds: a run's okr.cycle named by the last set whose
+    # tags changed on it. sync names the drift and repairs it.
+    client.set_tag(in_both, "okr.cycle", "2026")
+    checked = sync(client, check=True, now=dt.datetime(2026, 11, 15, tzinfo=dt.timezone.utc))
+    assert [(d.run_id, d.tag, d.stored, d.computed) for d in checked.run_drift] == [
+        (in_both, "okr.cycle", "2026", "2026-Q4")
+    ]
+    assert invoke(runner, "sync", *AS_OF).exit_code == 0
+    assert cycle_tags() == ["2026-Q4", "2026-Q4", "2026"]
+
+
 @requires_okr_store
 def test_live_writes_keep_every_teams_set_and_the_roll_up_current(client, tracking_uri, runner, write_spec):
     today = dt.datetime.now(dt.timezone.utc).date()
@@ -417,9 +453,8 @@ def test_one_sync_reads_each_run_once_and_tags_a_run_all_sets_count(client, runn
     assert result.sets == ["2026-Q4/team-a", "2026-Q4/team-b", "2026/company"]
     assert len(read) == len(set(read)) == result.runs_scanned == 3
     assert result.run_drift_count == 6
-    tags = client.get_run(shared).data.tags
-    # okr.cycle names one of the cycles; the last set whose tags changed on the run writes it.
-    assert {**tags, "okr.cycle": ""} == {**expected, "okr.cycle": ""}
+    assert client.get_run(shared).data.tags == expected
+    assert expected["okr.cycle"] == "2026-Q4"  # the innermost cycle containing its start
     assert not sync(client, check=True, now=now).drifted
     read.clear()
     narrowed = sync(client, team="team-a", now=now)  # one set: the runs of its experiments and cycle

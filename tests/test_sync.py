@@ -17,8 +17,8 @@ from mlflow.tracking import MlflowClient
 
 from mlflow_okr import state, vocabulary
 from mlflow_okr.engine import ReasonKind, Verdict
-from mlflow_okr.scope import apply_tag_changes, plan_run_tags, run_tags_settled, tag_changes
-from mlflow_okr.spec import parse_spec
+from mlflow_okr.scope import apply_tag_changes, plan_run_tags, run_tags_settled
+from mlflow_okr.spec import Cycle, parse_spec
 from mlflow_okr.sync import sync
 from tests.conftest import IN_CYCLE_MS, NOW, invoke, make_run
 
@@ -532,7 +532,8 @@ SETTLED_VERDICTS = (
     Verdict("excluded", "run FAILED", 0.07, ReasonKind.RUN_NOT_COUNTED),
     Verdict("excluded", "guardrail p99 = 60 breaks <= 50", 0.07, ReasonKind.GUARDRAIL_BREACH),
 )
-TAG_TEXTS = ("counted", "pending", "excluded: run FAILED", "0.25", "0.07", "")
+TAG_TEXTS = ("counted", "pending", "excluded: run FAILED", "0.25", "0.07", "", "2026-Q4", "2026-11")
+NOVEMBER = Cycle(name="2026-11", start=dt.date(2026, 11, 1), end=dt.date(2026, 11, 30))
 
 
 @settings(max_examples=400, deadline=None)
@@ -547,20 +548,25 @@ TAG_TEXTS = ("counted", "pending", "excluded: run FAILED", "0.25", "0.07", "")
     ),
     listed=st.none() | st.lists(st.sampled_from(["ctr", "loss", "shared", "shared/2026-Q4", "ctr-h2", ""])),
     steady=st.booleans(),
+    start=st.sampled_from([NOVEMBER.start_ms - 86_400_000, NOVEMBER.start_ms]),  # Oct 31, Nov 1
 )
-def test_run_tags_settled_agrees_with_the_plan(verdicts, tags, listed, steady):
+def test_run_tags_settled_agrees_with_the_plan(verdicts, tags, listed, steady, start):
     """The steady-state shortcut says "nothing drifted" exactly when the full tag plan does."""
     spec = parse_spec(SETTLED_SPEC)
     if listed is not None:
         tags["okr.krs"] = ",".join(listed)
-    for named in (spec, spec.sharing(frozenset({"shared"}))):
-        run = Run(RunInfo("r" * 32, "0", "u", "FINISHED", 0, None, "active"), RunData(
+    nested = spec.sharing(frozenset(), (NOVEMBER,))  # a published 2026-11 inside 2026-Q4
+    for named in (spec, spec.sharing(frozenset({"shared"})), nested):
+        run = Run(RunInfo("r" * 32, "0", "u", "FINISHED", start, None, "active"), RunData(
             tags=[RunTag(key, value) for key, value in tags.items()]))
         if steady:  # the tags a write of the plan leaves: the steady state
-            changes = tag_changes(run, plan_run_tags(named, run, verdicts))
+            changes = plan_run_tags(named, run, verdicts).changes()
             if changes is not None:
                 apply_tag_changes(run, changes)
             assert run_tags_settled(named, run, verdicts)
+            if verdicts:  # the innermost published cycle containing the run's start
+                inner = named is nested and NOVEMBER.contains(start)
+                assert run.data.tags["okr.cycle"] == ("2026-11" if inner else "2026-Q4")
         assert run_tags_settled(named, run, verdicts) == (not plan_run_tags(named, run, verdicts).drifted)
 
 
