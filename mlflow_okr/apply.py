@@ -34,6 +34,7 @@ class ApplyPlan(BaseModel):
     experiment: str
     dry_run: bool
     steps: list[PlanStep]
+    notes: list[str] = []  # what the apply leaves to do elsewhere (other sets of the cycle)
 
     @property
     def changes(self) -> list[PlanStep]:
@@ -115,19 +116,31 @@ class _Publisher:
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
 
-    def check_against_other_sets(self) -> None:
-        """KR ids unique across the cycle's sets, and every `aligns_to` names one parent, no loop."""
-        others = [
-            spec for spec, _ in state.published_specs(self.client)
-            if (spec.cycle.name, spec.team) != (self.spec.cycle.name, self.spec.team)
-        ]
-        problems = []
+    def check_against_other_sets(self) -> list[str]:
+        """KR ids unique across the cycle's sets, one date range per cycle, and every `aligns_to`
+        names one parent, no loop. Returns notes for the plan: the sets a change of dates leaves."""
+        ours = (self.spec.cycle.name, self.spec.team)
+        published = [spec for spec, _ in state.published_specs(self.client)]
+        others = [spec for spec in published if (spec.cycle.name, spec.team) != ours]
+        # A set that moves its own cycle's dates may go first: the other sets follow, one apply each.
+        cycle = self.spec.cycle
+        moving = any((spec.cycle.name, spec.team) == ours and spec.cycle != cycle for spec in published)
+        problems, notes = [], []
         for other in others:
-            if other.cycle.name != self.spec.cycle.name:
+            if other.cycle.name != cycle.name:
                 continue
+            owner = f"team {other.team!r}" if other.team else "the unnamed set"
+            if other.cycle != cycle:
+                dates = f"{other.cycle.start} .. {other.cycle.end}"
+                if moving:
+                    notes.append(f"{owner} of cycle {cycle.name} still says {dates}; apply it with these")
+                else:
+                    problems.append(
+                        f"{self.spec.where('cycle')}: cycle {cycle.name!r} runs {dates} in the set of "
+                        f"{owner}; the sets of a cycle share its dates: write those, or name another cycle"
+                    )
             for _, kr in other.key_results():
                 if self.spec.find_key_result(kr.id) is not None:
-                    owner = f"team {other.team!r}" if other.team else "the unnamed set"
                     problems.append(
                         f"{self.spec.where(*self.spec.locate_kr(kr.id))}: KR id {kr.id!r} is already used "
                         f"by {owner} of cycle {other.cycle.name}; KR ids are unique across a cycle's sets"
@@ -135,9 +148,10 @@ class _Publisher:
         if problems:
             raise SpecError(problems)
         alignment.resolve(others, checked=self.spec)
+        return notes
 
     def publish(self) -> ApplyPlan:
-        self.check_against_other_sets()
+        notes = self.check_against_other_sets()
         name = vocabulary.cycle_experiment_name(self.spec.cycle.name, self.spec.team)
         experiment = self.client.get_experiment_by_name(name)
         if experiment is not None and experiment.lifecycle_stage != "active":
@@ -178,6 +192,7 @@ class _Publisher:
             experiment=name,
             dry_run=self.dry_run,
             steps=self.steps,
+            notes=notes,
         )
 
     def _runs_view(self, experiment: Any, kind: str, item_id: str) -> None:

@@ -138,7 +138,7 @@ def test_sync_says_what_it_wrote(applied, runner):
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0] == (
         "Synced cycle 2026-Q4: 2 runs scanned. "
-        "Wrote 5 KR state field(s) to okr/2026-Q4 and 2 okr.* tag(s) to source runs."
+        "Wrote 5 KR state field(s) to okr/2026-Q4 and 3 okr.* tag(s) to source runs."
     )
     assert "repaired" not in result.output
     result = invoke(runner, "sync", *AS_OF)

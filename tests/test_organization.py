@@ -93,6 +93,32 @@ def test_a_kr_id_another_team_uses_is_refused_with_the_line(client, runner, writ
     assert client.get_experiment_by_name("okr/2026-Q4/team-b") is None
 
 
+def test_a_cycle_name_another_team_published_with_other_dates_is_refused(client, runner, write_spec):
+    def with_dates(text: str, start: str, end: str) -> str:
+        return text.replace("cycle: 2026-Q4", f"cycle: {{name: fy-q3, start: {start}, end: {end}}}")
+
+    team_a = team_spec("team-a", "reco", "ctr", "ctr")
+    assert apply(runner, write_spec, with_dates(team_a, "2026-10-01", "2026-12-31"), "a.yaml").exit_code == 0
+    team_b = team_spec("team-b", "fraud", "recall", "recall")
+    path = write_spec(with_dates(team_b, "2026-11-01", "2026-12-31"), "b.yaml")
+    result = invoke(runner, "apply", str(path))
+    assert result.exit_code == 2
+    assert result.output == (
+        f"Error: {path}:3: cycle: cycle 'fy-q3' runs 2026-10-01 .. 2026-12-31 in the set of team 'team-a'; "
+        "the sets of a cycle share its dates: write those, or name another cycle\n"
+    )
+    assert client.get_experiment_by_name("okr/fy-q3/team-b") is None
+    assert apply(runner, write_spec, with_dates(team_b, "2026-10-01", "2026-12-31"), "b.yaml").exit_code == 0
+    # Moving the cycle's dates: the first set to move goes first, and names the sets left to move.
+    moved = invoke(runner, "apply", str(write_spec(with_dates(team_a, "2026-10-01", "2027-01-15"), "a.yaml")))
+    assert moved.exit_code == 0, moved.output
+    note = "note: team 'team-b' of cycle fy-q3 still says 2026-10-01 .. 2026-12-31; apply it with these\n"
+    assert note in moved.output
+    assert apply(runner, write_spec, with_dates(team_b, "2026-10-01", "2027-01-15"), "b.yaml").exit_code == 0
+    ends = {spec.team: spec.cycle.end for spec, _ in state.published_specs(client)}
+    assert ends == {"team-a": dt.date(2027, 1, 15), "team-b": dt.date(2027, 1, 15)}
+
+
 def test_an_unnamed_set_stays_where_0_1_put_it(client, runner, write_spec):
     text = team_spec(None, "reco", "ctr", "ctr")
     assert apply(runner, write_spec, text, "okrs.yaml").exit_code == 0

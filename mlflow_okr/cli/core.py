@@ -92,6 +92,8 @@ def apply(spec_file: Path, dry_run: bool, strict: bool, tracking_uri: str | None
     for step in changes:
         detail = f"  ({step.detail})" if step.detail else ""
         click.echo(f"  {step.action:<9} {step.kind:<9} {step.id}{detail}")
+    for note in plan.notes:
+        click.echo(f"note: {note}", err=True)
     if not strict:
         report_checks(checks, strict)
 
