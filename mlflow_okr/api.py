@@ -17,7 +17,7 @@ from mlflow_okr.errors import InputError
 from mlflow_okr.results import CycleStatus
 from mlflow_okr.results import status_frame as _status_frame
 from mlflow_okr.spec import OkrSpec, load_spec
-from mlflow_okr.sync import ProgressCallback, SyncResult, stored_cycle_status
+from mlflow_okr.sync import ProgressCallback, SyncResult, stored_cycle_status, sync_sets
 from mlflow_okr.sync import sync as _sync
 
 
@@ -41,16 +41,24 @@ def apply_spec(
         _sync(client, cycle=spec.cycle.name, team=spec.team or "")
         # The set may rename another cycle's run tags: a KR id it now shares with an overlapping
         # cycle (`okr.kr.<id>/<cycle>`), or a new cycle inner to theirs (okr.cycle). Those sets
-        # are synced too, as `sync` would.
-        for (cycle, team), naming in _run_naming(client).items():
-            if cycle != spec.cycle.name and before.get((cycle, team)) != naming:
-                _sync(client, cycle=cycle, team=team)
+        # are synced too, in one pass, as `sync` would.
+        renamed = [
+            state.published_set(client, other, experiment)
+            for other, experiment in state.published_specs(client)
+            if other.cycle.name != spec.cycle.name and before.get(_set_key(other)) != other.run_naming
+        ]
+        if renamed:
+            sync_sets(client, renamed, check=False, now=dt.datetime.now(dt.timezone.utc))
     return plan
+
+
+def _set_key(spec: OkrSpec) -> tuple[str, str]:
+    return spec.cycle.name, spec.team or ""
 
 
 def _run_naming(client: MlflowClient) -> dict[tuple[str, str], tuple]:
     """Per published set (cycle, team), what its run tags' names depend on beyond its own spec."""
-    return {(spec.cycle.name, spec.team or ""): spec.run_naming for spec, _ in state.published_specs(client)}
+    return {_set_key(spec): spec.run_naming for spec, _ in state.published_specs(client)}
 
 
 def sync(

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from mlflow_okr import alignment, mlflow_ui, state, vocabulary
 from mlflow_okr.errors import InputError, SpecError
 from mlflow_okr.organization import set_status
-from mlflow_okr.spec import KeyResult, Objective, OkrSpec
+from mlflow_okr.spec import Cycle, KeyResult, Objective, OkrSpec
 from mlflow_okr.vocabulary import KrStatus
 
 Action = Literal["create", "update", "retire", "restore", "unchanged"]
@@ -39,6 +39,14 @@ class ApplyPlan(BaseModel):
     @property
     def changes(self) -> list[PlanStep]:
         return [step for step in self.steps if step.action != "unchanged"]
+
+
+def _owner(spec: OkrSpec) -> str:
+    return f"team {spec.team!r}" if spec.team else "the unnamed set"
+
+
+def _dates(cycle: Cycle) -> str:
+    return f"{cycle.start} .. {cycle.end}"
 
 
 def _objective_tags(objective: Objective, team: str | None) -> dict[str, str]:
@@ -117,33 +125,39 @@ class _Publisher:
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
 
     def check_against_other_sets(self) -> list[str]:
-        """KR ids unique across the cycle's sets, one date range per cycle, and every `aligns_to`
-        names one parent, no loop. Returns notes for the plan: the sets a change of dates leaves."""
-        ours = (self.spec.cycle.name, self.spec.team)
+        """KR ids unique across the cycle's sets, and every `aligns_to` names one parent, no loop.
+
+        A new set must take dates a published set of its cycle has. A published set may change its
+        cycle's dates (it goes first, the others follow, one apply each): the notes returned name
+        the sets whose dates differ from these.
+        """
+        cycle = self.spec.cycle
+        ours = (cycle.name, self.spec.team)
         published = [spec for spec, _ in state.published_specs(self.client)]
         others = [spec for spec in published if (spec.cycle.name, spec.team) != ours]
-        # A set that moves its own cycle's dates may go first: the other sets follow, one apply each.
-        cycle = self.spec.cycle
-        moving = any((spec.cycle.name, spec.team) == ours and spec.cycle != cycle for spec in published)
+        same_cycle = [other for other in others if other.cycle.name == cycle.name]
+        differing = [other for other in same_cycle if other.cycle != cycle]
         problems, notes = [], []
-        for other in others:
-            if other.cycle.name != cycle.name:
-                continue
-            owner = f"team {other.team!r}" if other.team else "the unnamed set"
-            if other.cycle != cycle:
-                dates = f"{other.cycle.start} .. {other.cycle.end}"
-                if moving:
-                    notes.append(f"{owner} of cycle {cycle.name} still says {dates}; apply it with these")
-                else:
-                    problems.append(
-                        f"{self.spec.where('cycle')}: cycle {cycle.name!r} runs {dates} in the set of "
-                        f"{owner}; the sets of a cycle share its dates: write those, or name another cycle"
-                    )
+        joining = len(others) == len(published)
+        if differing and joining and len(differing) == len(same_cycle):
+            ranges = ", ".join(f"{_dates(other.cycle)} in the set of {_owner(other)}" for other in differing)
+            problems.append(
+                f"{self.spec.where('cycle')}: cycle {cycle.name!r} runs {ranges}; the sets of a cycle "
+                "share its dates: write those, or name another cycle"
+            )
+        elif differing:
+            notes += [
+                f"{_owner(other)} of cycle {cycle.name} says {_dates(other.cycle)}, this set "
+                f"{_dates(cycle)}; apply the sets of a cycle with one date range"
+                for other in differing
+            ]
+        for other in same_cycle:
             for _, kr in other.key_results():
                 if self.spec.find_key_result(kr.id) is not None:
                     problems.append(
                         f"{self.spec.where(*self.spec.locate_kr(kr.id))}: KR id {kr.id!r} is already used "
-                        f"by {owner} of cycle {other.cycle.name}; KR ids are unique across a cycle's sets"
+                        f"by {_owner(other)} of cycle {other.cycle.name}; KR ids are unique across a "
+                        "cycle's sets"
                     )
         if problems:
             raise SpecError(problems)

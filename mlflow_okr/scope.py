@@ -221,6 +221,8 @@ class RunTagNames:
     own: frozenset[str]  # both spellings of each KR id: the okr.krs entries that are the spec's
     managed: frozenset[str]  # okr.krs and every verdict and value tag of the spec's KRs
     summing: frozenset[str]
+    cycle: str
+    inner_cycles: tuple[tuple[int, int, str], ...]  # OkrSpec.inner_cycles, read once
     # (okr.krs as stored, counted KR ids) -> okr.krs as desired: runs share a few of each.
     listed: dict[tuple[str | None, tuple[str, ...]], str] = field(default_factory=dict, compare=False)
 
@@ -241,11 +243,21 @@ class RunTagNames:
             frozenset(kr_ids) | frozenset(tag_ids.values()),
             frozenset(managed),
             spec.summing_kr_ids,
+            spec.cycle.name,
+            spec.inner_cycles,
         )
         if len(_NAMES) >= MAX_CACHED_NAMES:
             _NAMES.clear()
         _NAMES[id(spec)] = (spec, names)
         return names
+
+    def run_cycle(self, start_ms: int) -> str:
+        """The okr.cycle of a run the spec counts, started at `start_ms`: the innermost published
+        cycle containing its start, the rule the run context tags new runs by."""
+        for start, end, name in self.inner_cycles:
+            if start <= start_ms <= end:
+                return name
+        return self.cycle
 
 
 MAX_CACHED_NAMES = 256
@@ -272,7 +284,7 @@ def desired_run_tags(spec: OkrSpec, verdicts: dict[str, Verdict], run: Any) -> d
     if listed:
         tags[vocabulary.TAG_KRS] = listed
     if verdicts:
-        tags[vocabulary.TAG_CYCLE] = spec.run_cycle(run.info.start_time)
+        tags[vocabulary.TAG_CYCLE] = names.run_cycle(run.info.start_time)
     return tags
 
 
@@ -319,7 +331,7 @@ def run_tags_settled(spec: OkrSpec, run: Any, verdicts: dict[str, Verdict]) -> b
         if stored != listed:
             return False
         wanted += 1
-    if verdicts and get(vocabulary.TAG_CYCLE) != spec.run_cycle(run.info.start_time):
+    if verdicts and get(vocabulary.TAG_CYCLE) != names.run_cycle(run.info.start_time):
         return False
     return len(names.managed.intersection(tags)) == wanted
 

@@ -655,18 +655,17 @@ class OkrSpec(StrictModel):
         return self._shared_kr_ids
 
     @property
+    def inner_cycles(self) -> tuple[tuple[int, int, str], ...]:
+        """(start ms, end ms, name) of the published cycles that overlap this one and are inner to
+        it, innermost first (see `sharing`): a run this set counts carries, as okr.cycle, the first
+        that contains its start, else this cycle's name (`scope.RunTagNames.run_cycle`)."""
+        return self._inner_cycles
+
+    @property
     def run_naming(self) -> tuple[frozenset[str], tuple[tuple[int, int, str], ...]]:
         """What this set's run tags depend on beyond its own fields: the KR ids it shares with
         overlapping cycles and the published cycles inner to it (both set by `sharing`)."""
         return self._shared_kr_ids, self._inner_cycles
-
-    def run_cycle(self, start_ms: int) -> str:
-        """The okr.cycle of a run this set counts (one started at `start_ms`): the innermost
-        published cycle containing its start, the rule the run context tags new runs by."""
-        for start, end, name in self._inner_cycles:
-            if start <= start_ms <= end:
-                return name
-        return self.cycle.name
 
     def sharing(self, kr_ids: frozenset[str], inner_cycles: tuple[Cycle, ...] = ()) -> OkrSpec:
         """This spec, knowing which of its KR ids other overlapping cycles use too, and which

@@ -170,7 +170,7 @@ def published_specs(
     specs = [spec for spec, _ in every]
     shared, inner = shared_kr_ids(specs), inner_cycles(specs)
     found = [
-        (spec.sharing(shared[spec.cycle.name], inner[spec.cycle.name]), experiment)
+        (spec.sharing(shared[spec.cycle.name], inner[_cycle_key(spec.cycle)]), experiment)
         for spec, experiment in every
         if (cycle is None or spec.cycle.name == cycle) and (team is None or (spec.team or "") == team)
     ]
@@ -178,30 +178,39 @@ def published_specs(
 
 
 def shared_kr_ids(specs: list[OkrSpec]) -> dict[str, frozenset[str]]:
-    """Per cycle name, its KR ids that a KR of another, overlapping cycle uses too."""
+    """Per cycle name, its KR ids that a KR of another, overlapping cycle uses too (the sets of a
+    name may publish different dates while a move of them is under way: any of them counts)."""
     from mlflow_okr.cycles import overlaps
 
-    ids: dict[str, tuple[Cycle, set[str]]] = {}
+    ids: dict[str, tuple[list[Cycle], set[str]]] = {}
     for spec in specs:
-        ids.setdefault(spec.cycle.name, (spec.cycle, set()))[1].update(kr.id for _, kr in spec.key_results())
+        cycles, kr_ids = ids.setdefault(spec.cycle.name, ([], set()))
+        cycles.append(spec.cycle)
+        kr_ids.update(kr.id for _, kr in spec.key_results())
     return {
         name: frozenset(
             kr_id
-            for other, (other_cycle, other_ids) in ids.items()
-            if other != name and overlaps(cycle, other_cycle)
+            for other, (other_cycles, other_ids) in ids.items()
+            if other != name and any(overlaps(a, b) for a in cycles for b in other_cycles)
             for kr_id in own & other_ids
         )
-        for name, (cycle, own) in ids.items()
+        for name, (cycles, own) in ids.items()
     }
 
 
-def inner_cycles(specs: list[OkrSpec]) -> dict[str, tuple[Cycle, ...]]:
-    """Per cycle name, the other cycles that overlap it and are inner to it, innermost first."""
+def _cycle_key(cycle: Cycle) -> tuple[str, dt.date, dt.date]:
+    return cycle.name, cycle.start, cycle.end
+
+
+def inner_cycles(specs: list[OkrSpec]) -> dict[tuple[str, dt.date, dt.date], tuple[Cycle, ...]]:
+    """Per published cycle (name and dates), the other published cycles that overlap it and are
+    inner to it, innermost first. Keyed by dates too: while the sets of a cycle move its dates,
+    each set's own dates decide, so every set finds the same innermost cycle for a run."""
     from mlflow_okr.cycles import innermost_first, overlaps
 
-    cycles = sorted({spec.cycle.name: spec.cycle for spec in specs}.values(), key=innermost_first)
+    cycles = sorted({_cycle_key(spec.cycle): spec.cycle for spec in specs}.values(), key=innermost_first)
     return {
-        cycle.name: tuple(other for other in cycles[:index] if overlaps(cycle, other))
+        _cycle_key(cycle): tuple(other for other in cycles[:index] if overlaps(cycle, other))
         for index, cycle in enumerate(cycles)
     }
 

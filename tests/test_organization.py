@@ -109,14 +109,52 @@ def test_a_cycle_name_another_team_published_with_other_dates_is_refused(client,
     )
     assert client.get_experiment_by_name("okr/fy-q3/team-b") is None
     assert apply(runner, write_spec, with_dates(team_b, "2026-10-01", "2026-12-31"), "b.yaml").exit_code == 0
-    # Moving the cycle's dates: the first set to move goes first, and names the sets left to move.
-    moved = invoke(runner, "apply", str(write_spec(with_dates(team_a, "2026-10-01", "2027-01-15"), "a.yaml")))
-    assert moved.exit_code == 0, moved.output
-    note = "note: team 'team-b' of cycle fy-q3 still says 2026-10-01 .. 2026-12-31; apply it with these\n"
-    assert note in moved.output
+    # Moving the cycle's dates: a published set goes first, and names the sets left to move; until
+    # they have, each set keeps its own dates, and can still be applied.
+    new_dates = with_dates(team_a, "2026-10-01", "2027-01-15")
+    for _ in range(2):
+        moved = invoke(runner, "apply", str(write_spec(new_dates, "a.yaml")))
+        assert moved.exit_code == 0, moved.output
+        assert (
+            "note: team 'team-b' of cycle fy-q3 says 2026-10-01 .. 2026-12-31, this set 2026-10-01 .. "
+            "2027-01-15; apply the sets of a cycle with one date range\n"
+        ) in moved.output
+    team_c = team_spec("team-c", "growth", "signups", "signups")
+    third = invoke(runner, "apply", str(write_spec(with_dates(team_c, "2026-09-01", "2026-12-31"), "c.yaml")))
+    assert third.exit_code == 2
+    assert (
+        "runs 2026-10-01 .. 2027-01-15 in the set of team 'team-a', 2026-10-01 .. 2026-12-31 in the set "
+        "of team 'team-b';"
+    ) in third.output.replace("\n", "")
+    assert apply(runner, write_spec, with_dates(team_c, "2026-10-01", "2027-01-15"), "c.yaml").exit_code == 0
     assert apply(runner, write_spec, with_dates(team_b, "2026-10-01", "2027-01-15"), "b.yaml").exit_code == 0
     ends = {spec.team: spec.cycle.end for spec, _ in state.published_specs(client)}
-    assert ends == {"team-a": dt.date(2027, 1, 15), "team-b": dt.date(2027, 1, 15)}
+    assert ends == dict.fromkeys(("team-a", "team-b", "team-c"), dt.date(2027, 1, 15))
+    assert "one date range" not in invoke(runner, "apply", str(write_spec(new_dates, "a.yaml"))).output
+
+
+def test_sets_moving_their_cycles_dates_agree_on_a_runs_okr_cycle(client, runner, write_spec):
+    """While team-a's fy-q3 runs to Oct 15 and team-b's to Sep 30, a run of Oct 10 that team-a and
+    team-c (fy-q4) count names fy-q4 from both sets, and the tags stay settled."""
+    def dated(team: str, metric: str, name: str, start: str, end: str) -> str:
+        text = team_spec(team, f"{team}-objective", metric, metric)
+        return text.replace("cycle: 2026-Q4", f"cycle: {{name: {name}, start: {start}, end: {end}}}")
+
+    train = client.create_experiment("train")
+    october_10 = int(dt.datetime(2026, 10, 10, tzinfo=dt.timezone.utc).timestamp() * 1000)
+    run_id = make_run(client, train, {"ctr": 0.7, "recall": 0.8}, start_time=october_10)
+    for text, name in (
+        (dated("team-b", "loss", "fy-q3", "2026-07-01", "2026-09-30"), "b.yaml"),
+        (dated("team-a", "ctr", "fy-q3", "2026-07-01", "2026-09-30"), "a.yaml"),
+        (dated("team-a", "ctr", "fy-q3", "2026-07-01", "2026-10-15"), "a.yaml"),  # moves its dates
+        (dated("team-c", "recall", "fy-q4", "2026-10-01", "2026-12-31"), "c.yaml"),
+    ):
+        assert apply(runner, write_spec, text, name).exit_code == 0
+    tags = client.get_run(run_id).data.tags
+    assert (tags["okr.kr.ctr"], tags["okr.kr.recall"], tags["okr.cycle"]) == ("counted", "counted", "fy-q4")
+    for cycle in ("fy-q3", "fy-q4"):
+        checked = invoke(runner, "sync", "--check", "--cycle", cycle, "--as-of", "2026-10-10")
+        assert checked.exit_code == 0, checked.output
 
 
 def test_an_unnamed_set_stays_where_0_1_put_it(client, runner, write_spec):

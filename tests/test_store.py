@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import sys
@@ -626,6 +627,55 @@ def test_a_spec_applied_through_the_okr_store_counts_the_next_write(
     )
     assert wait_for(lambda: kr_run(client, "acc").data.tags.get(vocabulary.TAG_BEST_RUN) == run_id)
     flush()
+    assert_no_drift(client)
+
+
+@pytest.mark.parametrize("then", ["next-check", "exit"])
+def test_a_settling_from_definitions_older_than_a_new_inner_cycle_is_settled_again(
+    tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """A worker that has not yet seen a quarter published inside the year settles a run only the
+    year counts from its older definitions, putting back the okr.cycle the apply had just moved to
+    the quarter. Its next look at the definitions settles that run again; a process that ends
+    first looks before its last settling."""
+    from mlflow_okr.store.hooks import build_tracking_store
+    from tests.live_fixtures import spec_around_today
+
+    monkeypatch.setattr(live, "REFRESH_INTERVAL", 30.0)  # no check for new specs unless called
+    today = dt.datetime.now(dt.timezone.utc).date()
+    year = spec_around_today(
+        "- id: company\n  title: Company\n  category: product\n  key_results:\n"
+        "    - {id: company-acc, metric: val_acc, experiments: ['train-*'], baseline: 0.5, target: 1.0}\n",
+        cycle="live-year",
+    ).replace(str(today - dt.timedelta(days=45)), str(today - dt.timedelta(days=90)))
+    quarter = spec_around_today(
+        "- id: team\n  title: Team\n  category: product\n  key_results:\n"
+        "    - {id: team-loss, metric: loss, experiments: ['train-*'], baseline: 1.0, target: 0.5}\n"
+    ).replace("version: 1\n", "version: 1\nteam: vision\n")
+    publish(tracking_uri, year)
+    run_id = client.create_run(client.create_experiment(EXPERIMENT)).info.run_id
+    worker = build_tracking_store(vocabulary.OKR_SCHEME_PREFIX + tracking_uri)
+
+    def log_acc(value: float) -> None:
+        worker.log_metric(run_id, Metric("val_acc", value, int(time.time() * 1000), 0))
+        worker.flush_okr()
+
+    def cycle_tag() -> str | None:
+        return client.get_run(run_id).data.tags.get(vocabulary.TAG_CYCLE)
+
+    log_acc(0.6)
+    assert cycle_tag() == "live-year"
+    publish(tracking_uri, quarter)  # through another store; its apply re-tags the year's runs
+    assert cycle_tag() == "live"
+    if then == "exit":
+        worker.log_metric(run_id, Metric("val_acc", 0.7, int(time.time() * 1000), 0))
+        worker._okr_live.flush_at_exit()
+    else:
+        log_acc(0.7)  # settled from the definitions loaded before the quarter
+        assert cycle_tag() == "live-year"
+        assert worker._okr_live.refresh()
+        worker.flush_okr()
+    assert cycle_tag() == "live"
     assert_no_drift(client)
 
 

@@ -160,6 +160,9 @@ class LiveKrs:
         self._next_window_refresh = 0.0  # read and written by the writer thread only
         self._deleting: set[str] = set()  # runs being deleted: never tag them
         self._restored: set[str] = set()  # runs restored since their deletion was settled
+        # Runs settled since the last check for a newly applied spec, guarded by _lock: settled
+        # from definitions that may have been stale by then (see `_settle_again_if_renamed`).
+        self._settled_since_check: set[str] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()  # set when the store is closed: the writer ends
         self._refresh_due = threading.Event()
@@ -191,6 +194,7 @@ class LiveKrs:
         self._revised_tallies = {}
         self._measured_marks = MeasuredMarks()
         self._keeps_windows = threading.Event()
+        self._settled_since_check = set()
         self._wake = threading.Event()
         self._check_owed = threading.Event()
         self._thread = None
@@ -254,6 +258,8 @@ class LiveKrs:
         """
         with self._refresh_lock:
             self._next_refresh = time.monotonic() + REFRESH_INTERVAL
+            with self._lock:
+                settled, self._settled_since_check = self._settled_since_check, set()
             signature = published_signature(self.client)
             previous = self._watched
             if previous is not None and signature == previous.signature:
@@ -261,7 +267,26 @@ class LiveKrs:
             self._watched = load_watched_krs(self.client)
             if previous is not None:
                 self._recount_republished(set(self._watched.signature) - set(previous.signature))
+                self._settle_again_if_renamed(previous, settled)
             return True
+
+    def _settle_again_if_renamed(self, used: WatchedKrs, run_ids: set[str]) -> None:
+        """Mark again the runs settled from definitions `used` if the current ones name run tags
+        otherwise: a cycle published elsewhere since may have made another cycle's KR ids shared
+        (`okr.kr.<id>/<cycle>`) or become a run's innermost cycle (okr.cycle). Its `apply` re-tagged
+        the runs, and a settling from the older definitions after it would have put the old
+        names back; nothing else would look at those runs again."""
+        current = self._watched
+        if not run_ids or current is None or current is used:
+            return
+        renamed = any(
+            published.spec.run_naming != used.cycles[experiment_id].spec.run_naming
+            for experiment_id, published in current.cycles.items()
+            if experiment_id in used.cycles
+        )
+        if renamed:
+            for run_id in run_ids:
+                self._mark(run_id, ALL_KRS)
 
     def _recount_republished(self, signature_entries: set[tuple[str, str]]) -> None:
         """Schedule a recount of the cycles published or revised since the last load.
@@ -583,6 +608,15 @@ class LiveKrs:
             )
 
     def _flush_fail_open(self) -> None:
+        # The writes since the last check for a newly applied spec owe one (`_watched_for_write`):
+        # the process ends before the writer would make it. Without work left, nothing is owed.
+        if self._check_owed.is_set() and (self._has_work() or self._settled_since_check):
+            self._check_owed.clear()
+            try:
+                with compat.workspace_scope(self.workspace):
+                    self.refresh()
+            except Exception as error:  # noqa: BLE001 - fail-open
+                fail_open(error)
         # A failed settling (a database locked by another worker also settling at exit) keeps its
         # marks and schedules recounts: try again, a few times, before the process ends.
         for _ in range(SETTLE_ATTEMPTS):
@@ -824,6 +858,10 @@ class LiveKrs:
                 for kr_id, change in self._run_changes(run, marks.runs[run_id], experiment_id, scan, writes):
                     changes.setdefault(experiment_id, {}).setdefault(kr_id, []).append(change)
         writes.flush()
+        with self._lock:
+            self._settled_since_check.update(runs)
+        # Definitions reloaded while these runs were settled: the reload did not see them.
+        self._settle_again_if_renamed(watched, set(runs))
         for experiment_id in recount:
             self._recount_cycle(watched.cycles[experiment_id])
         for experiment_id, kr_changes in changes.items():
