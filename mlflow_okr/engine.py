@@ -7,6 +7,7 @@ the facts and the time, so they all share one semantics.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import re
@@ -121,9 +122,9 @@ class Verdict:
     value: float | None = None
     reason_kind: ReasonKind = ReasonKind.NONE
 
-    @property
+    @functools.cached_property
     def tag_value(self) -> str:
-        """The value of the run's `okr.kr.<id>` tag."""
+        """The value of the run's `okr.kr.<id>` tag (worked out once: a pass compares it per set)."""
         return vocabulary.verdict_text(self.state, self.reason)
 
     @property
