@@ -84,13 +84,17 @@ def test_a_second_teams_apply_keeps_the_first_teams_okrs(client, runner, write_s
 def test_a_kr_id_another_team_uses_is_refused_with_the_line(client, runner, write_spec):
     assert apply(runner, write_spec, team_spec("team-a", "reco", "ctr", "ctr"), "a.yaml").exit_code == 0
     path = write_spec(team_spec("team-b", "fraud", "ctr", "recall"), "b.yaml")
+    assert_refused(client, runner, path, "okr/2026-Q4/team-b", (
+        "9: objectives[0].key_results[0].id: KR id 'ctr' is already used by team 'team-a' of cycle "
+        "2026-Q4; KR ids are unique across a cycle's sets"
+    ))
+
+
+def assert_refused(client, runner, path, experiment: str, where_and_why: str) -> None:
+    """`apply path` is exit 2 with `Error: <path>:<where_and_why>` and creates no experiment."""
     result = invoke(runner, "apply", str(path))
-    assert result.exit_code == 2
-    assert result.output == (
-        f"Error: {path}:9: objectives[0].key_results[0].id: KR id 'ctr' is already used by team "
-        "'team-a' of cycle 2026-Q4; KR ids are unique across a cycle's sets\n"
-    )
-    assert client.get_experiment_by_name("okr/2026-Q4/team-b") is None
+    assert (result.exit_code, result.output) == (2, f"Error: {path}:{where_and_why}\n")
+    assert client.get_experiment_by_name(experiment) is None
 
 
 def test_a_cycle_name_another_team_published_with_other_dates_is_refused(client, runner, write_spec):
@@ -101,13 +105,10 @@ def test_a_cycle_name_another_team_published_with_other_dates_is_refused(client,
     assert apply(runner, write_spec, with_dates(team_a, "2026-10-01", "2026-12-31"), "a.yaml").exit_code == 0
     team_b = team_spec("team-b", "fraud", "recall", "recall")
     path = write_spec(with_dates(team_b, "2026-11-01", "2026-12-31"), "b.yaml")
-    result = invoke(runner, "apply", str(path))
-    assert result.exit_code == 2
-    assert result.output == (
-        f"Error: {path}:3: cycle: cycle 'fy-q3' runs 2026-10-01 .. 2026-12-31 in the set of team 'team-a'; "
-        "the sets of a cycle share its dates: write those, or name another cycle\n"
-    )
-    assert client.get_experiment_by_name("okr/fy-q3/team-b") is None
+    assert_refused(client, runner, path, "okr/fy-q3/team-b", (
+        "3: cycle: cycle 'fy-q3' runs 2026-10-01 .. 2026-12-31 in the set of team 'team-a'; the sets of "
+        "a cycle share its dates: write those, or name another cycle"
+    ))
     assert apply(runner, write_spec, with_dates(team_b, "2026-10-01", "2026-12-31"), "b.yaml").exit_code == 0
     # Moving the cycle's dates: a published set goes first, and names the sets left to move; until
     # they have, each set keeps its own dates, and can still be applied.
