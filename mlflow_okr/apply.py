@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from mlflow_okr import alignment, mlflow_ui, state, vocabulary
 from mlflow_okr.errors import InputError, SpecError
 from mlflow_okr.organization import set_status
-from mlflow_okr.spec import Cycle, KeyResult, Objective, OkrSpec
+from mlflow_okr.spec import KeyResult, Objective, OkrSpec
 from mlflow_okr.vocabulary import KrStatus
 
 Action = Literal["create", "update", "retire", "restore", "unchanged"]
@@ -43,10 +43,6 @@ class ApplyPlan(BaseModel):
 
 def _owner(spec: OkrSpec) -> str:
     return f"team {spec.team!r}" if spec.team else "the unnamed set"
-
-
-def _dates(cycle: Cycle) -> str:
-    return f"{cycle.start} .. {cycle.end}"
 
 
 def _objective_tags(objective: Objective, team: str | None) -> dict[str, str]:
@@ -140,15 +136,15 @@ class _Publisher:
         problems, notes = [], []
         joining = len(others) == len(published)
         if differing and joining and len(differing) == len(same_cycle):
-            ranges = ", ".join(f"{_dates(other.cycle)} in the set of {_owner(other)}" for other in differing)
+            ranges = ", ".join(f"{other.cycle.dates} in the set of {_owner(other)}" for other in differing)
             problems.append(
                 f"{self.spec.where('cycle')}: cycle {cycle.name!r} runs {ranges}; the sets of a cycle "
                 "share its dates: write those, or name another cycle"
             )
         elif differing:
             notes += [
-                f"{_owner(other)} of cycle {cycle.name} says {_dates(other.cycle)}, this set "
-                f"{_dates(cycle)}; apply the sets of a cycle with one date range"
+                f"{_owner(other)} of cycle {cycle.name} says {other.cycle.dates}, this set "
+                f"{cycle.dates}; apply the sets of a cycle with one date range"
                 for other in differing
             ]
         for other in same_cycle:

@@ -221,7 +221,7 @@ class RunTagNames:
     own: frozenset[str]  # both spellings of each KR id: the okr.krs entries that are the spec's
     managed: frozenset[str]  # okr.krs and every verdict and value tag of the spec's KRs
     summing: frozenset[str]
-    cycle: str
+    cycle_name: str
     inner_cycles: tuple[tuple[int, int, str], ...]  # OkrSpec.inner_cycles, read once
     # (okr.krs as stored, counted KR ids) -> okr.krs as desired: runs share a few of each.
     listed: dict[tuple[str | None, tuple[str, ...]], str] = field(default_factory=dict, compare=False)
@@ -257,7 +257,7 @@ class RunTagNames:
         for start, end, name in self.inner_cycles:
             if start <= start_ms <= end:
                 return name
-        return self.cycle
+        return self.cycle_name
 
 
 MAX_CACHED_NAMES = 256

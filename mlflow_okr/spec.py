@@ -87,6 +87,11 @@ class Cycle(StrictModel):
     def contains(self, timestamp_ms: int | None) -> bool:
         return timestamp_ms is not None and self.start_ms <= timestamp_ms <= self.end_ms
 
+    @property
+    def dates(self) -> str:
+        """`2026-10-01 .. 2026-12-31`, as messages write the cycle's dates."""
+        return f"{self.start} .. {self.end}"
+
     def elapsed(self, now: dt.datetime) -> float:
         """The fraction of the cycle that has passed at `now`, in [0, 1]."""
         now_ms = as_utc(now).timestamp() * 1000
@@ -567,9 +572,7 @@ class OkrSpec(StrictModel):
     # KR ids that a KR of another published cycle overlapping this one also uses (set when read
     # from MLflow): run tags name those KRs with their cycle, `okr.kr.<id>/<cycle>`.
     _shared_kr_ids: frozenset[str] = PrivateAttr(default=frozenset())
-    # (start ms, end ms, name) of the published cycles that overlap this one and are inner to it
-    # (see `cycles.innermost_first`), innermost first: a run's okr.cycle names the innermost
-    # cycle that contains its start.
+    # The published cycles inner to this one (set when read from MLflow; see `inner_cycles`).
     _inner_cycles: tuple[tuple[int, int, str], ...] = PrivateAttr(default=())
 
     version: Literal[1]
@@ -657,8 +660,9 @@ class OkrSpec(StrictModel):
     @property
     def inner_cycles(self) -> tuple[tuple[int, int, str], ...]:
         """(start ms, end ms, name) of the published cycles that overlap this one and are inner to
-        it, innermost first (see `sharing`): a run this set counts carries, as okr.cycle, the first
-        that contains its start, else this cycle's name (`scope.RunTagNames.run_cycle`)."""
+        it (`cycles.innermost_first`), innermost first (see `sharing`): a run this set counts
+        carries, as okr.cycle, the first that contains its start, else this cycle's name
+        (`scope.RunTagNames.run_cycle`)."""
         return self._inner_cycles
 
     @property

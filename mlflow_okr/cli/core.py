@@ -55,7 +55,7 @@ def validate(spec_file: Path, strict: bool, tracking_uri: str | None) -> None:
     spec = mlflow_okr.load_spec(spec_file)
     krs = spec.key_results()
     click.echo(
-        f"{spec_file}: valid. Cycle {spec.cycle.name} ({spec.cycle.start} .. {spec.cycle.end}), "
+        f"{spec_file}: valid. Cycle {spec.cycle.name} ({spec.cycle.dates}), "
         f"{len(spec.objectives)} objectives, {len(krs)} key results."
     )
     checks = mlflow_okr.check_okrs(spec, tracking_uri=tracking_uri, track_record=tracking_uri is not None)
