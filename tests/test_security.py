@@ -234,10 +234,11 @@ def test_yaml_is_only_read_with_safe_loaders():
     assert issubclass(SpecLoader, yaml.SafeLoader)
 
 
-# The one module that reads the database itself: SQLAlchemy expressions over MLflow's own models,
+# The modules that use the database itself: SQLAlchemy expressions over MLflow's own models,
 # bound parameters only (DESIGN section 4). Everything else goes through MLflow's client.
-# The lean readers: the only modules that may use SQLAlchemy (Core expressions, never text).
-SQL_READERS = ("mlflow_okr/facts.py", "mlflow_okr/effort_reads.py")
+# The lean readers and the settling lock: the only modules that may use SQLAlchemy (Core
+# expressions, never text).
+SQL_READERS = ("mlflow_okr/facts.py", "mlflow_okr/effort_reads.py", "mlflow_okr/store/settling_lock.py")
 
 
 def test_no_sql_is_built_from_text():

@@ -8,10 +8,13 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from mlflow_okr import vocabulary
 from mlflow_okr.store import flush
+from mlflow_okr.store.live import LiveKrs
+from mlflow_okr.store.schedule import ALL_KRS
 from tests.live_fixtures import EXPERIMENT, assert_no_drift, kr_run, publish
 
 THREADS = 4
@@ -93,3 +96,68 @@ def test_threads_and_processes_leave_no_drift(
     ]
     assert counted, "the seeds should produce at least one counted run"
     assert kr_run(client, "acc").data.tags[vocabulary.TAG_COUNTED] == str(len(counted))
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ]
+)
+def store_uri(request: pytest.FixtureRequest) -> str:
+    """A fresh store with MLflow's schema: SQLite, PostgreSQL and MariaDB."""
+    return request.getfixturevalue("tracking_uri" if request.param == "sqlite" else f"{request.param}_uri")
+
+
+def test_two_keepers_settling_at_once_take_turns(store_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes keeping one store settle one at a time. Without that, a keeper that read a
+    KR's saved tally before the other wrote its own would write its revision over it, and each
+    keeper, checking at once (as at a process's exit), would find the tally it wrote: the other's
+    run lost for good."""
+    publish(store_uri)
+    client = MlflowClient(store_uri)
+    experiment_id = client.create_experiment(EXPERIMENT)
+    first, second = LiveKrs(store_uri), LiveKrs(store_uri)
+    for keeper, value in ((first, 0.8), (second, 0.6)):
+        run_id = client.create_run(experiment_id).info.run_id
+        client.log_metric(run_id, "val_loss", value)
+        keeper._marks.add(run_id, ALL_KRS)  # no writer thread: the test drives both settlings
+
+    first_revised, go_on, second_waits_or_ends = threading.Event(), threading.Event(), threading.Event()
+    write = first._write
+
+    def write_when_told(*args, **options):
+        first_revised.set()  # the first keeper holds its revision of the saved tally
+        assert go_on.wait(120)
+        return write(*args, **options)
+
+    monkeypatch.setattr(first, "_write", write_when_told)
+    try_acquire = second._store_lock.try_acquire
+
+    def try_and_tell() -> bool:
+        got = try_acquire()
+        if not got:
+            second_waits_or_ends.set()
+        return got
+
+    monkeypatch.setattr(second._store_lock, "try_acquire", try_and_tell)
+
+    def second_flush() -> None:
+        try:
+            second.flush()
+        finally:
+            second_waits_or_ends.set()
+
+    first_thread = threading.Thread(target=first.flush)
+    first_thread.start()
+    assert first_revised.wait(120)
+    second_thread = threading.Thread(target=second_flush)
+    second_thread.start()
+    assert second_waits_or_ends.wait(120)
+    go_on.set()
+    first_thread.join(120)
+    second_thread.join(120)
+
+    assert kr_run(client, "loss").data.tags[vocabulary.TAG_COUNTED] == "2"
+    assert_no_drift(client)

@@ -6,11 +6,11 @@ marked runs' facts (one lean query inside a SQL store), gives them verdicts, and
 touched KRs' saved tallies run by run (`compute.revise_tally`): the cost of an update does not
 grow with the store. A KR whose tally cannot be revised that way (its best run got worse, a sum
 or mean changed, no tally saved yet) is recounted from all of its runs with the same compute path
-as `sync`. Every revised KR is checked once its writes pause (and at least every
-`RECOUNT_INTERVAL` while they go on): its KR run must still hold the tally this process wrote,
-else another process revised the same tally at the same moment and the cycle is recounted
-(`_verify_or_recount`). Run ends settle in the background too; `flush()` settles everything now,
-and process exit waits for it.
+as `sync`. Processes keeping the same store settle one at a time (`settling_lock.py`). Every
+revised KR is checked once its writes pause (and at least every `RECOUNT_INTERVAL` while they go
+on): its KR run must still hold the tally this process wrote, else a writer that did not take
+that lock replaced it and the cycle is recounted (`_verify_or_recount`). Run ends settle in the
+background too; `flush()` settles everything now, and process exit waits for it.
 
 Trace and `model:` KRs are not counted from runs: a trace write or an alias move marks them, and
 the writer re-measures them as `sync` does once those writes pause (`schedule.MeasuredMarks`);
@@ -55,6 +55,7 @@ from mlflow_okr.store.definitions import (
     published_signature,
 )
 from mlflow_okr.store.schedule import ALL_KRS, Marks, MeasuredMarks, Recounts
+from mlflow_okr.store.settling_lock import SettlingLock
 from mlflow_okr.store.unsettled import HEARTBEAT, Markers, Owner, orphaned_markers, remove_marker
 
 logger = logging.getLogger("mlflow_okr")
@@ -148,6 +149,8 @@ class LiveKrs:
         self._watched: WatchedKrs | None = None
         self._lock = threading.Lock()  # guards _marks, _recounts, _deleting, _restored and _thread
         self._flush_lock = threading.RLock()  # one settling at a time in this process
+        # One settling at a time across the processes keeping this store; taken under _flush_lock.
+        self._store_lock = SettlingLock(lambda: self.client)
         self._refresh_lock = threading.Lock()  # one reload of the definitions at a time
         self._marks = Marks()
         self._recounts = Recounts()
@@ -188,6 +191,7 @@ class LiveKrs:
         # released there: start clean; the parent keeps its own marks.
         self._lock = threading.Lock()
         self._flush_lock = threading.RLock()
+        self._store_lock = self._store_lock.forked()
         self._refresh_lock = threading.Lock()
         self._marks = Marks()
         self._recounts = Recounts()
@@ -452,13 +456,14 @@ class LiveKrs:
             orphans = orphaned_markers(state.list_cycle_experiments(self.client), owner, time.time())
             if not orphans:
                 return
-            self.refresh()
-            for experiment_id, keys in sorted(orphans.items()):
-                published = self.watched.cycles.get(experiment_id)
-                if published is not None:
-                    self._recount_cycle(published)
-                for key in keys:
-                    remove_marker(self.client, experiment_id, key)
+            with self._store_lock:
+                self.refresh()
+                for experiment_id, keys in sorted(orphans.items()):
+                    published = self.watched.cycles.get(experiment_id)
+                    if published is not None:
+                        self._recount_cycle(published)
+                    for key in keys:
+                        remove_marker(self.client, experiment_id, key)
 
     def start_catch_up(self) -> None:
         """Have the writer thread catch up (`catch_up`) now, without waiting for it."""
@@ -677,7 +682,8 @@ class LiveKrs:
                 return
             started = time.monotonic()
             try:
-                self._settle(marks)
+                with self._store_lock:
+                    self._settle(marks)
             except Exception:
                 # A mark dropped here would leave its run's tags stale until the next sync: keep it
                 # for the next settling, a few times, then give up (fail-open reports it). Tags may
@@ -705,22 +711,25 @@ class LiveKrs:
         with self._flush_lock:
             with self._lock:
                 refs = self._recounts.take(now, busy=bool(self._marks.runs))
+            if not refs:
+                return
             watched = self.watched
-            for experiment_id in sorted({experiment_id for experiment_id, _ in refs}):
-                published = watched.cycles.get(experiment_id)
-                if published is not None:
-                    self._verify_or_recount(published, {kr_id for e, kr_id in refs if e == experiment_id})
+            with self._store_lock:
+                for experiment_id in sorted({experiment_id for experiment_id, _ in refs}):
+                    published = watched.cycles.get(experiment_id)
+                    if published is not None:
+                        self._verify_or_recount(published, {kr_id for e, kr_id in refs if e == experiment_id})
 
     def _verify_or_recount(self, published: state.PublishedCycle, kr_ids: set[str]) -> None:
         """Make sure the revisions of these KRs stand, reading only the cycle's KR runs, or else
         count the cycle from all its runs.
 
         A revision stands when the KR run still holds the tally this process wrote: a writer that
-        revised the same KR from the same saved tally at the same moment (another server worker,
-        another client) would have left its own, and one of the two finds a tally it did not
-        write. The KRs are then settled from those tallies, with the UI descriptions a revision
-        may have left for later. A KR scheduled for another reason (a newly applied spec, a failed
-        settling) is recounted.
+        revised the same KR without the settling lock (a client through a server, one that stopped
+        waiting for the lock, `mlflow-okr sync`) would have left its own, and one of the two finds
+        a tally it did not write. The KRs are then settled from those tallies, with the UI
+        descriptions a revision may have left for later. A KR scheduled for another reason (a
+        newly applied spec, a failed settling) is recounted.
         """
         experiment_id = published.experiment_id
         with self._lock:
