@@ -7,7 +7,6 @@ the facts and the time, so they all share one semantics.
 from __future__ import annotations
 
 import enum
-import functools
 import json
 import math
 import re
@@ -122,9 +121,10 @@ class Verdict:
     value: float | None = None
     reason_kind: ReasonKind = ReasonKind.NONE
 
-    @functools.cached_property
+    @property
     def tag_value(self) -> str:
-        """The value of the run's `okr.kr.<id>` tag (worked out once: a pass compares it per set)."""
+        """The value of the run's `okr.kr.<id>` tag; cheaper to work out on each read than to cache
+        (most verdicts are read once or twice)."""
         return vocabulary.verdict_text(self.state, self.reason)
 
     @property
