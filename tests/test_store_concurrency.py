@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlflow_okr import vocabulary
-from mlflow_okr.store import flush
+from mlflow_okr import state, vocabulary
+from mlflow_okr.store import flush, settling_lock
 from mlflow_okr.store.live import LiveKrs
 from mlflow_okr.store.schedule import ALL_KRS
-from tests.live_fixtures import EXPERIMENT, assert_no_drift, kr_run, publish
+from tests.live_fixtures import CYCLE, EXPERIMENT, assert_no_drift, kr_run, publish
 
 THREADS = 4
 PROCESSES = 2
@@ -106,8 +106,23 @@ def test_threads_and_processes_leave_no_drift(
     ]
 )
 def store_uri(request: pytest.FixtureRequest) -> str:
-    """A fresh store with MLflow's schema: SQLite, PostgreSQL and MariaDB."""
+    """A fresh store with MLflow's schema: SQLite (where flock exists), PostgreSQL and MariaDB."""
+    if request.param == "sqlite" and settling_lock.fcntl is None:
+        pytest.skip("no flock on this platform: SQLite stores keep the check alone")
     return request.getfixturevalue("tracking_uri" if request.param == "sqlite" else f"{request.param}_uri")
+
+
+def counting_recounts(keeper: LiveKrs, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The experiment ids of the cycles `keeper` counts from all their runs, from now on."""
+    recounts: list[str] = []
+    recount_cycle = keeper._recount_cycle
+
+    def counted(published, **options):
+        recounts.append(published.experiment_id)
+        return recount_cycle(published, **options)
+
+    monkeypatch.setattr(keeper, "_recount_cycle", counted)
+    return recounts
 
 
 def test_two_keepers_settling_at_once_take_turns(store_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,6 +138,8 @@ def test_two_keepers_settling_at_once_take_turns(store_uri: str, monkeypatch: py
         run_id = client.create_run(experiment_id).info.run_id
         client.log_metric(run_id, "val_loss", value)
         keeper._marks.add(run_id, ALL_KRS)  # no writer thread: the test drives both settlings
+    # Both revise the tally `apply` saved, run by run; a count from all the runs would hide the race.
+    recounts = counting_recounts(first, monkeypatch) + counting_recounts(second, monkeypatch)
 
     first_revised, go_on, second_waits_or_ends = threading.Event(), threading.Event(), threading.Event()
     write = first._write
@@ -149,10 +166,10 @@ def test_two_keepers_settling_at_once_take_turns(store_uri: str, monkeypatch: py
         finally:
             second_waits_or_ends.set()
 
-    first_thread = threading.Thread(target=first.flush)
+    first_thread = threading.Thread(target=first.flush, daemon=True)
     first_thread.start()
     assert first_revised.wait(120)
-    second_thread = threading.Thread(target=second_flush)
+    second_thread = threading.Thread(target=second_flush, daemon=True)
     second_thread.start()
     assert second_waits_or_ends.wait(120)
     go_on.set()
@@ -160,4 +177,34 @@ def test_two_keepers_settling_at_once_take_turns(store_uri: str, monkeypatch: py
     second_thread.join(120)
 
     assert kr_run(client, "loss").data.tags[vocabulary.TAG_COUNTED] == "2"
+    assert recounts == []
+    assert_no_drift(client)
+
+
+def test_a_settling_that_stops_waiting_for_the_lock_has_its_krs_counted_afresh(
+    tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process held the store's lock past the wait limit: the keeper settles without it,
+    and its check cannot tell whether it wrote over that process's revision, so it counts the
+    cycle from all its runs instead."""
+    if settling_lock.fcntl is None:
+        pytest.skip("no flock on this platform")
+    publish(tracking_uri)
+    experiment_id = client.create_experiment(EXPERIMENT)
+    holder, keeper = LiveKrs(tracking_uri), LiveKrs(tracking_uri)
+    run_id = client.create_run(experiment_id).info.run_id
+    client.log_metric(run_id, "val_loss", 0.8)
+    keeper._marks.add(run_id, ALL_KRS)
+    recounts = counting_recounts(keeper, monkeypatch)
+    keeper._store_lock.wait_limit = 0.0
+    with holder._store_lock:  # another process's long settling
+        assert not holder._store_lock.bypassed
+        keeper._settle_marks()
+        assert keeper._store_lock.bypassed
+    assert kr_run(client, "loss").data.tags[vocabulary.TAG_COUNTED] == "1"
+    assert recounts == []
+    keeper._store_lock.wait_limit = settling_lock.WAIT_LIMIT
+    keeper._recount(None)
+    assert recounts == [state.load_published(client, CYCLE).experiment_id]
+    assert not keeper._store_lock.bypassed
     assert_no_drift(client)

@@ -8,9 +8,10 @@ grow with the store. A KR whose tally cannot be revised that way (its best run g
 or mean changed, no tally saved yet) is recounted from all of its runs with the same compute path
 as `sync`. Processes keeping the same store settle one at a time (`settling_lock.py`). Every
 revised KR is checked once its writes pause (and at least every `RECOUNT_INTERVAL` while they go
-on): its KR run must still hold the tally this process wrote, else a writer that did not take
-that lock replaced it and the cycle is recounted (`_verify_or_recount`). Run ends settle in the
-background too; `flush()` settles everything now, and process exit waits for it.
+on): its KR run must still hold the tally this process wrote, else another writer settled it
+since (after this one, or without the lock) and the cycle is recounted (`_verify_or_recount`).
+Run ends settle in the background too; `flush()` settles everything now, and process exit waits
+for it.
 
 Trace and `model:` KRs are not counted from runs: a trace write or an alias move marks them, and
 the writer re-measures them as `sync` does once those writes pause (`schedule.MeasuredMarks`);
@@ -68,6 +69,7 @@ SETTLE_SMOOTHING = 0.3  # weight of the last settling in the recent duration the
 # settling took less than that (for scripts and tests that read KR state right after a run ends).
 RUN_END_BUDGET = 0.0
 EXIT_FLUSH_TIMEOUT = 15.0  # seconds a process exit waits for the last settling
+EXIT_LOCK_WAIT = 5.0  # seconds a settling at exit waits for another process's settling lock
 DESCRIBE_INTERVAL = 15.0  # seconds between two refreshes of the UI descriptions by revisions
 REFRESH_INTERVAL = 2.0  # seconds between two checks for a newly applied spec
 RECOUNT_OWED = ""  # in LiveKrs._revised_tallies: the KR is recounted, whatever tally it holds
@@ -456,9 +458,9 @@ class LiveKrs:
             orphans = orphaned_markers(state.list_cycle_experiments(self.client), owner, time.time())
             if not orphans:
                 return
-            with self._store_lock:
-                self.refresh()
-                for experiment_id, keys in sorted(orphans.items()):
+            self.refresh()
+            for experiment_id, keys in sorted(orphans.items()):
+                with self._store_lock:
                     published = self.watched.cycles.get(experiment_id)
                     if published is not None:
                         self._recount_cycle(published)
@@ -613,6 +615,9 @@ class LiveKrs:
             )
 
     def _flush_fail_open(self) -> None:
+        # Another process's settling may hold the store's lock for a while (a count of a large
+        # cycle): at exit, settle without it sooner, its KRs owed a count afresh by whoever is next.
+        self._store_lock.wait_limit = EXIT_LOCK_WAIT
         # The writes since the last check for a newly applied spec owe one (`_watched_for_write`):
         # the process ends before the writer would make it. Without work left, nothing is owed.
         if self._check_owed.is_set() and (self._has_work() or self._settled_since_check):
@@ -657,22 +662,27 @@ class LiveKrs:
             watched = self.watched
             unsettled = set(marks)
             try:
-                for experiment_id in sorted({experiment_id for experiment_id, _ in marks}):
-                    published = watched.cycles.get(experiment_id)
-                    if published is not None:
-                        kr_ids = [k for e, k in marks if e == experiment_id and k in published.kr_runs]
-                        # Neither kind is counted from runs: an empty scan; `new_computations` reads
-                        # each one's own source.
-                        scan = CycleScan(published.spec)
-                        computations = new_computations(self.client, published.spec, scan, kr_ids)
-                        for kr_id, computation in computations.items():
-                            computation.experiment_ids = _trace_experiments(watched, (experiment_id, kr_id))
-                        self._write(published, computations, revision=True)
-                    unsettled -= {ref for ref in marks if ref[0] == experiment_id}
+                with self._store_lock:  # objective scores combine these KRs with the others
+                    self._measure(watched, marks, unsettled)
             except Exception:
                 with self._lock:  # tried again at the next settling; `sync` repairs the rest
                     self._measured_marks.add(unsettled, time.monotonic())
                 raise
+
+    def _measure(self, watched: WatchedKrs, marks: set[KrRef], unsettled: set[KrRef]) -> None:
+        """Re-measure these marked KRs, removing each cycle's from `unsettled` once written."""
+        for experiment_id in sorted({experiment_id for experiment_id, _ in marks}):
+            published = watched.cycles.get(experiment_id)
+            if published is not None:
+                kr_ids = [k for e, k in marks if e == experiment_id and k in published.kr_runs]
+                # Neither kind is counted from runs: an empty scan; `new_computations` reads each
+                # one's own source.
+                scan = CycleScan(published.spec)
+                computations = new_computations(self.client, published.spec, scan, kr_ids)
+                for kr_id, computation in computations.items():
+                    computation.experiment_ids = _trace_experiments(watched, (experiment_id, kr_id))
+                self._write(published, computations, revision=True)
+            unsettled -= {ref for ref in marks if ref[0] == experiment_id}
 
     def _settle_marks(self) -> None:
         with self._flush_lock:
@@ -714,22 +724,23 @@ class LiveKrs:
             if not refs:
                 return
             watched = self.watched
-            with self._store_lock:
-                for experiment_id in sorted({experiment_id for experiment_id, _ in refs}):
-                    published = watched.cycles.get(experiment_id)
-                    if published is not None:
+            for experiment_id in sorted({experiment_id for experiment_id, _ in refs}):
+                published = watched.cycles.get(experiment_id)
+                if published is not None:
+                    with self._store_lock:  # a cycle at a time: a count from all its runs is long
                         self._verify_or_recount(published, {kr_id for e, kr_id in refs if e == experiment_id})
 
     def _verify_or_recount(self, published: state.PublishedCycle, kr_ids: set[str]) -> None:
         """Make sure the revisions of these KRs stand, reading only the cycle's KR runs, or else
         count the cycle from all its runs.
 
-        A revision stands when the KR run still holds the tally this process wrote: a writer that
-        revised the same KR without the settling lock (a client through a server, one that stopped
-        waiting for the lock, `mlflow-okr sync`) would have left its own, and one of the two finds
-        a tally it did not write. The KRs are then settled from those tallies, with the UI
-        descriptions a revision may have left for later. A KR scheduled for another reason (a
-        newly applied spec, a failed settling) is recounted.
+        A revision stands when the KR run still holds the tally this process wrote. Another
+        writer that settled the KR since left its own: after this one, under the settling lock,
+        or without it (a client through a server, `mlflow-okr sync`), where it may have revised
+        the tally this one was replacing. Either way the cycle is counted afresh. Where all
+        hold, the KRs are settled from those tallies, with the UI descriptions a revision may
+        have left for later. A KR scheduled for another reason (a newly applied spec, a failed
+        settling, a revision without the lock) is recounted.
         """
         experiment_id = published.experiment_id
         with self._lock:
@@ -768,7 +779,10 @@ class LiveKrs:
         recount owed already)."""
         self._recounts.revised(ref, now)
         owed = self._revised_tallies.get(ref) == RECOUNT_OWED
-        self._revised_tallies[ref] = RECOUNT_OWED if owed or not tally else tally
+        # Written without the store's lock (it stayed busy): the check could not tell whether
+        # another process's revision was written over, so the KR is counted afresh.
+        unlocked = self._store_lock.bypassed
+        self._revised_tallies[ref] = RECOUNT_OWED if owed or unlocked or not tally else tally
 
     def _recount_cycle(self, published: state.PublishedCycle, scheduled: bool = False) -> None:
         """Count the cycle's KRs from all their runs, as `sync` does, and write what moved.
