@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import json
 import shutil
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,7 @@ from mlflow_okr import state, vocabulary
 from mlflow_okr.engine import ReasonKind, Verdict
 from mlflow_okr.scope import apply_tag_changes, plan_run_tags, run_tags_settled
 from mlflow_okr.spec import Cycle, parse_spec
-from mlflow_okr.sync import sync
+from mlflow_okr.sync import PASS_YOUNG_THRESHOLD, _pass_collections, sync
 from tests.conftest import IN_CYCLE_MS, NOW, invoke, make_run
 
 DAY_MS = 24 * 3600 * 1000
@@ -623,3 +624,14 @@ def test_a_filter_answers_each_run_as_mlflows_own_matching_does(filter_string, k
             assert run_filter.matches(run) is expected, (filter_string, run)
     finally:
         scope.MAX_FILTER_ANSWERS = original
+
+
+def test_passes_collect_garbage_less_often_until_the_last_one_ends() -> None:
+    before = gc.get_threshold()
+    raised = (max(before[0], PASS_YOUNG_THRESHOLD), *before[1:])
+    with _pass_collections.during_pass():
+        assert gc.get_threshold() == raised
+        with _pass_collections.during_pass():  # another pass at the same time, in another thread
+            assert gc.get_threshold() == raised
+        assert gc.get_threshold() == raised
+    assert gc.get_threshold() == before
