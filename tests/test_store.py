@@ -513,6 +513,30 @@ def test_a_counted_runs_new_value_revises_a_mean_without_a_recount(
     assert_no_drift(client)
 
 
+def test_a_settling_for_another_kr_that_reads_a_new_value_revises_the_mean_too(
+    tracking_uri: str, client: MlflowClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A settling marked for one KR reads all of the run's facts, and its tags take the value a
+    mean now counts, so the mean's tally must take it too: the settling of the write that marked
+    the mean (another server worker's) then finds the run's tags already saying so."""
+    okr_client, experiment_id, keeper, recounts = keeper_counting_recounts(
+        tracking_uri, monkeypatch, live_spec_text().replace("aggregate: latest", "aggregate: mean")
+    )
+    run_id = okr_client.create_run(experiment_id).info.run_id
+    okr_client.log_metric(run_id, "val_loss", 0.9)
+    keeper._settle_marks()
+    client.log_metric(run_id, "val_loss", 0.5)  # through the other worker: marked there
+    okr_client.log_metric(run_id, "val_acc", 0.8)  # marks the KRs of val_acc only, here
+    keeper._settle_marks()
+    assert run_tags(client, run_id)["okr.kr.loss.value"] == "0.5"
+    assert kr_state(client, "loss")[0] == pytest.approx(0.5)
+    okr_client.log_metric(run_id, "val_loss", 0.5)  # the other worker's mark, settled after
+    keeper._settle_marks()
+    assert kr_state(client, "loss")[0] == pytest.approx(0.5)
+    assert recounts == []
+    assert_no_drift(client)
+
+
 def test_exit_never_waits_long_on_a_stuck_backend(
     tracking_uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

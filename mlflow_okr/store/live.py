@@ -905,8 +905,10 @@ class LiveKrs:
         marked = in_scope if krs is ALL_KRS else {k for e, k in krs if e == experiment_id}
         found = []
         # Every KR in scope, not only the marked ones: the run's tags take every verdict its facts
-        # decide now (facts read after the marks were taken, a write beside okr+), and a verdict
-        # tagged without its tally revised would make the next write look like a counted run's.
+        # decide now (facts read after the marks were taken, a write through another worker), and
+        # a verdict or a sum's value tagged without its tally revised would make the next write
+        # look like one the tally already counts.
+        summing = spec.summing_kr_ids
         for kr_id in sorted(in_scope):
             old = verdict_from_tag(
                 plan.current.get(vocabulary.source_tag(spec.run_tag_id(kr_id))),
@@ -916,10 +918,12 @@ class LiveKrs:
             if old is None and new is None:
                 continue
             unchanged = old is not None and new is not None and old.tag_value == new.tag_value
-            same_sum = kr_id in spec.summing_kr_ids and old is not None and old.value == new.value
-            if unchanged and (new.state != "counted" or same_sum or kr_id not in marked):
-                # The same verdict (and the same counted value of a sum, or of a KR no write
-                # marked): the tally is unchanged.
+            if unchanged and new.state == "counted":
+                # A sum's value is in the run's tags: the tally takes a new one whether or not a
+                # write marked the KR. Another aggregate's counted value is not: only the
+                # settling of the write that marked it revises the tally.
+                unchanged = old.value == new.value if kr_id in summing else kr_id not in marked
+            if unchanged:
                 continue
             found.append((kr_id, VerdictChange(info.run_id, info.start_time, old, new)))
         return found
