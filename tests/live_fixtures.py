@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import textwrap
 import time
+from typing import Any
 
 import mlflow
+import pytest
 from hypothesis import strategies as st
 from mlflow.tracking import MlflowClient
 
@@ -79,6 +81,20 @@ def kr_run(client: MlflowClient, kr_id: str):
     """The MLflow run that holds KR `kr_id`'s state."""
     published = state.load_published(client, CYCLE)
     return client.get_run(published.kr_runs[kr_id])
+
+
+def counting_recounts(keeper: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The experiment ids of the cycles `keeper` (a `LiveKrs`) counts from all their runs, from
+    now on, one entry per count."""
+    recounts: list[str] = []
+    recount_cycle = keeper._recount_cycle
+
+    def counted(published, **options):
+        recounts.append(published.experiment_id)
+        return recount_cycle(published, **options)
+
+    monkeypatch.setattr(keeper, "_recount_cycle", counted)
+    return recounts
 
 
 def assert_no_drift(client: MlflowClient) -> None:

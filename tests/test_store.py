@@ -26,6 +26,7 @@ from mlflow_okr.store import OkrHooks, flush
 from tests.live_fixtures import (
     EXPERIMENT,
     assert_no_drift,
+    counting_recounts,
     kr_run,
     live_spec_text,
     operation,
@@ -396,8 +397,9 @@ def test_revising_run_by_run_equals_a_recompute(
 
 def keeper_counting_recounts(
     tracking_uri: str, monkeypatch: pytest.MonkeyPatch, spec_text: str
-) -> tuple[MlflowClient, str, live.LiveKrs, list[int]]:
-    """An okr+ client of a freshly published spec, its keeper, and a list that grows by one per recount."""
+) -> tuple[MlflowClient, str, live.LiveKrs, list[str]]:
+    """An okr+ client of a freshly published spec, its keeper, and the experiment id of the cycle
+    of each recount from then on (`counting_recounts`)."""
     monkeypatch.setenv("MLFLOW_OKR_RUN_END_BUDGET", "0")
     monkeypatch.setattr(schedule, "RECOUNT_PAUSE", 3600.0)  # no scheduled recount either
     monkeypatch.setattr(schedule, "RECOUNT_INTERVAL", 3600.0)
@@ -405,14 +407,7 @@ def keeper_counting_recounts(
     okr_client = MlflowClient(use_okr_uri(tracking_uri))
     experiment_id = okr_client.create_experiment(EXPERIMENT)
     keeper = compat.store_of(okr_client)._okr_live
-    recounts: list[int] = []
-    recount_cycle = keeper._recount_cycle
-    def counted_recount(published, **options):
-        recounts.append(1)
-        return recount_cycle(published, **options)
-
-    monkeypatch.setattr(keeper, "_recount_cycle", counted_recount)
-    return okr_client, experiment_id, keeper, recounts
+    return okr_client, experiment_id, keeper, counting_recounts(keeper, monkeypatch)
 
 
 def test_the_runner_up_takes_over_from_a_best_run_that_gets_worse_without_a_recount(
@@ -481,7 +476,7 @@ def test_a_pause_verifies_the_revised_tallies_and_recounts_only_one_another_writ
     # second run is lost from the tally.
     client.set_tag(kr_run(client, "loss").info.run_id, vocabulary.TAG_TALLY, before)
     keeper._recount(None)
-    assert recounts == [1]
+    assert recounts == [kr_run(client, "loss").info.experiment_id]  # the cycle's okr/ experiment
     assert kr_state(client, "loss") == (0.6, pytest.approx(0.8), "2")
     assert_no_drift(client)
 

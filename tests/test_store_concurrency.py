@@ -15,7 +15,7 @@ from mlflow_okr import state, vocabulary
 from mlflow_okr.store import flush, settling_lock
 from mlflow_okr.store.live import LiveKrs
 from mlflow_okr.store.schedule import ALL_KRS
-from tests.live_fixtures import CYCLE, EXPERIMENT, assert_no_drift, kr_run, publish
+from tests.live_fixtures import CYCLE, EXPERIMENT, assert_no_drift, counting_recounts, kr_run, publish
 
 THREADS = 4
 PROCESSES = 2
@@ -110,19 +110,6 @@ def store_uri(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite" and settling_lock.fcntl is None:
         pytest.skip("no flock on this platform: SQLite stores keep the check alone")
     return request.getfixturevalue("tracking_uri" if request.param == "sqlite" else f"{request.param}_uri")
-
-
-def counting_recounts(keeper: LiveKrs, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The experiment ids of the cycles `keeper` counts from all their runs, from now on."""
-    recounts: list[str] = []
-    recount_cycle = keeper._recount_cycle
-
-    def counted(published, **options):
-        recounts.append(published.experiment_id)
-        return recount_cycle(published, **options)
-
-    monkeypatch.setattr(keeper, "_recount_cycle", counted)
-    return recounts
 
 
 def test_two_keepers_settling_at_once_take_turns(store_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
