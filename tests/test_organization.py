@@ -39,6 +39,11 @@ def team_spec(team: str | None, objective: str, kr_id: str, metric: str, extra: 
     )
 
 
+def in_cycle(text: str, name: str, start: str, end: str) -> str:
+    """`team_spec` text with cycle `name` running from `start` to `end` instead of 2026-Q4."""
+    return text.replace("cycle: 2026-Q4", f"cycle: {{name: {name}, start: {start}, end: {end}}}")
+
+
 COMPANY = """\
 version: 1
 cycle: 2026
@@ -99,7 +104,7 @@ def assert_refused(client, runner, path, experiment: str, where_and_why: str) ->
 
 def test_a_cycle_name_another_team_published_with_other_dates_is_refused(client, runner, write_spec):
     def with_dates(text: str, start: str, end: str) -> str:
-        return text.replace("cycle: 2026-Q4", f"cycle: {{name: fy-q3, start: {start}, end: {end}}}")
+        return in_cycle(text, "fy-q3", start, end)
 
     team_a = team_spec("team-a", "reco", "ctr", "ctr")
     assert apply(runner, write_spec, with_dates(team_a, "2026-10-01", "2026-12-31"), "a.yaml").exit_code == 0
@@ -138,8 +143,7 @@ def test_sets_moving_their_cycles_dates_agree_on_a_runs_okr_cycle(client, runner
     """While team-a's fy-q3 runs to Oct 15 and team-b's to Sep 30, a run of Oct 10 that team-a and
     team-c (fy-q4) count names fy-q4 from both sets, and the tags stay settled."""
     def dated(team: str, metric: str, name: str, start: str, end: str) -> str:
-        text = team_spec(team, f"{team}-objective", metric, metric)
-        return text.replace("cycle: 2026-Q4", f"cycle: {{name: {name}, start: {start}, end: {end}}}")
+        return in_cycle(team_spec(team, f"{team}-objective", metric, metric), name, start, end)
 
     train = client.create_experiment("train")
     october_10 = int(dt.datetime(2026, 10, 10, tzinfo=dt.timezone.utc).timestamp() * 1000)
